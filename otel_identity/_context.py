@@ -1,0 +1,321 @@
+"""Identity in a Context: the manual baggage API.
+
+    import otel_identity as oi
+
+    with oi.use_identity(user_id="u-42", tenant_id="acme"):
+        oi.get_identity()          # Identity(user_id='u-42', tenant_id='acme', ...)
+        requests.get(url)          # any OTel propagation carries it as W3C baggage
+
+The identity itself lives in baggage, so plain OpenTelemetry carries it. Next to it, under
+private ``create_key`` keys nothing else can collide with, sit the in-process facts: the decoded
+identity (so reading it is a couple of dict lookups), and the per-hop slot in which
+``current_user`` is resolved lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar, cast
+
+from opentelemetry import context as otel_context
+from opentelemetry.baggage import _BAGGAGE_KEY  # stable since 1.0; saves a copy per read
+from opentelemetry.context import Context, create_key
+from opentelemetry.util.types import AttributeValue
+
+from otel_identity import _codec, _config, _policy, names
+from otel_identity._errors import MissingIdentityError
+from otel_identity._identity import Identity
+
+_STATE_KEY = create_key("otel_identity.state")
+_SLOT_KEY = create_key("otel_identity.user_slot")
+HOP_KEY = create_key("otel_identity.hop")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The configured keys, refreshed whenever settings change (read on every get_identity).
+_keys: tuple[str, str, str, str] | None = None
+_sig_key = "identity.sig"
+
+
+def _on_settings(settings: _config.Settings) -> None:
+    global _keys, _sig_key
+    _keys = settings.identity_keys
+    _sig_key = settings.sig_key
+
+
+_config.on_change(_on_settings)
+
+
+def identity_keys() -> tuple[str, str, str, str]:
+    keys = _keys
+    if keys is None:
+        keys = _config.get_settings().identity_keys
+    return keys
+
+
+def all_identity_keys() -> tuple[str, ...]:
+    """Identity members plus the signature member: what egress and policy remove."""
+    return (*identity_keys(), _sig_key)
+
+
+class IdentityState:
+    """The decoded identity of a context, valid while baggage still holds the same values."""
+
+    __slots__ = ("_attrs", "identity", "raw")
+
+    def __init__(self, raw: tuple[object, ...], identity: Identity) -> None:
+        self.raw = raw
+        self.identity = identity
+        self._attrs: tuple[str, dict[str, AttributeValue]] | None = None
+
+    def span_attributes(self, mode: str) -> dict[str, AttributeValue]:
+        cached = self._attrs
+        if cached is not None and cached[0] == mode:
+            return cached[1]
+        attrs = _span_attributes(self.identity, mode)
+        self._attrs = (mode, attrs)
+        return attrs
+
+
+@functools.lru_cache(maxsize=4096)
+def hash_user(user_id: str) -> str:
+    return hashlib.sha256(user_id.encode("utf-8")).hexdigest()
+
+
+def _span_attributes(identity: Identity, mode: str) -> dict[str, AttributeValue]:
+    attrs: dict[str, AttributeValue] = {}
+    if mode == "none":
+        return attrs
+    if identity.user_id is not None:
+        if mode == "hash":
+            attrs[names.USER_HASH] = hash_user(identity.user_id)
+        else:
+            attrs[names.USER_ID] = identity.user_id
+    if identity.tenant_id is not None:
+        attrs[names.TENANT_ID] = identity.tenant_id
+    if identity.session_id is not None:
+        attrs[names.SESSION_ID] = identity.session_id
+    if identity.roles:
+        attrs[names.USER_ROLES] = identity.roles
+    attrs[names.IDENTITY_VERIFIED] = identity.verified
+    return attrs
+
+
+class UserSlot:
+    """Where ``current_user`` is resolved, once, for one identity on one hop in one thread."""
+
+    __slots__ = ("done", "hop", "identity", "pending", "thread", "user")
+
+    def __init__(self, hop: str | None, identity: Identity) -> None:
+        self.hop = hop
+        self.identity = identity
+        # The slot belongs to the thread that entered the hop; a context copied into another
+        # thread by hand must not hand that thread this thread's (session-bound) user object.
+        self.thread = threading.get_ident()
+        self.done = False
+        self.user: object = None
+        self.pending: object = None  # an in-flight async resolution, shared by its awaiters
+
+
+def state_of(ctx: Context) -> IdentityState | None:
+    """The identity state of a context (decoding and caching it if baggage was set by others)."""
+    baggage = ctx.get(_BAGGAGE_KEY)
+    if not baggage:
+        return None
+    keys = _keys or identity_keys()
+    raw = _codec.raw_values(cast("Mapping[str, object]", baggage), keys)
+    state = ctx.get(_STATE_KEY)
+    if state is not None and cast("IdentityState", state).raw == raw:
+        return cast("IdentityState", state)
+    if raw == (None, None, None, None):
+        return None
+    # Baggage set by something other than otel-identity (a plain OTel propagator, say): its
+    # provenance is unknown, so it counts only if it passes the inbound policy.
+    identity = _policy.admit_unknown(cast("Mapping[str, object]", baggage), raw)
+    return None if identity is None else IdentityState(raw, identity)
+
+
+def get_identity(context: Context | None = None) -> Identity | None:
+    """The identity of ``context`` (default: the current one), or None."""
+    state = state_of(context if context is not None else otel_context.get_current())
+    return None if state is None else state.identity
+
+
+def require_identity(context: Context | None = None) -> Identity:
+    """Like ``get_identity`` but raises ``MissingIdentityError`` when there is none."""
+    identity = get_identity(context)
+    if identity is None:
+        raise MissingIdentityError("no identity in the current context")
+    return identity
+
+
+def build_identity(
+    identity: Identity | None,
+    user_id: str | None,
+    tenant_id: str | None,
+    session_id: str | None,
+    roles: Iterable[str] | str | None,
+) -> Identity:
+    if identity is not None:
+        if user_id is not None or tenant_id is not None or session_id is not None or roles:
+            raise TypeError("pass either an Identity or claims, not both")
+        if not isinstance(identity, Identity):
+            raise TypeError(f"identity must be an Identity, got {type(identity).__name__}")
+        user_id, tenant_id, session_id = identity.user_id, identity.tenant_id, identity.session_id
+        roles, verified = identity.roles, identity.verified
+    else:
+        verified = False
+    if isinstance(roles, str):
+        roles = (roles,)
+    role_tuple = tuple(r for r in (_codec.check_claim("role", r) for r in roles or ()) if r)
+    return Identity(
+        _codec.check_claim("user_id", user_id),
+        _codec.check_claim("tenant_id", tenant_id),
+        _codec.check_claim("session_id", session_id),
+        role_tuple,
+        verified,
+    )
+
+
+def with_identity(
+    ctx: Context,
+    identity: Identity | None,
+    *,
+    hop: object = None,
+    slot_hop: str | None = None,
+) -> Context:
+    """One new Context: identity members first in baggage, fresh state and user slot.
+
+    ``hop`` (a HopState) is set too when given, so a receiving hop builds its context with a
+    single copy instead of one per key.
+    """
+    keys = _keys or identity_keys()
+    old = cast("Mapping[str, object]", ctx.get(_BAGGAGE_KEY) or {})
+    values: dict[str, object] = dict(ctx)
+    if identity is None or identity.is_empty:
+        baggage = {k: v for k, v in old.items() if k not in keys and k != _sig_key}
+        values.pop(_STATE_KEY, None)
+        values.pop(_SLOT_KEY, None)
+    else:
+        baggage = cast("dict[str, object]", _codec.members(identity, keys))
+        raw = _codec.raw_values(baggage, keys)
+        for key, value in old.items():
+            if key not in keys and key != _sig_key:
+                baggage[key] = value
+        values[_STATE_KEY] = IdentityState(raw, identity)
+        values[_SLOT_KEY] = UserSlot(slot_hop, identity)
+    values[_BAGGAGE_KEY] = baggage
+    if hop is not None:
+        values[HOP_KEY] = hop
+    return Context(values)
+
+
+def set_identity(
+    identity: Identity | None = None,
+    *,
+    user_id: str | None = None,
+    tenant_id: str | None = None,
+    session_id: str | None = None,
+    roles: Iterable[str] | str | None = (),
+    context: Context | None = None,
+) -> Context:
+    """A new Context whose baggage carries the identity; ``context`` is never mutated.
+
+    Either pass an ``Identity`` or its claims. Raises ``TypeError``/``ValueError`` for values
+    that cannot travel (non-strings, control characters, more than 1024 characters): those are
+    programming errors of the caller, not bad input from the wire.
+    """
+    ident = build_identity(identity, user_id, tenant_id, session_id, roles)
+    ctx = context if context is not None else otel_context.get_current()
+    hop = ctx.get(HOP_KEY)
+    return with_identity(ctx, ident, slot_hop=getattr(hop, "hop", None))
+
+
+def clear_identity(context: Context | None = None) -> Context:
+    """A new Context without identity members (other baggage is kept)."""
+    ctx = context if context is not None else otel_context.get_current()
+    return with_identity(ctx, None)
+
+
+def user_slot(ctx: Context) -> UserSlot | None:
+    return cast("UserSlot | None", ctx.get(_SLOT_KEY))
+
+
+class use_identity:  # noqa: N801 - reads as a verb, like contextlib.suppress
+    """Run a block or a function under an identity, and restore what was there after.
+
+        with oi.use_identity(user_id="u-1", tenant_id="acme"):
+            ...
+
+        @oi.use_identity(user_id="system", roles=["batch"])
+        async def nightly() -> None: ...
+
+    Works as a context manager (``with`` and ``async with``) and as a decorator of sync and
+    async functions; each call of a decorated function attaches its own context, so concurrent
+    calls never see each other's state. ``use_identity()`` without arguments runs with none.
+    """
+
+    def __init__(self, identity: Identity | None = None, **claims: Any) -> None:
+        unknown = set(claims) - {"user_id", "tenant_id", "session_id", "roles"}
+        if unknown:
+            raise TypeError(f"unknown claim(s): {', '.join(sorted(unknown))}")
+        self._identity = build_identity(
+            identity,
+            claims.get("user_id"),
+            claims.get("tenant_id"),
+            claims.get("session_id"),
+            claims.get("roles", ()),
+        )
+        self._tokens: list[object] = []
+        self._lock = threading.Lock()
+
+    def _attach(self) -> object:
+        ctx = otel_context.get_current()
+        hop = ctx.get(HOP_KEY)
+        return otel_context.attach(
+            with_identity(ctx, self._identity, slot_hop=getattr(hop, "hop", None))
+        )
+
+    def __enter__(self) -> Identity | None:
+        token = self._attach()
+        with self._lock:
+            self._tokens.append(token)
+        return None if self._identity.is_empty else self._identity
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            token = self._tokens.pop()
+        otel_context.detach(token)  # type: ignore[arg-type]
+
+    async def __aenter__(self) -> Identity | None:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__(*exc_info)
+
+    def __call__(self, fn: F) -> F:
+        if asyncio.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                token = self._attach()
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    otel_context.detach(token)  # type: ignore[arg-type]
+
+            return cast("F", run_async)
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            token = self._attach()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                otel_context.detach(token)  # type: ignore[arg-type]
+
+        return cast("F", run)

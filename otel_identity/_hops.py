@@ -1,0 +1,390 @@
+"""The two sides of every hop: ``inject`` on the sender, ``extract`` on the receiver.
+
+    headers: dict[str, str] = {}
+    oi.inject(headers, destination="http://billing.svc")      # send side
+    ...
+    with oi.continue_from(headers, hop="queue.consume"):        # receive side
+        handle(message)                                         # identity and current_user set
+
+Every receiving hop goes through ``extract`` (or ``receive`` for an in-process hand-off), the
+one place where inbound policy, limits and hop accounting happen; transports only supply a
+getter/setter. Propagation always goes through the global propagator, so ``OTEL_PROPAGATORS``
+is honoured; nothing here parses a header value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import functools
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.baggage import _BAGGAGE_KEY
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import (
+    CarrierT,
+    Getter,
+    Setter,
+    default_getter,
+    default_setter,
+)
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation import _SPAN_KEY  # stable since 1.0; one copy, not two
+
+from otel_identity import _codec, _config, _egress, _policy, _signing, _telemetry, names
+from otel_identity._context import (
+    _SLOT_KEY,
+    _STATE_KEY,
+    HOP_KEY,
+    IdentityState,
+    UserSlot,
+    all_identity_keys,
+    get_identity,
+    identity_keys,
+    state_of,
+)
+from otel_identity._identity import Identity
+
+_HOP_SPAN_KINDS = (SpanKind.SERVER, SpanKind.CONSUMER)
+_BAGGAGE_HEADER = "baggage"
+
+
+class HopState:
+    """What happened on one receiving hop; events wait here until a span can take them."""
+
+    __slots__ = ("hop", "outcome", "pending", "reason", "route")
+
+    def __init__(self, hop: str, outcome: str, reason: str | None, route: str | None) -> None:
+        self.hop = hop
+        self.outcome = outcome
+        self.reason = reason
+        self.route = route
+        self.pending: list[tuple[str, dict[str, Any]]] = []
+
+    def flush(self, span: trace.Span) -> None:
+        """Put pending events on ``span`` (the hop's first span); each goes to one span only."""
+        while self.pending:
+            try:
+                name, attributes = self.pending.pop(0)
+            except IndexError:  # another thread flushed concurrently
+                return
+            _telemetry.add_event(span, name, attributes)
+
+
+def hop_state(context: Context | None = None) -> HopState | None:
+    """The state of the receiving hop ``context`` belongs to, if any."""
+    ctx = context if context is not None else otel_context.get_current()
+    return cast("HopState | None", ctx.get(HOP_KEY))
+
+
+@functools.lru_cache(maxsize=1024)
+def _route_matches(route: str, patterns: tuple[str, ...]) -> bool:
+    return any(route == p or fnmatch.fnmatchcase(route, p) for p in patterns)
+
+
+def is_anonymous_route(route: str | None, settings: _config.Settings | None = None) -> bool:
+    """Whether ``route`` (a path or a gRPC method) is exempt from requiring identity."""
+    if not route:
+        return False
+    patterns = (settings or _config.get_settings()).anonymous_routes
+    return bool(patterns) and _route_matches(route, patterns)
+
+
+def missing_event(hop: str, settings: _config.Settings) -> tuple[str, dict[str, Any]]:
+    return (
+        names.EVENT_MISSING,
+        {names.ATTR_HOP: hop, names.ATTR_MISSING_KEYS: (settings.user_key, settings.tenant_key)},
+    )
+
+
+class _LimitedGetter(Getter[CarrierT]):
+    """Hands the propagator a baggage header within W3C limits, identity members kept.
+
+    OpenTelemetry drops an oversize header whole, identity included; splitting the list on its
+    commas (members never contain a raw comma) lets the propagator still decode what fits.
+    """
+
+    def __init__(self, inner: Getter[CarrierT]) -> None:
+        self.inner = inner
+        self.oversize = False
+
+    def get(self, carrier: CarrierT, key: str) -> list[str] | None:
+        values = self.inner.get(carrier, key)
+        if key != _BAGGAGE_HEADER or not values:
+            return values
+        header = values[0] if isinstance(values, (list, tuple)) else values
+        if not isinstance(header, str):
+            return values
+        if len(header) <= _codec.MAX_BYTES and header.count(",") < _codec.MAX_MEMBERS:
+            return values
+        return [self._trim(header)]
+
+    def keys(self, carrier: CarrierT) -> list[str]:
+        return self.inner.keys(carrier)
+
+    def _trim(self, header: str) -> str:
+        wanted = set(all_identity_keys())
+        identity: list[str] = []
+        others: list[str] = []
+        for member in header.split(","):
+            name = member.split("=", 1)[0].strip(" \t")
+            (identity if name in wanted else others).append(member.strip(" \t"))
+        size = sum(len(m.encode("utf-8", "replace")) + 1 for m in identity)
+        if size > _codec.MAX_BYTES:
+            self.oversize = True
+            identity, size = [], 0
+        kept = list(identity)
+        for member in others:
+            member_size = len(member.encode("utf-8", "replace")) + 1
+            if len(kept) >= _codec.MAX_MEMBERS or size + member_size > _codec.MAX_BYTES:
+                continue
+            kept.append(member)
+            size += member_size
+        return ",".join(kept)
+
+
+def _choose_span(base: Context, remote: Context) -> trace.Span:
+    """The span the hop continues: the hop's own local span if an instrumentation already
+    started one (so its children stay under it), else the sender's remote span."""
+    local = trace.get_current_span(base)
+    if local.get_span_context().is_valid and getattr(local, "kind", None) in _HOP_SPAN_KINDS:
+        return local
+    sent = trace.get_current_span(remote)
+    return sent if sent.get_span_context().is_valid else local
+
+
+def extract(
+    carrier: CarrierT,
+    getter: Getter[CarrierT] | None = None,
+    *,
+    hop: str,
+    context: Context | None = None,
+    route: str | None = None,
+) -> Context:
+    """The receiving hop's context: the sender's trace and baggage, identity after policy.
+
+    ``hop`` is the hop kind (``identity.hop``); ``route`` a path or gRPC method for the
+    anonymous-route exemption. Inbound identity is admitted by the configured policy
+    (``trust``/``verify``/``strip``), the hop is counted, and ``identity.missing`` /
+    ``identity.rejected`` are recorded on the hop's span. Never raises: on an internal error
+    the result carries no identity (fail closed) and the error is logged.
+    """
+    base = context if context is not None else otel_context.get_current()
+    try:
+        return _extract(carrier, getter or default_getter, hop, base, route)
+    except Exception:  # noqa: BLE001 - never break the host's request path
+        _telemetry.log_internal_error("extract")
+        return _without_identity(base)
+
+
+def _extract(
+    carrier: CarrierT, getter: Getter[CarrierT], hop: str, base: Context, route: str | None
+) -> Context:
+    settings = _config.get_settings()
+    limited = _LimitedGetter(getter)
+    remote = propagate.extract(carrier, context=Context(), getter=limited)
+    baggage = cast("dict[str, object]", remote.get(_BAGGAGE_KEY) or {})
+    if len(baggage) > _codec.MAX_MEMBERS:
+        baggage = cast("dict[str, object]", _codec.fit(baggage, settings.identity_keys))
+    keys = settings.identity_keys
+    identity, reason = _policy.admit(
+        baggage, _codec.raw_values(baggage, keys), _policy.policy_for(hop, settings), settings
+    )
+    if limited.oversize and identity is None:
+        reason = names.REASON_OVERSIZE
+    events: list[tuple[str, dict[str, Any]]] = []
+    if reason is not None:
+        outcome = names.OUTCOME_REJECTED
+        drop = set(all_identity_keys())
+        baggage = {k: v for k, v in baggage.items() if k not in drop}
+        events.append(
+            (names.EVENT_REJECTED, {names.ATTR_HOP: hop, names.ATTR_REJECT_REASON: reason})
+        )
+        _telemetry.log_once(
+            logging.WARNING,
+            ("rejected", hop, reason),
+            "otel-identity: inbound identity rejected on %s hop (%s); it was removed",
+            hop,
+            reason,
+        )
+    elif identity is not None:
+        outcome = names.OUTCOME_PRESENT
+    elif is_anonymous_route(route, settings):
+        outcome = names.OUTCOME_ANONYMOUS
+    else:
+        outcome = names.OUTCOME_MISSING
+    if identity is None and outcome != names.OUTCOME_ANONYMOUS and hop in settings.required_hops:
+        events.append(missing_event(hop, settings))
+    _telemetry.count_hop(hop, outcome)
+
+    span = _choose_span(base, remote)
+    state = HopState(hop, outcome, reason, route)
+    values: dict[str, object] = dict(base)
+    values[_SPAN_KEY] = span
+    values[_BAGGAGE_KEY] = baggage
+    values[HOP_KEY] = state
+    if identity is not None:
+        values[_STATE_KEY] = IdentityState(_codec.raw_values(baggage, keys), identity)
+        values[_SLOT_KEY] = UserSlot(hop, identity)
+    else:
+        values.pop(_STATE_KEY, None)
+        values.pop(_SLOT_KEY, None)
+    if events:
+        if span.is_recording():
+            for name, attributes in events:
+                if not (name == names.EVENT_MISSING and _telemetry.has_event(span, name)):
+                    _telemetry.add_event(span, name, attributes)
+        else:
+            state.pending.extend(events)
+    return Context(values)
+
+
+def _without_identity(ctx: Context) -> Context:
+    drop = set(all_identity_keys())
+    values = dict(ctx)
+    baggage = cast("Mapping[str, object]", values.get(_BAGGAGE_KEY) or {})
+    values[_BAGGAGE_KEY] = {k: v for k, v in baggage.items() if k not in drop}
+    values.pop(_STATE_KEY, None)
+    values.pop(_SLOT_KEY, None)
+    return Context(values)
+
+
+def receive(context: Context, *, hop: str) -> Context:
+    """The receiving side of an in-process hand-off (thread, executor, task).
+
+    ``context`` was captured by the sender at hand-off; the result is that context as a new
+    hop: counted, with a fresh ``current_user`` slot so the receiver resolves its own user
+    object, and with ``identity.missing`` pending for the hop's first span if required.
+    """
+    try:
+        settings = _config.get_settings()
+        state = state_of(context)
+        outcome = names.OUTCOME_PRESENT if state is not None else names.OUTCOME_MISSING
+        _telemetry.count_hop(hop, outcome)
+        hop_state = HopState(hop, outcome, None, None)
+        if state is None and hop in settings.required_hops:
+            hop_state.pending.append(missing_event(hop, settings))
+        values: dict[str, object] = dict(context)
+        values[HOP_KEY] = hop_state
+        if state is not None:
+            values[_SLOT_KEY] = UserSlot(hop, state.identity)
+        return Context(values)
+    except Exception:  # noqa: BLE001
+        _telemetry.log_internal_error("receive")
+        return context
+
+
+@contextlib.contextmanager
+def continue_from(
+    carrier: CarrierT,
+    getter: Getter[CarrierT] | None = None,
+    *,
+    hop: str,
+    route: str | None = None,
+) -> Iterator[Identity | None]:
+    """``extract`` and attach for the block; yields the admitted identity (or None)."""
+    ctx = extract(carrier, getter, hop=hop, route=route)
+    token = otel_context.attach(ctx)
+    try:
+        yield get_identity(ctx)
+    finally:
+        otel_context.detach(token)
+
+
+@contextlib.contextmanager
+def continue_context(context: Context, *, hop: str) -> Iterator[Identity | None]:
+    """``receive`` and attach for the block: the in-process twin of ``continue_from``."""
+    ctx = receive(context, hop=hop)
+    token = otel_context.attach(ctx)
+    try:
+        yield get_identity(ctx)
+    finally:
+        otel_context.detach(token)
+
+
+def inject(
+    carrier: CarrierT,
+    setter: Setter[CarrierT] | None = None,
+    *,
+    destination: str | None = None,
+    hop: str | None = None,
+    context: Context | None = None,
+) -> None:
+    """Write the context (trace, baggage, identity) into ``carrier`` for the next hop.
+
+    With ``destination`` (URL, ``host:port`` or host), identity members are sent only if the
+    destination is on the egress allow list; otherwise they are removed and an
+    ``identity.stripped`` event is recorded. Baggage is trimmed to the W3C limits without
+    dropping identity members, and signed when signing keys are configured.
+    """
+    ctx = context if context is not None else otel_context.get_current()
+    setter = setter or default_setter
+    try:
+        outgoing = outgoing_context(ctx, destination=destination, hop=hop)
+    except Exception:  # noqa: BLE001 - fail closed: send no identity rather than break the call
+        _telemetry.log_internal_error("inject")
+        outgoing = _without_identity(ctx)
+    propagate.inject(carrier, context=outgoing, setter=setter)
+
+
+def outgoing_context(
+    ctx: Context, *, destination: str | None = None, hop: str | None = None
+) -> Context:
+    """The context as it may leave this process: egress policy, signature, W3C limits."""
+    baggage = cast("Mapping[str, object] | None", ctx.get(_BAGGAGE_KEY))
+    if not baggage:
+        return ctx
+    settings = _config.get_settings()
+    if destination is not None and not _egress.is_allowed(destination, settings.egress_allow):
+        return strip_for_egress(ctx, destination, hop=hop, settings=settings)
+    new_baggage: dict[str, object] | None = None
+    if settings.signing_keys:
+        state = state_of(ctx)
+        if state is not None:
+            token = _signing.sign(state.identity, settings.signing_keys, settings.token_ttl)
+            if baggage.get(settings.sig_key) != token:
+                new_baggage = {**baggage, settings.sig_key: token}
+    fitted = _codec.fit(new_baggage or baggage, identity_keys())
+    if fitted is not None:
+        new_baggage = fitted
+    if new_baggage is None:
+        return ctx
+    values = dict(ctx)
+    values[_BAGGAGE_KEY] = new_baggage
+    return Context(values)
+
+
+def strip_for_egress(
+    ctx: Context,
+    destination: str,
+    *,
+    hop: str | None = None,
+    settings: _config.Settings | None = None,
+    span: trace.Span | None = None,
+) -> Context:
+    """``ctx`` without identity (or any baggage, if so configured), recording the removal."""
+    settings = settings or _config.get_settings()
+    baggage = cast("Mapping[str, object]", ctx.get(_BAGGAGE_KEY) or {})
+    drop = set(all_identity_keys())
+    if not settings.egress_strip_all_baggage and not drop.intersection(baggage):
+        return ctx
+    values = dict(ctx)
+    if settings.egress_strip_all_baggage:
+        values[_BAGGAGE_KEY] = {}
+    else:
+        values[_BAGGAGE_KEY] = {k: v for k, v in baggage.items() if k not in drop}
+    values.pop(_STATE_KEY, None)
+    values.pop(_SLOT_KEY, None)
+    _telemetry.add_event(
+        span or trace.get_current_span(ctx),
+        names.EVENT_STRIPPED,
+        {
+            names.ATTR_HOP: hop or names.HOP_MANUAL,
+            names.ATTR_SERVER_ADDRESS: _egress.host_of(destination),
+        },
+    )
+    return Context(values)

@@ -1,0 +1,50 @@
+"""Inbound policy: which identity a receiving hop may believe.
+
+``trust`` takes baggage identity as is; ``verify`` takes it only with a valid ``identity.sig``;
+``strip`` ignores it (an edge service, whose identity comes from its own authentication).
+In-process hops (threads, our own child processes) cross no trust boundary and always trust.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from otel_identity import _codec, _config, _signing, names
+from otel_identity._identity import Identity
+
+IN_PROCESS_HOPS = frozenset({names.HOP_THREAD, names.HOP_PROCESS})
+
+
+def admit(
+    baggage: Mapping[str, object],
+    raw: tuple[object, ...],
+    policy: str,
+    settings: _config.Settings,
+) -> tuple[Identity | None, str | None]:
+    """(admitted identity or None, reject reason or None) for the identity in ``raw``."""
+    if raw == (None, None, None, None):
+        return None, None
+    if policy == "strip":
+        return None, names.REASON_UNTRUSTED
+    identity = _codec.decode_identity(raw)
+    if identity is None:
+        return None, None
+    claims = (identity.user_id, identity.tenant_id, identity.session_id, *identity.roles)
+    if not all(_codec.is_acceptable(value) for value in claims if value):
+        return None, names.REASON_MALFORMED
+    if policy == "verify":
+        reason = _signing.verify(baggage.get(settings.sig_key), identity, settings.signing_keys)
+        if reason is not None:
+            return None, reason
+        identity = Identity(*identity.claims(), verified=True)
+    return identity, None
+
+
+def policy_for(hop: str, settings: _config.Settings) -> str:
+    return "trust" if hop in IN_PROCESS_HOPS else settings.effective_inbound
+
+
+def admit_unknown(baggage: Mapping[str, object], raw: tuple[object, ...]) -> Identity | None:
+    """Identity found in baggage that no otel-identity hop or verb put there."""
+    settings = _config.get_settings()
+    return admit(baggage, raw, settings.effective_inbound, settings)[0]

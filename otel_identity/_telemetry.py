@@ -1,0 +1,121 @@
+"""Metrics, span events and the library's own logging, in one place.
+
+Hop accounting is on every receiving hop, so it must cost next to nothing: counts are kept in
+a local table and reported by an observable counter at collection time, instead of paying a
+synchronous ``Counter.add`` (attribute hashing, aggregation lookup) on the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.util.types import Attributes
+
+from otel_identity import names
+from otel_identity.version import __version__
+
+logger = logging.getLogger("otel_identity")
+
+_lock = threading.Lock()
+_hop_counts: dict[tuple[str, str], int] = {}
+_instruments: Any = None  # (observable counter, histogram), created at first use
+
+
+def _observe_hops(_options: CallbackOptions) -> Iterable[Observation]:
+    with _lock:
+        items = list(_hop_counts.items())
+    return [
+        Observation(count, {names.ATTR_HOP: hop, names.ATTR_OUTCOME: outcome})
+        for (hop, outcome), count in items
+    ]
+
+
+def _ensure_instruments() -> Any:
+    global _instruments
+    if _instruments is None:
+        with _lock:
+            if _instruments is None:
+                meter = metrics.get_meter("otel_identity", __version__)
+                counter = meter.create_observable_counter(
+                    names.METRIC_HOPS,
+                    callbacks=[_observe_hops],
+                    unit="{hop}",
+                    description="Receiving hops by identity outcome.",
+                )
+                histogram = meter.create_histogram(
+                    names.METRIC_RESOLVE_DURATION,
+                    unit="s",
+                    description="Time the user resolver took, cache misses only.",
+                )
+                _instruments = (counter, histogram)
+    return _instruments
+
+
+def count_hop(hop: str, outcome: str) -> None:
+    """Account one hop; the observable counter reports the running totals."""
+    if _instruments is None:
+        _ensure_instruments()
+    key = (hop, outcome)
+    with _lock:
+        _hop_counts[key] = _hop_counts.get(key, 0) + 1
+
+
+def hop_counts() -> dict[tuple[str, str], int]:
+    """A snapshot of the hop totals (for ``doctor``, the demo and tests)."""
+    with _lock:
+        return dict(_hop_counts)
+
+
+def record_resolve_duration(seconds: float, hop: str | None) -> None:
+    _ensure_instruments()[1].record(seconds, {names.ATTR_HOP: hop or names.HOP_MANUAL})
+
+
+def add_event(span: trace.Span | None, name: str, attributes: Attributes) -> bool:
+    """Add an event to a recording span; False when there is none to record on."""
+    if span is None or not span.is_recording():
+        return False
+    try:
+        span.add_event(name, attributes)
+    except Exception:  # noqa: BLE001 - a broken span implementation must not break the hop
+        log_internal_error("add_event")
+        return False
+    return True
+
+
+def has_event(span: trace.Span, name: str) -> bool:
+    events = getattr(span, "events", ())
+    return any(getattr(event, "name", None) == name for event in events)
+
+
+_logged_once: set[tuple[str, ...]] = set()
+
+
+def log_once(level: int, key: tuple[str, ...], message: str, *args: object) -> None:
+    """Log a message the first time ``key`` is seen: bad input repeats, the log must not."""
+    if key in _logged_once:
+        return
+    with _lock:
+        if key in _logged_once:
+            return
+        _logged_once.add(key)
+    logger.log(level, message, *args)
+
+
+def log_internal_error(where: str) -> None:
+    """The library's own failure on the request path: logged (with traceback), never raised.
+
+    Tests turn every call of this into a failure (see ``tests/conftest.py``).
+    """
+    # Always called from an except block: the traceback is the one being handled.
+    logger.exception("otel-identity internal error in %s (ignored)", where)  # noqa: LOG004
+
+
+def short(text: object, limit: int = 32) -> str:
+    """A short, printable prefix of untrusted input, safe to put in a log line."""
+    value = repr(str(text)[:limit])
+    return value + ("..." if len(str(text)) > limit else "")
