@@ -92,7 +92,7 @@ class Settings:
 _FIELDS = {f.name for f in dataclasses.fields(Settings)}
 _lock = threading.Lock()
 _settings: Settings | None = None
-_listeners: list[Callable[[Settings], None]] = []
+_listeners: list[Callable[[Settings | None], None]] = []
 
 
 def get_settings() -> Settings:
@@ -130,10 +130,12 @@ def reset_settings() -> None:
     global _settings
     with _lock:
         _settings = None
+        for listener in _listeners:
+            listener(None)
 
 
-def on_change(listener: Callable[[Settings], None]) -> None:
-    """Call ``listener(settings)`` whenever settings are installed (caches keyed on settings)."""
+def on_change(listener: Callable[[Settings | None], None]) -> None:
+    """Call ``listener(settings)`` whenever settings change; None means 'read them again'."""
     _listeners.append(listener)
 
 
@@ -172,7 +174,7 @@ def _split(value: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(item.strip() for item in items if item and item.strip())
 
 
-def _parse(name: str, value: Any) -> Any:  # noqa: PLR0911 - one branch per setting
+def _parse(name: str, value: Any) -> Any:
     if name == "resolver":
         if value is None or callable(value):
             return value

@@ -41,8 +41,11 @@ _keys: tuple[str, str, str, str] | None = None
 _sig_key = "identity.sig"
 
 
-def _on_settings(settings: _config.Settings) -> None:
+def _on_settings(settings: _config.Settings | None) -> None:
     global _keys, _sig_key
+    if settings is None:
+        _keys = None
+        return
     _keys = settings.identity_keys
     _sig_key = settings.sig_key
 
@@ -53,13 +56,14 @@ _config.on_change(_on_settings)
 def identity_keys() -> tuple[str, str, str, str]:
     keys = _keys
     if keys is None:
-        keys = _config.get_settings().identity_keys
+        keys = _config.get_settings().identity_keys  # installs them, through _on_settings
     return keys
 
 
 def all_identity_keys() -> tuple[str, ...]:
     """Identity members plus the signature member: what egress and policy remove."""
-    return (*identity_keys(), _sig_key)
+    keys = identity_keys()
+    return (*keys, _sig_key)
 
 
 class IdentityState:

@@ -207,15 +207,15 @@ def _fail(exc: BaseException, hop: str | None) -> None:
         names.EVENT_RESOLVE_FAILED,
         {
             names.ATTR_HOP: hop or names.HOP_MANUAL,
-            names.ATTR_EXCEPTION_TYPE: type(exc).__qualname__,
+            names.ATTR_EXCEPTION_TYPE: type(exc).__name__,
         },
     )
     _telemetry.log_once(
         logging.ERROR,
-        ("resolve_failed", type(exc).__qualname__),
+        ("resolve_failed", type(exc).__name__),
         "otel-identity: user resolver failed with %s; current_user is None for this hop "
         "(logged once per exception type)",
-        type(exc).__qualname__,
+        type(exc).__name__,
     )
 
 
