@@ -16,6 +16,7 @@ Both OpenTelemetry's propagator and a spec-compliant percent-decoder followed by
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import quote, quote_plus, unquote
@@ -86,8 +87,17 @@ def is_acceptable(value: str) -> bool:
     return len(value) <= MAX_VALUE_CHARS and not _CONTROL.search(value)
 
 
+@functools.lru_cache(maxsize=4096)
+def _members(identity: Identity, keys: tuple[str, str, str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(_members_uncached(identity, keys).items())
+
+
 def members(identity: Identity, keys: tuple[str, str, str, str]) -> dict[str, str]:
-    """The baggage members of an identity, identity keys in a fixed order."""
+    """The baggage members of an identity, identity keys in a fixed order (a new dict)."""
+    return dict(_members(identity, keys))
+
+
+def _members_uncached(identity: Identity, keys: tuple[str, str, str, str]) -> dict[str, str]:
     user_key, tenant_key, session_key, roles_key = keys
     out: dict[str, str] = {}
     if identity.user_id is not None:

@@ -157,7 +157,35 @@ def require_identity(context: Context | None = None) -> Identity:
     return identity
 
 
+_built: dict[tuple[object, ...], Identity] = {}
+
+
 def build_identity(
+    identity: Identity | None,
+    user_id: str | None,
+    tenant_id: str | None,
+    session_id: str | None,
+    roles: Iterable[str] | str | None,
+) -> Identity:
+    """A validated Identity from an Identity or claims (memoized for hashable claims)."""
+    if identity is None and (roles is None or type(roles) is tuple):
+        key = (user_id, tenant_id, session_id, roles)
+        try:
+            cached = _built.get(key)
+        except TypeError:  # unhashable claims: validation below explains what is wrong
+            cached = None
+        else:
+            if cached is None:
+                cached = _build_identity(None, user_id, tenant_id, session_id, roles)
+                if len(_built) >= 4096:
+                    _built.clear()
+                _built[key] = cached
+        if cached is not None:
+            return cached
+    return _build_identity(identity, user_id, tenant_id, session_id, roles)
+
+
+def _build_identity(
     identity: Identity | None,
     user_id: str | None,
     tenant_id: str | None,

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import (
@@ -35,7 +35,16 @@ from opentelemetry.propagators.textmap import (
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation import _SPAN_KEY  # stable since 1.0; one copy, not two
 
-from otel_identity import _codec, _config, _egress, _policy, _signing, _telemetry, names
+from otel_identity import (
+    _codec,
+    _config,
+    _egress,
+    _policy,
+    _propagation,
+    _signing,
+    _telemetry,
+    names,
+)
 from otel_identity._context import (
     _SLOT_KEY,
     _STATE_KEY,
@@ -101,50 +110,15 @@ def missing_event(hop: str, settings: _config.Settings) -> tuple[str, dict[str, 
     )
 
 
-class _LimitedGetter(Getter[CarrierT]):
-    """Hands the propagator a baggage header within W3C limits, identity members kept.
+_keep: tuple[_config.Settings | None, frozenset[str]] = (None, frozenset())
 
-    OpenTelemetry drops an oversize header whole, identity included; splitting the list on its
-    commas (members never contain a raw comma) lets the propagator still decode what fits.
-    """
 
-    def __init__(self, inner: Getter[CarrierT]) -> None:
-        self.inner = inner
-        self.oversize = False
-
-    def get(self, carrier: CarrierT, key: str) -> list[str] | None:
-        values = self.inner.get(carrier, key)
-        if key != _BAGGAGE_HEADER or not values:
-            return values
-        header = values[0] if isinstance(values, (list, tuple)) else values
-        if not isinstance(header, str):
-            return values
-        if len(header) <= _codec.MAX_BYTES and header.count(",") < _codec.MAX_MEMBERS:
-            return values
-        return [self._trim(header)]
-
-    def keys(self, carrier: CarrierT) -> list[str]:
-        return self.inner.keys(carrier)
-
-    def _trim(self, header: str) -> str:
-        wanted = set(all_identity_keys())
-        identity: list[str] = []
-        others: list[str] = []
-        for member in header.split(","):
-            name = member.split("=", 1)[0].strip(" \t")
-            (identity if name in wanted else others).append(member.strip(" \t"))
-        size = sum(len(m.encode("utf-8", "replace")) + 1 for m in identity)
-        if size > _codec.MAX_BYTES:
-            self.oversize = True
-            identity, size = [], 0
-        kept = list(identity)
-        for member in others:
-            member_size = len(member.encode("utf-8", "replace")) + 1
-            if len(kept) >= _codec.MAX_MEMBERS or size + member_size > _codec.MAX_BYTES:
-                continue
-            kept.append(member)
-            size += member_size
-        return ",".join(kept)
+def _keep_keys(settings: _config.Settings) -> frozenset[str]:
+    """Members the W3C limits must never drop, for these settings (cached per settings)."""
+    global _keep
+    if _keep[0] is not settings:
+        _keep = (settings, frozenset((*settings.identity_keys, settings.sig_key)))
+    return _keep[1]
 
 
 def _choose_span(base: Context, remote: Context) -> trace.Span:
@@ -185,16 +159,13 @@ def _extract(
     carrier: CarrierT, getter: Getter[CarrierT], hop: str, base: Context, route: str | None
 ) -> Context:
     settings = _config.get_settings()
-    limited = _LimitedGetter(getter)
-    remote = propagate.extract(carrier, context=Context(), getter=limited)
+    remote, oversize = _propagation.extract(carrier, getter, _keep_keys(settings))
     baggage = cast("dict[str, object]", remote.get(_BAGGAGE_KEY) or {})
-    if len(baggage) > _codec.MAX_MEMBERS:
-        baggage = cast("dict[str, object]", _codec.fit(baggage, settings.identity_keys))
     keys = settings.identity_keys
     identity, reason = _policy.admit(
         baggage, _codec.raw_values(baggage, keys), _policy.policy_for(hop, settings), settings
     )
-    if limited.oversize and identity is None:
+    if oversize and identity is None:
         reason = names.REASON_OVERSIZE
     events: list[tuple[str, dict[str, Any]]] = []
     if reason is not None:
@@ -328,7 +299,7 @@ def inject(
     except Exception:  # noqa: BLE001 - fail closed: send no identity rather than break the call
         _telemetry.log_internal_error("inject")
         outgoing = _without_identity(ctx)
-    propagate.inject(carrier, context=outgoing, setter=setter)
+    _propagation.inject(carrier, outgoing, setter)
 
 
 def outgoing_context(

@@ -15,6 +15,26 @@ from otel_identity._identity import Identity
 IN_PROCESS_HOPS = frozenset({names.HOP_THREAD, names.HOP_PROCESS})
 
 
+_decoded: dict[tuple[object, ...], tuple[Identity | None, str | None]] = {}
+
+
+def _decode(raw: tuple[object, ...]) -> tuple[Identity | None, str | None]:
+    """Decode and check the claims; memoized, since the same identity arrives again and again."""
+    cached = _decoded.get(raw)
+    if cached is not None:
+        return cached
+    identity = _codec.decode_identity(raw)
+    result: tuple[Identity | None, str | None] = (identity, None)
+    if identity is not None:
+        claims = (identity.user_id, identity.tenant_id, identity.session_id, *identity.roles)
+        if not all(_codec.is_acceptable(value) for value in claims if value):
+            result = (None, names.REASON_MALFORMED)
+    if len(_decoded) >= 4096:
+        _decoded.clear()  # bounded: a flood of distinct identities must not grow memory
+    _decoded[raw] = result
+    return result
+
+
 def admit(
     baggage: Mapping[str, object],
     raw: tuple[object, ...],
@@ -26,12 +46,12 @@ def admit(
         return None, None
     if policy == "strip":
         return None, names.REASON_UNTRUSTED
-    identity = _codec.decode_identity(raw)
-    if identity is None:
-        return None, None
-    claims = (identity.user_id, identity.tenant_id, identity.session_id, *identity.roles)
-    if not all(_codec.is_acceptable(value) for value in claims if value):
+    try:
+        identity, reason = _decode(raw)
+    except TypeError:  # an unhashable value put in baggage by other code: nothing to admit
         return None, names.REASON_MALFORMED
+    if identity is None:
+        return None, reason
     if policy == "verify":
         reason = _signing.verify(baggage.get(settings.sig_key), identity, settings.signing_keys)
         if reason is not None:

@@ -1,0 +1,99 @@
+"""The ``otel-identity`` command: demo, doctor, keygen."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from otel_identity import _config, _signing
+from otel_identity._errors import ConfigurationError
+from otel_identity.version import __version__
+
+
+def _doctor() -> int:
+    from opentelemetry import propagate, trace
+
+    from otel_identity._instrumentor import carries_baggage
+
+    try:
+        settings = _config.get_settings()
+    except ConfigurationError as exc:
+        print(f"configuration error: {exc}")
+        return 2
+    print(f"otel-identity {__version__}: effective configuration")
+    for name in (
+        "resolver",
+        "user_key",
+        "tenant_key",
+        "session_key",
+        "roles_key",
+        "required_hops",
+        "anonymous_routes",
+        "inbound",
+        "signing_keys",
+        "token_ttl",
+        "egress_allow",
+        "egress_strip_all_baggage",
+        "span_attributes",
+    ):
+        value = getattr(settings, name)
+        if name == "inbound":
+            value = f"{settings.effective_inbound}" + ("" if settings.inbound else " (default)")
+        elif name == "signing_keys":
+            value = ", ".join(value) + f" ({len(value)} key(s))" if value else "none"
+        elif isinstance(value, (frozenset, tuple)):
+            value = ", ".join(sorted(value) if isinstance(value, frozenset) else value) or "none"
+        print(f"  {name:<26} {value}")
+    print("checks")
+    warnings = 0
+    propagator = propagate.get_global_textmap()
+    if carries_baggage(propagator):
+        print("  ok    the global propagator carries W3C baggage")
+    else:
+        warnings += 1
+        print("  WARN  the global propagator has no W3C baggage: identity will not cross processes")
+    provider = trace.get_tracer_provider()
+    print(f"  info  tracer provider: {type(provider).__name__}")
+    if settings.effective_inbound == "trust" and "http.server" in settings.required_hops:
+        warnings += 1
+        print(
+            "  WARN  inbound=trust: a service that faces the internet would believe any "
+            "caller's baggage; use inbound=strip at the edge or signing keys (verify) inside"
+        )
+    if settings.effective_inbound == "verify" and settings.token_ttl > 3600:
+        warnings += 1
+        print("  WARN  token_ttl above one hour makes stolen tokens useful for long")
+    if "0.0.0.0/0" in settings.egress_allow or "::/0" in settings.egress_allow:
+        warnings += 1
+        print("  WARN  egress_allow admits every address: identity may reach third parties")
+    print(f"{warnings} warning(s)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="otel-identity", description="User and tenant identity across every hop."
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="run a multi-hop flow on loopback and print its trace")
+    sub.add_parser("doctor", help="print the effective configuration and checks")
+    sub.add_parser("keygen", help="print a new signing key (kid:base64key)")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from otel_identity._demo import run
+
+        return run(sys.stdout)
+    if args.command == "doctor":
+        return _doctor()
+    if args.command == "keygen":
+        import secrets
+
+        print(f"k{secrets.token_hex(3)}:{_signing.new_key()}")
+        return 0
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
