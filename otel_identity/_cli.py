@@ -1,4 +1,4 @@
-"""The ``otel-identity`` command: demo, doctor, keygen."""
+"""The ``otel-identity`` command: demo, doctor, report, keygen."""
 
 from __future__ import annotations
 
@@ -71,22 +71,46 @@ def _doctor() -> int:
     return 0
 
 
+def _report(path: str, html_path: str | None) -> int:
+    from otel_identity import _report as report
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            spans = report.load(handle.read())
+    except (OSError, ValueError) as exc:
+        print(f"cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    result = report.analyse(spans)
+    print(report.render_text(result), end="")
+    if html_path:
+        with open(html_path, "w", encoding="utf-8") as handle:
+            handle.write(report.render_html(result))
+        print(f"wrote {html_path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="otel-identity", description="User and tenant identity across every hop."
     )
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="run a multi-hop flow on loopback and print its trace")
+    demo = sub.add_parser("demo", help="run a multi-hop flow on loopback and print its trace")
+    demo.add_argument("--export", metavar="PATH", help="write the spans (JSON lines) to PATH")
     sub.add_parser("doctor", help="print the effective configuration and checks")
     sub.add_parser("keygen", help="print a new signing key (kid:base64key)")
+    report = sub.add_parser("report", help="identity coverage of exported traces")
+    report.add_argument("file", help="OTLP JSON (lines) or ConsoleSpanExporter output")
+    report.add_argument("--html", metavar="PATH", help="also write the report as a page")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from otel_identity._demo import run
 
-        return run(sys.stdout)
+        return run(sys.stdout, export=args.export)
     if args.command == "doctor":
         return _doctor()
+    if args.command == "report":
+        return _report(args.file, args.html)
     if args.command == "keygen":
         import secrets
 

@@ -24,6 +24,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -145,26 +146,37 @@ def _serve(app: Any) -> Iterator[int]:
         server.server_close()
 
 
-def _pipeline() -> tuple[trace.Tracer, InMemorySpanExporter]:
+def _pipeline() -> tuple[Callable[[str], trace.Tracer], InMemorySpanExporter]:
+    """One exporter, a tracer provider per demo service (so spans say which service)."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(oi.IdentitySpanProcessor())
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return provider.get_tracer("otel_identity.demo"), exporter
+
+    def tracer_for(service: str) -> trace.Tracer:
+        provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        provider.add_span_processor(oi.IdentitySpanProcessor())
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        return provider.get_tracer("otel_identity.demo")
+
+    return tracer_for, exporter
 
 
-def run(out: IO[str]) -> int:
-    """Run the demo flow and print its trace; 0 when every hop behaved as designed."""
-    tracer, exporter = _pipeline()
+def run(out: IO[str], export: str | None = None) -> int:
+    """Run the demo flow and print its trace; 0 when every hop behaved as designed.
+
+    ``export`` writes the spans as ConsoleSpanExporter JSON, for ``otel-identity report``.
+    """
+    tracer_for, exporter = _pipeline()
+    tracer = tracer_for("web")
     with tempfile.TemporaryDirectory() as tmp:
         users = Users(f"{tmp}/users.db")
         oi.set_user_resolver(users.resolve)
         jobs: queue.Queue[dict[str, str] | None] = queue.Queue()
         done: list[str] = []
-        consumer = threading.Thread(target=_consume, args=(tracer, jobs, done), name="consumer")
+        consumer = threading.Thread(
+            target=_consume, args=(tracer_for("worker"), jobs, done), name="consumer"
+        )
         consumer.start()
         try:
-            with _serve(_reports_service(tracer, jobs)) as port:
+            with _serve(_reports_service(tracer_for("reports"), jobs)) as port:
                 with (
                     oi.use_identity(user_id="u-1", tenant_id="acme", roles=["analyst"]),
                     tracer.start_as_current_span("edge: Ada asks for a report"),
@@ -178,7 +190,7 @@ def run(out: IO[str]) -> int:
                     conn.close()
                 # The broken hop: a legacy producer injects with a bare propagator from an
                 # empty context, so the job reaches the consumer without identity.
-                with tracer.start_as_current_span("legacy cron: publish cleanup"):
+                with tracer_for("legacy-cron").start_as_current_span("publish cleanup"):
                     legacy: dict[str, str] = {"section": "cleanup"}
                     propagate.inject(
                         legacy,
@@ -192,6 +204,9 @@ def run(out: IO[str]) -> int:
             consumer.join(timeout=10)
         oi.set_user_resolver(None)
     finished = exporter.get_finished_spans()
+    if export:
+        with open(export, "w", encoding="utf-8") as handle:
+            handle.writelines(span.to_json(indent=None) + "\n" for span in finished)
     out.write(render_tree(finished))
     out.write("\n")
     out.write(f"reports service replied: {reply}\n")
@@ -225,7 +240,7 @@ def render_tree(spans: Sequence[ReadableSpan]) -> str:
     for span in sorted(spans, key=lambda s: s.start_time or 0):
         parent = span.parent.span_id if span.parent is not None else None
         children.setdefault(parent if parent in by_id else None, []).append(span)
-    rows: list[tuple[str, str, str, str, str]] = []
+    rows: list[tuple[str, ...]] = []
 
     def walk(span: ReadableSpan, depth: int) -> None:
         attrs = span.attributes or {}
@@ -236,6 +251,7 @@ def render_tree(spans: Sequence[ReadableSpan]) -> str:
         rows.append(
             (
                 "  " * depth + span.name,
+                str(span.resource.attributes.get("service.name", "")),
                 _hop_label(span),
                 str(attrs.get(names.USER_ID, attrs.get(names.USER_HASH, "-"))),
                 str(attrs.get(names.TENANT_ID, "-")),
@@ -247,10 +263,12 @@ def render_tree(spans: Sequence[ReadableSpan]) -> str:
 
     for root in children.get(None, []):
         walk(root, 0)
-    header = ("span", "kind", "user.id", "tenant.id", "events")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    header = ("span", "service", "kind", "user.id", "tenant.id", "events")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     lines = [
-        "  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)).rstrip()
+        "  ".join(
+            cell.ljust(widths[i]) if i < len(widths) else cell for i, cell in enumerate(row)
+        ).rstrip()
         for row in [header, *rows]
     ]
     lines.insert(1, "-" * len(lines[0]))
