@@ -58,8 +58,12 @@ from otel_identity._context import (
 )
 from otel_identity._identity import Identity
 
-_HOP_SPAN_KINDS = (SpanKind.SERVER, SpanKind.CONSUMER)
-_BAGGAGE_HEADER = "baggage"
+# The span kind an instrumentation gives the receiving side of each hop kind.
+_HOP_SPAN_KIND = {
+    names.HOP_HTTP_SERVER: SpanKind.SERVER,
+    names.HOP_GRPC_SERVER: SpanKind.SERVER,
+    names.HOP_QUEUE_CONSUME: SpanKind.CONSUMER,
+}
 
 
 class HopState:
@@ -121,14 +125,23 @@ def _keep_keys(settings: _config.Settings) -> frozenset[str]:
     return _keep[1]
 
 
-def _choose_span(base: Context, remote: Context) -> trace.Span:
-    """The span the hop continues: the hop's own local span if an instrumentation already
-    started one (so its children stay under it), else the sender's remote span."""
+def _choose_span(base: Context, remote: Context, hop: str) -> tuple[trace.Span, bool]:
+    """The span the hop continues, and whether it is the hop's own span.
+
+    The hop's own span is a local one an instrumentation already started for it (its
+    children stay under it, and it takes the hop's events); otherwise the sender's remote
+    span, or, without one, whatever local span was current.
+    """
     local = trace.get_current_span(base)
-    if local.get_span_context().is_valid and getattr(local, "kind", None) in _HOP_SPAN_KINDS:
-        return local
+    expected = _HOP_SPAN_KIND.get(hop)
+    if (
+        expected is not None
+        and getattr(local, "kind", None) is expected
+        and local.get_span_context().is_valid
+    ):
+        return local, True
     sent = trace.get_current_span(remote)
-    return sent if sent.get_span_context().is_valid else local
+    return (sent if sent.get_span_context().is_valid else local), False
 
 
 def extract(
@@ -192,7 +205,7 @@ def _extract(
         events.append(missing_event(hop, settings))
     _telemetry.count_hop(hop, outcome)
 
-    span = _choose_span(base, remote)
+    span, own_span = _choose_span(base, remote, hop)
     state = HopState(hop, outcome, reason, route)
     values: dict[str, object] = dict(base)
     values[_SPAN_KEY] = span
@@ -205,7 +218,7 @@ def _extract(
         values.pop(_STATE_KEY, None)
         values.pop(_SLOT_KEY, None)
     if events:
-        if span.is_recording():
+        if own_span and span.is_recording():
             for name, attributes in events:
                 if not (name == names.EVENT_MISSING and _telemetry.has_event(span, name)):
                     _telemetry.add_event(span, name, attributes)

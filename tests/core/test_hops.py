@@ -309,3 +309,19 @@ def test_inject_uses_the_current_context_by_default() -> None:
     finally:
         context.detach(token)
     assert carrier["baggage"] == "user.id=cur"
+
+
+def test_a_queue_hop_inside_a_server_span_does_not_take_over_that_span(
+    spans: InMemorySpanExporter, tracer: trace.Tracer
+) -> None:
+    with tracer.start_as_current_span("GET /drain", kind=SpanKind.SERVER) as server:
+        with tracer.start_as_current_span("send"):
+            carrier: dict[str, str] = {}
+            oi.inject(carrier)
+        ctx = oi.extract(carrier, hop="queue.consume")
+        assert trace.get_current_span(ctx) is not server
+        with oi.continue_from({}, hop="queue.consume"), tracer.start_as_current_span("msg"):
+            pass
+    by_name = {s.name: [e.name for e in s.events] for s in spans.get_finished_spans()}
+    assert by_name["msg"] == ["identity.missing"]
+    assert by_name["GET /drain"] == ["identity.missing"]  # its own, from the processor
