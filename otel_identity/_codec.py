@@ -83,8 +83,11 @@ def check_claim(name: str, value: object) -> str | None:
 
 
 def is_acceptable(value: str) -> bool:
-    """Whether a decoded inbound claim may be used (bounded, printable)."""
-    return len(value) <= MAX_VALUE_CHARS and not _CONTROL.search(value)
+    """Whether a decoded inbound claim may be used (bounded, no control characters)."""
+    if len(value) > MAX_VALUE_CHARS:
+        return False
+    # Printable ASCII (every ordinary id) is decided in C, without the regex.
+    return (value.isascii() and value.isprintable()) or not _CONTROL.search(value)
 
 
 @functools.lru_cache(maxsize=4096)

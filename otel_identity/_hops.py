@@ -56,6 +56,7 @@ from otel_identity._context import (
     identity_keys,
     state_of,
 )
+from otel_identity._errors import IdentityRejectedError, MissingIdentityError
 from otel_identity._identity import Identity
 
 # The span kind an instrumentation gives the receiving side of each hop kind.
@@ -269,12 +270,24 @@ def continue_from(
     *,
     hop: str,
     route: str | None = None,
+    require: bool = False,
 ) -> Iterator[Identity | None]:
-    """``extract`` and attach for the block; yields the admitted identity (or None)."""
+    """``extract`` and attach for the block; yields the admitted identity (or None).
+
+    With ``require=True`` a hop without an admitted identity raises before the block runs:
+    ``IdentityRejectedError`` (with ``.reason``) if policy refused it, else
+    ``MissingIdentityError``. The hop is accounted and its events recorded either way.
+    """
     ctx = extract(carrier, getter, hop=hop, route=route)
+    identity = get_identity(ctx)
+    if require and identity is None:
+        state = hop_state(ctx)
+        if state is not None and state.reason is not None:
+            raise IdentityRejectedError(state.reason)
+        raise MissingIdentityError(f"no identity arrived on this {hop} hop")
     token = otel_context.attach(ctx)
     try:
-        yield get_identity(ctx)
+        yield identity
     finally:
         otel_context.detach(token)
 

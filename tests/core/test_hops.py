@@ -325,3 +325,17 @@ def test_a_queue_hop_inside_a_server_span_does_not_take_over_that_span(
     by_name = {s.name: [e.name for e in s.events] for s in spans.get_finished_spans()}
     assert by_name["msg"] == ["identity.missing"]
     assert by_name["GET /drain"] == ["identity.missing"]  # its own, from the processor
+
+
+def test_continue_from_can_require_identity_and_says_why_it_is_absent() -> None:
+    with (
+        pytest.raises(oi.MissingIdentityError),
+        oi.continue_from({}, hop="queue.consume", require=True),
+    ):
+        pass
+    oi.configure(inbound="strip")
+    with pytest.raises(oi.IdentityRejectedError) as info:
+        with oi.continue_from(carrier_for(user_id="u"), hop="queue.consume", require=True):
+            pass
+    assert info.value.reason == "untrusted"
+    assert oi.get_identity() is None
