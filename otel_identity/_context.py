@@ -26,7 +26,7 @@ from opentelemetry.baggage import _BAGGAGE_KEY  # stable since 1.0; saves a copy
 from opentelemetry.context import Context, create_key
 from opentelemetry.util.types import AttributeValue
 
-from otel_identity import _codec, _config, _policy, names
+from otel_identity import _codec, _config, _memo, _policy, names
 from otel_identity._errors import MissingIdentityError
 from otel_identity._identity import Identity
 
@@ -177,9 +177,7 @@ def build_identity(
         else:
             if cached is None:
                 cached = _build_identity(None, user_id, tenant_id, session_id, roles)
-                if len(_built) >= 4096:
-                    _built.clear()
-                _built[key] = cached
+                _memo.remember(_built, key, cached)
         if cached is not None:
             return cached
     return _build_identity(identity, user_id, tenant_id, session_id, roles)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from otel_identity import _codec, _config, _signing, names
+from otel_identity import _codec, _config, _memo, _signing, names
 from otel_identity._identity import Identity
 
 IN_PROCESS_HOPS = frozenset({names.HOP_THREAD, names.HOP_PROCESS})
@@ -29,10 +29,7 @@ def _decode(raw: tuple[object, ...]) -> tuple[Identity | None, str | None]:
         claims = (identity.user_id, identity.tenant_id, identity.session_id, *identity.roles)
         if not all(_codec.is_acceptable(value) for value in claims if value):
             result = (None, names.REASON_MALFORMED)
-    if len(_decoded) >= 4096:
-        _decoded.clear()  # bounded: a flood of distinct identities must not grow memory
-    _decoded[raw] = result
-    return result
+    return _memo.remember(_decoded, raw, result)
 
 
 def admit(

@@ -15,7 +15,6 @@ dropped whole, and more than 64 members are trimmed after decoding.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -26,12 +25,10 @@ from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import CarrierT, Getter, Setter, TextMapPropagator
 
-from otel_identity import _codec
+from otel_identity import _codec, _memo
 
 _HEADER = "baggage"
-_CACHE_LIMIT = 4096
 _W3C = W3CBaggagePropagator()
-_lock = threading.Lock()
 _decoded: dict[str, tuple[dict[str, object], bool]] = {}
 _encoded: dict[tuple[tuple[str, object], ...], str | None] = {}
 
@@ -41,13 +38,6 @@ def _parts(propagator: TextMapPropagator) -> tuple[TextMapPropagator, ...] | Non
     if type(propagator) is CompositePropagator:
         return tuple(cast("Any", propagator)._propagators)
     return (propagator,)
-
-
-def _remember(table: dict[Any, Any], key: Any, value: Any) -> None:
-    with _lock:
-        if len(table) >= _CACHE_LIMIT:
-            table.clear()  # a flood of distinct values must not grow memory without bound
-        table[key] = value
 
 
 def trim_header(header: str, keep: frozenset[str]) -> tuple[str, bool]:
@@ -87,7 +77,7 @@ def decode_baggage(header: str, keep: frozenset[str]) -> tuple[dict[str, object]
     if len(members) > _codec.MAX_MEMBERS:
         members = cast("dict[str, object]", _codec.fit(members, keep))
     result = (members, oversize)
-    _remember(_decoded, header, result)
+    _memo.remember(_decoded, header, result)
     return result
 
 
@@ -158,7 +148,7 @@ def _header_for(baggage: Mapping[str, object]) -> str | None:
     _W3C.inject(carrier, context=Context({_BAGGAGE_KEY: dict(baggage)}))
     header = carrier.get(_HEADER)
     if key is not None:
-        _remember(_encoded, key, header)
+        _memo.remember(_encoded, key, header)
     return header
 
 

@@ -34,7 +34,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 from otel_identity import _config, _telemetry, names
-from otel_identity._context import state_of, user_slot
+from otel_identity._context import UserSlot, state_of, user_slot
 from otel_identity._identity import Identity
 
 Resolver = Callable[[Identity], Any]
@@ -308,8 +308,14 @@ async def _resolve_async(fn: Resolver, identity: Identity, hop: str | None) -> o
     return result
 
 
-def get_current_user(context: Context | None = None) -> Any:
-    """The user of ``context`` (default: current), resolved at most once per hop; or None."""
+def _lookup(
+    context: Context | None,
+) -> tuple[Resolver, Identity, UserSlot | None, str | None] | None:
+    """(resolver, identity, this thread's slot or None, hop), or None when there is no user.
+
+    A slot counts only in the thread that entered the hop and for the identity it was made
+    for; otherwise the user is resolved without the per-hop memo.
+    """
     ctx = context if context is not None else otel_context.get_current()
     state = state_of(ctx)
     if state is None:
@@ -319,8 +325,20 @@ def get_current_user(context: Context | None = None) -> Any:
         return None
     identity = state.identity
     slot = user_slot(ctx)
-    if slot is None or slot.thread != threading.get_ident() or slot.identity != identity:
-        return _resolve_sync(fn, identity, slot.hop if slot is not None else None)
+    hop = slot.hop if slot is not None else None
+    if slot is not None and (slot.thread != threading.get_ident() or slot.identity != identity):
+        slot = None
+    return fn, identity, slot, hop
+
+
+def get_current_user(context: Context | None = None) -> Any:
+    """The user of ``context`` (default: current), resolved at most once per hop; or None."""
+    found = _lookup(context)
+    if found is None:
+        return None
+    fn, identity, slot, hop = found
+    if slot is None:
+        return _resolve_sync(fn, identity, hop)
     if not slot.done:
         if slot.pending is not None:  # re-entered from inside the resolver itself
             return None
@@ -335,17 +353,12 @@ def get_current_user(context: Context | None = None) -> Any:
 
 async def aget_current_user(context: Context | None = None) -> Any:
     """``get_current_user`` for async code: awaits an async resolver on the running loop."""
-    ctx = context if context is not None else otel_context.get_current()
-    state = state_of(ctx)
-    if state is None:
+    found = _lookup(context)
+    if found is None:
         return None
-    fn = _resolver if _explicit else get_resolver()
-    if fn is None:
-        return None
-    identity = state.identity
-    slot = user_slot(ctx)
-    if slot is None or slot.thread != threading.get_ident() or slot.identity != identity:
-        return await _resolve_async(fn, identity, slot.hop if slot is not None else None)
+    fn, identity, slot, hop = found
+    if slot is None:
+        return await _resolve_async(fn, identity, hop)
     if slot.done:
         return slot.user
     if isinstance(slot.pending, asyncio.Future):  # another task of this hop is resolving

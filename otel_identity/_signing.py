@@ -19,16 +19,13 @@ import hashlib
 import hmac
 import json
 import secrets
-import threading
 import time
 from collections.abc import Mapping
 
-from otel_identity import names
+from otel_identity import _memo, names
 from otel_identity._identity import Identity
 
 _VERSION = "v1"
-_CACHE_LIMIT = 10_000
-_lock = threading.Lock()
 # (claims, kid, key) -> (token, exp minutes); (token, claims) -> (exp minutes, reason or None)
 _sign_cache: dict[tuple[object, ...], tuple[str, int]] = {}
 _verify_cache: dict[tuple[object, ...], tuple[int, str | None]] = {}
@@ -61,10 +58,7 @@ def sign(identity: Identity, keys: Mapping[str, bytes], ttl_seconds: int) -> str
         return cached[0]
     exp = int(now) + lifetime
     token = f"{_VERSION}.{kid}.{exp}.{_mac(key, kid, exp, claims)}"
-    with _lock:
-        if len(_sign_cache) >= _CACHE_LIMIT:
-            _sign_cache.clear()
-        _sign_cache[cache_key] = (token, exp)
+    _memo.remember(_sign_cache, cache_key, (token, exp))
     return token
 
 
@@ -76,11 +70,7 @@ def verify(token: object, identity: Identity, keys: Mapping[str, bytes]) -> str 
     cache_key = (token, claims, id(keys))
     cached = _verify_cache.get(cache_key)
     if cached is None:
-        cached = _verify_uncached(token, claims, keys)
-        with _lock:
-            if len(_verify_cache) >= _CACHE_LIMIT:
-                _verify_cache.clear()
-            _verify_cache[cache_key] = cached
+        cached = _memo.remember(_verify_cache, cache_key, _verify_uncached(token, claims, keys))
     exp, reason = cached
     if reason is None and exp <= _now_minutes():
         return names.REASON_EXPIRED
