@@ -69,20 +69,16 @@ def all_identity_keys() -> tuple[str, ...]:
 class IdentityState:
     """The decoded identity of a context, valid while baggage still holds the same values."""
 
-    __slots__ = ("_attrs", "identity", "raw")
+    __slots__ = ("identity", "raw")
 
     def __init__(self, raw: tuple[object, ...], identity: Identity) -> None:
         self.raw = raw
         self.identity = identity
-        self._attrs: tuple[str, dict[str, AttributeValue]] | None = None
 
     def span_attributes(self, mode: str) -> dict[str, AttributeValue]:
-        cached = self._attrs
-        if cached is not None and cached[0] == mode:
-            return cached[1]
-        attrs = _span_attributes(self.identity, mode)
-        self._attrs = (mode, attrs)
-        return attrs
+        identity = self.identity
+        # ``verified`` is not part of Identity equality, so it is part of the key.
+        return _span_attributes(identity, identity.verified, mode)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -90,7 +86,9 @@ def hash_user(user_id: str) -> str:
     return hashlib.sha256(user_id.encode("utf-8")).hexdigest()
 
 
-def _span_attributes(identity: Identity, mode: str) -> dict[str, AttributeValue]:
+@functools.lru_cache(maxsize=4096)
+def _span_attributes(identity: Identity, verified: bool, mode: str) -> dict[str, AttributeValue]:
+    """The span attributes of an identity (shared: callers must not mutate the result)."""
     attrs: dict[str, AttributeValue] = {}
     if mode == "none":
         return attrs
@@ -105,7 +103,7 @@ def _span_attributes(identity: Identity, mode: str) -> dict[str, AttributeValue]
         attrs[names.SESSION_ID] = identity.session_id
     if identity.roles:
         attrs[names.USER_ROLES] = identity.roles
-    attrs[names.IDENTITY_VERIFIED] = identity.verified
+    attrs[names.IDENTITY_VERIFIED] = verified
     return attrs
 
 
