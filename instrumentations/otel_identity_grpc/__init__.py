@@ -1,0 +1,75 @@
+"""otel-identity for gRPC: identity across every RPC, sync and asyncio, all four call shapes.
+
+Everything, for every server and channel the process creates::
+
+    from otel_identity_grpc import GrpcIdentityInstrumentor
+    GrpcIdentityInstrumentor().instrument()
+
+Or by hand, per server and channel::
+
+    import otel_identity_grpc as oi_grpc
+
+    server = grpc.server(pool, interceptors=[oi_grpc.server_interceptor()])
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(target), oi_grpc.client_interceptor(target)
+    )
+    aio_server = grpc.aio.server(interceptors=[oi_grpc.aio_server_interceptor()])
+    aio_channel = grpc.aio.insecure_channel(
+        target, interceptors=oi_grpc.aio_client_interceptor(target)
+    )
+
+Each RPC a server handles is a ``grpc.server`` hop: inbound policy, hop accounting, and
+``identity.missing`` on the server span unless the method is in ``anonymous_routes``
+(``/pkg.Service/Method`` or a pattern such as ``/grpc.health.v1.Health/*``). The identity stays
+attached for the whole handler, including every step of a streaming response. A client sends
+identity only to a target on the ``egress_allow`` list; for any other target it is removed and
+``identity.stripped`` is recorded. Next to OpenTelemetry's own gRPC interceptors, put ours
+inside theirs (after them in a server's list, last in a channel's); the instrumentor does.
+"""
+
+from __future__ import annotations
+
+from otel_identity_grpc import _client, _server
+from otel_identity_grpc._instrumentor import GrpcIdentityInstrumentor
+from otel_identity_grpc._metadata import MetadataGetter, MetadataSetter
+from otel_identity_grpc.package import _instruments
+from otel_identity_grpc.version import __version__
+
+
+def server_interceptor() -> _server.ServerInterceptor:
+    """The interceptor for ``grpc.server(..., interceptors=[...])``."""
+    return _server.ServerInterceptor()
+
+
+def aio_server_interceptor() -> _server.AioServerInterceptor:
+    """The interceptor for ``grpc.aio.server(interceptors=[...])``."""
+    return _server.AioServerInterceptor()
+
+
+def client_interceptor(target: str | None = None) -> _client.ClientInterceptor:
+    """The interceptor for ``grpc.intercept_channel(channel, ...)``, all four call shapes.
+
+    ``target`` is the channel's target (``"billing.svc:50051"``); identity is sent only if it
+    is on the egress allow list. Without a target, like ``oi.inject`` without a destination,
+    no egress filtering applies.
+    """
+    return _client.ClientInterceptor(target, managed=False)
+
+
+def aio_client_interceptor(target: str | None = None) -> list[_client._AioBase]:
+    """The interceptors for ``grpc.aio.*_channel(..., interceptors=...)``: a list, one per
+    call shape, because grpc.aio files each interceptor object under a single shape."""
+    return _client.aio_interceptors(target, managed=False)
+
+
+__all__ = [
+    "GrpcIdentityInstrumentor",
+    "MetadataGetter",
+    "MetadataSetter",
+    "__version__",
+    "_instruments",
+    "aio_client_interceptor",
+    "aio_server_interceptor",
+    "client_interceptor",
+    "server_interceptor",
+]

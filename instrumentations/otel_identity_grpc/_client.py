@@ -1,0 +1,334 @@
+"""Client side: identity into the call's metadata, within the egress allow list of the target.
+
+A client interceptor cannot see the channel it runs on, so it is bound to the channel's target
+at creation (the instrumentor does that for every channel it creates). One function, ``send``,
+does the work for every call shape and every entry point: the sync interceptor (one class for
+all four shapes), the channel wrapper the instrumentor puts on sync channels, and, as
+``asend``, the asyncio interceptors (grpc.aio files each interceptor object under the first
+shape it matches, so there are four tiny subclasses of one base).
+
+Egress holds whichever order the interceptors run in: closest to the wire, ours overwrites
+what an outer interceptor (OpenTelemetry's, say) injected; further out, the context without
+identity stays attached while the inner interceptors run, so what they inject has none either.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+import grpc.aio
+import wrapt
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+
+import otel_identity as oi
+from otel_identity import _telemetry, names
+from otel_identity._hops import outgoing_context
+from otel_identity_grpc import _metadata, _state
+
+
+def _leaving(ctx: Context, target: str | None) -> Context:
+    """``ctx`` as it may leave for ``target`` (egress policy, signature, limits)."""
+    try:
+        return outgoing_context(ctx, destination=target, hop=names.HOP_GRPC_CLIENT)
+    except Exception:  # noqa: BLE001 - fail closed: no identity rather than a failed call
+        _telemetry.log_internal_error("grpc client egress")
+        return oi.clear_identity(ctx)
+
+
+def _carrying(metadata: Any, out: Context) -> list[Any]:
+    carrier = _metadata.pairs(metadata)
+    # Egress was decided by _leaving; oi.inject adds nothing but the propagator's work.
+    oi.inject(carrier, _metadata.setter, context=out)
+    return carrier
+
+
+def send(
+    target: str | None,
+    metadata: Any,
+    invoke: Callable[[Any], Any],
+    *,
+    streaming: bool,
+    injected_inside: bool = False,
+) -> Any:
+    """Start a sync call through ``invoke(metadata)`` with the caller's identity in it.
+
+    ``injected_inside``: an OpenTelemetry interceptor between us and the wire injects the
+    current context into every call; when that context may leave as it is, injecting it here
+    too would only be overwritten.
+    """
+    ctx = otel_context.get_current()
+    out = _leaving(ctx, target)
+    if out is ctx and injected_inside:
+        return invoke(metadata)
+    carried = tuple(_carrying(metadata, out))
+    if out is ctx:
+        return invoke(carried)
+    token = otel_context.attach(out)
+    try:
+        call = invoke(carried)
+    finally:
+        otel_context.detach(token)
+    # An inner interceptor may start its work (and inject) only when the responses are
+    # iterated, as OpenTelemetry's does for server streaming: keep the context leaving this
+    # process attached for that too.
+    return _ResponsesInContext(call, out) if streaming else call
+
+
+async def asend(target: str | None, metadata: Any, invoke: Callable[[Any], Awaitable[Any]]) -> Any:
+    """``send`` for grpc.aio, where the interceptors finish starting the call when awaited."""
+    ctx = otel_context.get_current()
+    out = _leaving(ctx, target)
+    carried = grpc.aio.Metadata(*_carrying(metadata, out))
+    if out is ctx:
+        return await invoke(carried)
+    token = otel_context.attach(out)
+    try:
+        return await invoke(carried)
+    finally:
+        otel_context.detach(token)
+
+
+class _ResponsesInContext(wrapt.ObjectProxy):  # type: ignore[misc,type-arg]
+    """The call object, unchanged, except that each response is pulled under ``ctx``."""
+
+    def __init__(self, call: Any, ctx: Context) -> None:
+        super().__init__(call)
+        self._self_ctx = ctx
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        token = otel_context.attach(self._self_ctx)
+        try:
+            return next(self.__wrapped__)
+        finally:
+            otel_context.detach(token)
+
+
+_SyncCallDetails = collections.namedtuple(
+    "_SyncCallDetails",
+    ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+)
+
+
+class _CallDetails(_SyncCallDetails, grpc.ClientCallDetails):  # type: ignore[misc]
+    """Used only when an outer interceptor passed call details that cannot be ``_replace``d."""
+
+
+def _with_metadata(details: Any, metadata: Any) -> Any:
+    replace = getattr(details, "_replace", None)
+    if replace is not None:
+        return replace(metadata=metadata)
+    return _CallDetails(
+        details.method,
+        getattr(details, "timeout", None),
+        metadata,
+        getattr(details, "credentials", None),
+        getattr(details, "wait_for_ready", None),
+        getattr(details, "compression", None),
+    )
+
+
+class _Base:
+    def __init__(self, target: str | None, *, managed: bool) -> None:
+        self._target = target
+        # Interceptors the instrumentor installed go quiet after uninstrument(); ones the
+        # application added by hand stay on.
+        self._managed = managed
+
+    def _enabled(self) -> bool:
+        return (_state.active or not self._managed) and is_instrumentation_enabled()
+
+
+_SyncShapes: tuple[type, ...] = (
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+)
+
+
+class ClientInterceptor(_Base, *_SyncShapes):  # type: ignore[misc]
+    """Sync client interceptor for all four call shapes, bound to a channel target."""
+
+    def _intercept(
+        self, continuation: Callable[..., Any], details: Any, request: Any, streaming: bool
+    ) -> Any:
+        if not self._enabled():
+            return continuation(details, request)
+        return send(
+            self._target,
+            details.metadata,
+            lambda metadata: continuation(_with_metadata(details, metadata), request),
+            streaming=streaming,
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return self._intercept(continuation, details, request, streaming=False)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return self._intercept(continuation, details, request, streaming=True)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return self._intercept(continuation, details, requests, streaming=False)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return self._intercept(continuation, details, requests, streaming=True)
+
+
+class _AioBase(_Base):
+    async def _intercept(
+        self, continuation: Callable[..., Awaitable[Any]], details: Any, request: Any
+    ) -> Any:
+        if not self._enabled():
+            return await continuation(details, request)
+        return await asend(
+            self._target,
+            details.metadata,
+            lambda metadata: continuation(_with_metadata(details, metadata), request),
+        )
+
+
+class AioUnaryUnary(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    intercept_unary_unary = _AioBase._intercept
+
+
+class AioUnaryStream(_AioBase, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    intercept_unary_stream = _AioBase._intercept
+
+
+class AioStreamUnary(_AioBase, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    intercept_stream_unary = _AioBase._intercept
+
+
+class AioStreamStream(_AioBase, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    intercept_stream_stream = _AioBase._intercept
+
+
+AIO_CLASSES = (AioUnaryUnary, AioUnaryStream, AioStreamUnary, AioStreamStream)
+
+
+def aio_interceptors(target: str | None, *, managed: bool) -> list[_AioBase]:
+    return [cls(target, managed=managed) for cls in AIO_CLASSES]
+
+
+# -- the sync channel the instrumentor hands out -------------------------------------------
+
+
+class _MultiCallable(_Base):
+    """A channel's callable for one method: each call goes through ``send``.
+
+    The same effect as ``grpc.intercept_channel`` with ``ClientInterceptor``, without its
+    per-call cost (call details, continuation, a fresh inner callable per call), which is
+    most of what the hop costs on a loopback round trip.
+    """
+
+    def __init__(
+        self, inner: Any, target: str | None, *, streaming: bool, injected_inside: bool
+    ) -> None:
+        super().__init__(target, managed=True)
+        self._inner = inner
+        self._streaming = streaming
+        self._injected_inside = injected_inside
+
+    def _send(
+        self, invoke: Callable[..., Any], request: Any, args: tuple[Any, ...], kwargs: Any
+    ) -> Any:
+        if not self._enabled():
+            return invoke(request, *args, **kwargs)
+        # (request, timeout=None, metadata=None, ...): metadata may come positionally.
+        if len(args) >= 2:
+            head, metadata, tail = args[:1], args[1], args[2:]
+            return send(
+                self._target,
+                metadata,
+                lambda md: invoke(request, *head, md, *tail, **kwargs),
+                streaming=self._streaming,
+                injected_inside=self._injected_inside,
+            )
+        metadata = kwargs.pop("metadata", None)
+        return send(
+            self._target,
+            metadata,
+            lambda md: invoke(request, *args, metadata=md, **kwargs),
+            streaming=self._streaming,
+            injected_inside=self._injected_inside,
+        )
+
+    def __call__(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._send(self._inner, request, args, kwargs)
+
+    def with_call(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._send(self._inner.with_call, request, args, kwargs)
+
+    def future(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._send(self._inner.future, request, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_inner":  # not set yet: no recursion through __getattr__
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+class IdentityChannel(grpc.Channel):  # type: ignore[misc]
+    """A sync channel whose calls carry identity to ``target`` within the egress allow list."""
+
+    def __init__(self, channel: Any, target: str | None) -> None:
+        self._channel = channel
+        self._target = target
+        # OpenTelemetry's grpc instrumentation made ``channel`` (it wrapped channel creation
+        # before we did): its interceptor sits between us and the wire.
+        self._injected_inside = type(channel).__module__.startswith(
+            "opentelemetry.instrumentation.grpc"
+        )
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> _MultiCallable:
+        inner = self._channel.unary_unary(method, *args, **kwargs)
+        return _MultiCallable(
+            inner, self._target, streaming=False, injected_inside=self._injected_inside
+        )
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> _MultiCallable:
+        inner = self._channel.unary_stream(method, *args, **kwargs)
+        return _MultiCallable(
+            inner, self._target, streaming=True, injected_inside=self._injected_inside
+        )
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> _MultiCallable:
+        inner = self._channel.stream_unary(method, *args, **kwargs)
+        return _MultiCallable(
+            inner, self._target, streaming=False, injected_inside=self._injected_inside
+        )
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> _MultiCallable:
+        inner = self._channel.stream_stream(method, *args, **kwargs)
+        return _MultiCallable(
+            inner, self._target, streaming=True, injected_inside=self._injected_inside
+        )
+
+    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
+        self._channel.subscribe(callback, try_to_connect=try_to_connect)
+
+    def unsubscribe(self, callback: Any) -> None:
+        self._channel.unsubscribe(callback)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> IdentityChannel:
+        self._channel.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        return self._channel.__exit__(*exc_info)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_channel":
+            raise AttributeError(name)
+        return getattr(self._channel, name)

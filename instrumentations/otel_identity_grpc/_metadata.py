@@ -1,0 +1,78 @@
+"""gRPC metadata as a propagation carrier: the one Getter/Setter pair for this transport.
+
+Metadata is a sequence of ``(key, value)`` pairs: keys are lower case, a key may repeat, and
+values of ``-bin`` keys are bytes. The propagators only ever ask for text keys, so bytes values
+are skipped rather than decoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from opentelemetry.propagators.textmap import Getter, Setter
+
+Metadata = Iterable[Any]  # pairs; Any because grpc hands out its own tuple types
+
+
+def pairs(metadata: Metadata | None) -> list[Any]:
+    """The caller's metadata as a list we may edit: pairs given as lists become tuples, any
+    other item is kept as it is (grpc reports it to the caller as it would without us)."""
+    if not metadata:
+        return []
+    return [tuple(item) if isinstance(item, list) and len(item) == 2 else item for item in metadata]
+
+
+class MetadataGetter(Getter[Metadata]):
+    """Reads text values of a key; tolerates any shape of input without raising.
+
+    ``hidden`` keys read as absent (see ``without_trace_context``).
+    """
+
+    def __init__(self, hidden: frozenset[str] = frozenset()) -> None:
+        self._hidden = hidden
+
+    def get(self, carrier: Metadata, key: str) -> list[str] | None:
+        if key in self._hidden:
+            return None
+        try:
+            # grpc hands the server well-formed pairs: the common case, one pass.
+            found = [v for k, v in carrier if k == key and type(v) is str]
+        except (TypeError, ValueError):
+            found = [
+                item[1]
+                for item in carrier
+                if isinstance(item, (tuple, list))
+                and len(item) == 2
+                and item[0] == key
+                and isinstance(item[1], str)
+            ]
+        return found or None
+
+    def keys(self, carrier: Metadata) -> list[str]:
+        return [
+            item[0]
+            for item in carrier
+            if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)
+        ]
+
+
+class MetadataSetter(Setter[list[Any]]):
+    """Writes one value per key: an earlier value of the same key (injected by someone else,
+    or sent by the caller) is replaced, so the receiver never sees two baggage headers."""
+
+    def set(self, carrier: list[Any], key: str, value: str) -> None:
+        key = key.lower()
+        carrier[:] = [
+            item
+            for item in carrier
+            if not (isinstance(item, tuple) and len(item) == 2 and item[0] == key)
+        ]
+        carrier.append((key, value))
+
+
+getter = MetadataGetter()
+# For a server hop whose own span an instrumentation already started: extract keeps that span
+# and ignores the sender's, so the W3C trace context need not be parsed a second time.
+without_trace_context = MetadataGetter(frozenset({"traceparent", "tracestate"}))
+setter = MetadataSetter()

@@ -1,0 +1,215 @@
+"""Server side: every RPC is a ``grpc.server`` hop, attached for the whole handler.
+
+The four call shapes differ only in which attribute of the method handler holds the behavior
+and in whether the response is a stream; one helper wraps any of them, for the sync and the
+asyncio server alike. The hop context is built when the behavior is called (not when the
+handler is looked up), so an OpenTelemetry server span started by an interceptor outside ours
+is current by then and ``extract`` keeps it as the hop's span.
+
+The wrapped handler reads the metadata from the servicer context of each call, so it depends
+only on the handler and the method: it is built once per pair and reused, which keeps the
+per-RPC cost to the hop itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+import grpc.aio
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.trace import SpanKind
+
+import otel_identity as oi
+from otel_identity import _telemetry, names
+from otel_identity_grpc import _metadata, _state
+
+_CACHE_LIMIT = 1024
+# (id(handler), method) -> (handler, wrapped); the handler is held so its id stays its own.
+_wrapped_handlers: dict[tuple[int, str | None], tuple[Any, Any]] = {}
+
+_SHAPES: dict[tuple[bool, bool], tuple[str, Callable[..., Any]]] = {
+    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+
+def hop_context(servicer_context: Any, route: str | None) -> Context:
+    """The receiving hop's context for one RPC (never raises: ``extract`` fails closed)."""
+    read = getattr(servicer_context, "invocation_metadata", None)
+    metadata = read() if read is not None else None
+    span = trace.get_current_span()
+    own_span = getattr(span, "kind", None) is SpanKind.SERVER and span.get_span_context().is_valid
+    getter = _metadata.without_trace_context if own_span else _metadata.getter
+    return oi.extract(metadata or (), getter, hop=names.HOP_GRPC_SERVER, route=route)
+
+
+def _route_of(details: grpc.HandlerCallDetails) -> str | None:
+    method = getattr(details, "method", None)
+    if isinstance(method, bytes):
+        return method.decode("utf-8", "replace")
+    return method if isinstance(method, str) else None
+
+
+def wrap_handler(handler: Any, details: grpc.HandlerCallDetails) -> Any:
+    """``handler`` with its behavior run inside the RPC's hop; None stays None."""
+    if handler is None:
+        return None
+    route = _route_of(details)
+    key = (id(handler), route)
+    cached = _wrapped_handlers.get(key)
+    if cached is not None and cached[0] is handler:
+        return cached[1]
+    wrapped = _wrap(handler, route)
+    if len(_wrapped_handlers) >= _CACHE_LIMIT:
+        # Handlers made afresh per call (by an interceptor inside ours) must not pile up.
+        _wrapped_handlers.clear()
+    _wrapped_handlers[key] = (handler, wrapped)
+    return wrapped
+
+
+def _wrap(handler: Any, route: str | None) -> Any:
+    try:
+        shape = (bool(handler.request_streaming), bool(handler.response_streaming))
+        attribute, factory = _SHAPES[shape]
+        behavior = getattr(handler, attribute)
+        if behavior is None:
+            return handler
+        wrapped = _in_hop(behavior, route, response_streaming=shape[1])
+        return factory(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    except Exception:  # noqa: BLE001 - serve the RPC without identity rather than fail it
+        _telemetry.log_internal_error("grpc server handler")
+        return handler
+
+
+def _in_hop(
+    behavior: Callable[..., Any], route: str | None, *, response_streaming: bool
+) -> Callable[..., Any]:
+    # The wrapper must be the same kind of callable as the behavior: grpc.aio decides how to
+    # run a handler (await it, iterate it, or send it to the thread pool) by inspecting it.
+    if inspect.isasyncgenfunction(behavior):
+
+        async def run_stream(request: Any, servicer_context: Any) -> AsyncIterator[Any]:
+            ctx = hop_context(servicer_context, route)
+            responses = behavior(request, servicer_context)
+            # Each step runs under the hop; between steps the caller's context is back, so
+            # nothing leaks into grpc's own loop.
+            try:
+                while True:
+                    token = otel_context.attach(ctx)
+                    try:
+                        item = await responses.__anext__()
+                    except StopAsyncIteration:
+                        return
+                    finally:
+                        otel_context.detach(token)
+                    yield item
+            finally:
+                token = otel_context.attach(ctx)
+                try:
+                    await responses.aclose()
+                finally:
+                    otel_context.detach(token)
+
+        return run_stream
+
+    if inspect.iscoroutinefunction(behavior):
+
+        async def run_async(request: Any, servicer_context: Any) -> Any:
+            token = otel_context.attach(hop_context(servicer_context, route))
+            try:
+                return await behavior(request, servicer_context)
+            finally:
+                otel_context.detach(token)
+
+        return run_async
+
+    def run(request: Any, servicer_context: Any) -> Any:
+        ctx = hop_context(servicer_context, route)
+        token = otel_context.attach(ctx)
+        try:
+            result = behavior(request, servicer_context)
+            if response_streaming and result is not None:
+                # A generator's body runs on each next(), after this function returned.
+                return _IterateInContext(ctx, iter(result))
+            return result
+        finally:
+            otel_context.detach(token)
+
+    return run
+
+
+class _IterateInContext:
+    """A response iterator whose every ``next()`` runs under the hop's context.
+
+    grpc's sync server pulls responses from a pool thread after the behavior returned; the
+    context is attached per step (not across yields) so nothing leaks into that thread.
+    """
+
+    __slots__ = ("_ctx", "_iterator")
+
+    def __init__(self, ctx: Context, iterator: Iterator[Any]) -> None:
+        self._ctx = ctx
+        self._iterator = iterator
+
+    def __iter__(self) -> _IterateInContext:
+        return self
+
+    def __next__(self) -> Any:
+        token = otel_context.attach(self._ctx)
+        try:
+            return next(self._iterator)
+        finally:
+            otel_context.detach(token)
+
+    def close(self) -> None:
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            token = otel_context.attach(self._ctx)
+            try:
+                close()
+            finally:
+                otel_context.detach(token)
+
+
+class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Sync server interceptor: identity attached for the whole handler of every RPC."""
+
+    def __init__(self, *, managed: bool = False) -> None:
+        # Interceptors the instrumentor installed go quiet after uninstrument(); ones the
+        # application added by hand stay on.
+        self._managed = managed
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    ) -> Any:
+        handler = continuation(handler_call_details)
+        if (self._managed and not _state.active) or not is_instrumentation_enabled():
+            return handler
+        return wrap_handler(handler, handler_call_details)
+
+
+class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """asyncio server interceptor: identity attached for the whole handler of every RPC."""
+
+    def __init__(self, *, managed: bool = False) -> None:
+        self._managed = managed
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if (self._managed and not _state.active) or not is_instrumentation_enabled():
+            return handler
+        return wrap_handler(handler, handler_call_details)

@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from otel_identity.version import __version__
+
+__all__ = ["__version__"]
