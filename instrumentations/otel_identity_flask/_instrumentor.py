@@ -1,0 +1,85 @@
+"""``FlaskIdentityInstrumentor``: Flask-Login's user becomes the request's identity, and
+``flask_login.current_user`` stays valid on every hop the request makes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,
+)
+from opentelemetry.instrumentation.utils import unwrap
+from wrapt import wrap_function_wrapper
+
+from otel_identity_flask import _hooks
+from otel_identity_flask._hooks import REGISTRY, AppConfig, TenantOf
+from otel_identity_flask.package import _instruments
+
+_lock = threading.Lock()
+_installed = False
+
+
+def _sync_hooks() -> None:
+    """Install the class-level hooks while anything uses them, remove them after."""
+    global _installed
+    import flask.ctx
+    import flask_login
+    import flask_login.login_manager
+    import flask_login.utils
+
+    with _lock:
+        if REGISTRY.in_use and not _installed:
+            wrap_function_wrapper(flask.ctx.RequestContext, "push", _hooks.wrap_request_push)
+            wrap_function_wrapper(flask.ctx.RequestContext, "pop", _hooks.wrap_request_pop)
+            wrap_function_wrapper(
+                flask_login.login_manager.LoginManager,
+                "_update_request_context_with_user",
+                _hooks.wrap_update_user,
+            )
+            wrap_function_wrapper(flask_login.utils, "_get_user", _hooks.wrap_get_user)
+            flask_login.user_logged_out.connect(_hooks.on_logged_out, weak=False)
+            _installed = True
+        elif not REGISTRY.in_use and _installed:
+            unwrap(flask.ctx.RequestContext, "push")
+            unwrap(flask.ctx.RequestContext, "pop")
+            unwrap(flask_login.login_manager.LoginManager, "_update_request_context_with_user")
+            unwrap(flask_login.utils, "_get_user")
+            flask_login.user_logged_out.disconnect(_hooks.on_logged_out)
+            _installed = False
+
+
+class FlaskIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """``instrument(tenant_of=None)`` for every app, or ``instrument_app(app)`` for one.
+
+    ``tenant_of(user) -> str | None`` names the tenant of a Flask-Login user. Register the
+    otel-identity resolver (``oi.set_user_resolver``) to rebuild users on other hops.
+    """
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        REGISTRY.global_config = AppConfig(tenant_of=kwargs.get("tenant_of"))
+        _sync_hooks()
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        REGISTRY.global_config = None
+        _sync_hooks()
+
+    @staticmethod
+    def instrument_app(app: Any, *, tenant_of: TenantOf | None = None) -> None:
+        """Bridge one app only (idempotent; a second call updates ``tenant_of``)."""
+        with _lock:
+            if not isinstance(app.extensions.get(_hooks.EXTENSION), AppConfig):
+                REGISTRY.apps += 1
+            app.extensions[_hooks.EXTENSION] = AppConfig(tenant_of=tenant_of)
+        _sync_hooks()
+
+    @staticmethod
+    def uninstrument_app(app: Any) -> None:
+        with _lock:
+            if isinstance(app.extensions.pop(_hooks.EXTENSION, None), AppConfig):
+                REGISTRY.apps -= 1
+        _sync_hooks()
