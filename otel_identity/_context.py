@@ -69,11 +69,14 @@ def all_identity_keys() -> tuple[str, ...]:
 class IdentityState:
     """The decoded identity of a context, valid while baggage still holds the same values."""
 
-    __slots__ = ("identity", "raw")
+    __slots__ = ("baggage", "identity", "raw")
 
-    def __init__(self, raw: tuple[object, ...], identity: Identity) -> None:
+    def __init__(self, raw: tuple[object, ...], identity: Identity, baggage: object = None) -> None:
         self.raw = raw
         self.identity = identity
+        # The baggage mapping this was decoded from: OTel never mutates one (set_baggage
+        # copies), so while a context holds the same object the values are the same.
+        self.baggage = baggage
 
     def span_attributes(self, mode: str) -> dict[str, AttributeValue]:
         identity = self.identity
@@ -128,11 +131,13 @@ def state_of(ctx: Context) -> IdentityState | None:
     baggage = ctx.get(_BAGGAGE_KEY)
     if not baggage:
         return None
+    state = cast("IdentityState | None", ctx.get(_STATE_KEY))
+    if state is not None and state.baggage is baggage:
+        return state
     keys = _keys or identity_keys()
     raw = _codec.raw_values(cast("Mapping[str, object]", baggage), keys)
-    state = ctx.get(_STATE_KEY)
-    if state is not None and cast("IdentityState", state).raw == raw:
-        return cast("IdentityState", state)
+    if state is not None and state.raw == raw:
+        return state
     if raw == (None, None, None, None):
         return None
     # Baggage set by something other than otel-identity (a plain OTel propagator, say): its
@@ -234,7 +239,7 @@ def with_identity(
         for key, value in old.items():
             if key not in keys and key != _sig_key:
                 baggage[key] = value
-        values[_STATE_KEY] = IdentityState(raw, identity)
+        values[_STATE_KEY] = IdentityState(raw, identity, baggage)
         values[_SLOT_KEY] = UserSlot(slot_hop, identity)
     values[_BAGGAGE_KEY] = baggage
     if hop is not None:

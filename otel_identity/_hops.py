@@ -89,6 +89,18 @@ class HopState:
             _telemetry.add_event(span, name, attributes)
 
 
+_quiet: dict[tuple[str, str], HopState] = {}
+
+
+def _quiet_state(hop: str, outcome: str) -> HopState:
+    """A shared state for in-process hops with no events to deliver. It is never mutated:
+    pending events only ever go into a hop's own new state."""
+    state = _quiet.get((hop, outcome))
+    if state is None:
+        state = _quiet.setdefault((hop, outcome), HopState(hop, outcome, None, None))
+    return state
+
+
 def hop_state(context: Context | None = None) -> HopState | None:
     """The state of the receiving hop ``context`` belongs to, if any."""
     ctx = context if context is not None else otel_context.get_current()
@@ -213,7 +225,7 @@ def _extract(
     values[_BAGGAGE_KEY] = baggage
     values[HOP_KEY] = state
     if identity is not None:
-        values[_STATE_KEY] = IdentityState(_codec.raw_values(baggage, keys), identity)
+        values[_STATE_KEY] = IdentityState(_codec.raw_values(baggage, keys), identity, baggage)
         values[_SLOT_KEY] = UserSlot(hop, identity)
     else:
         values.pop(_STATE_KEY, None)
@@ -246,17 +258,21 @@ def receive(context: Context, *, hop: str) -> Context:
     object, and with ``identity.missing`` pending for the hop's first span if required.
     """
     try:
-        settings = _config.get_settings()
         state = state_of(context)
-        outcome = names.OUTCOME_PRESENT if state is not None else names.OUTCOME_MISSING
-        _telemetry.count_hop(hop, outcome)
-        hop_state = HopState(hop, outcome, None, None)
-        if state is None and hop in settings.required_hops:
-            hop_state.pending.append(missing_event(hop, settings))
         values: dict[str, object] = dict(context)
-        values[HOP_KEY] = hop_state
         if state is not None:
+            _telemetry.count_hop(hop, names.OUTCOME_PRESENT)
+            values[HOP_KEY] = _quiet_state(hop, names.OUTCOME_PRESENT)
             values[_SLOT_KEY] = UserSlot(hop, state.identity)
+        else:
+            _telemetry.count_hop(hop, names.OUTCOME_MISSING)
+            settings = _config.get_settings()
+            if hop in settings.required_hops:
+                hop_state = HopState(hop, names.OUTCOME_MISSING, None, None)
+                hop_state.pending.append(missing_event(hop, settings))
+                values[HOP_KEY] = hop_state
+            else:
+                values[HOP_KEY] = _quiet_state(hop, names.OUTCOME_MISSING)
         return Context(values)
     except Exception:  # noqa: BLE001
         _telemetry.log_internal_error("receive")

@@ -1,14 +1,15 @@
 """Metrics, span events and the library's own logging, in one place.
 
-Hop accounting is on every receiving hop, so it must cost next to nothing: counts are kept in
-a local table and reported by an observable counter at collection time, instead of paying a
-synchronous ``Counter.add`` (attribute hashing, aggregation lookup) on the request path.
+Hop accounting is on every receiving hop, so it must cost next to nothing: each thread counts
+in a table of its own (no lock, no attribute hashing), and an observable counter adds the
+tables up at collection time, instead of a synchronous ``Counter.add`` on the request path.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,16 +23,47 @@ from otel_identity.version import __version__
 logger = logging.getLogger("otel_identity")
 
 _lock = threading.Lock()
-_hop_counts: dict[tuple[str, str], int] = {}
 _instruments: Any = None  # (observable counter, histogram), created at first use
+
+Counts = dict[tuple[str, str], int]
+_local = threading.local()
+# Every thread's own table, with a weak reference to its thread; the tables of threads that
+# have ended are folded into _retired at collection, so thread churn does not grow memory.
+_tables: list[tuple[weakref.ref[threading.Thread], Counts]] = []
+_retired: Counts = {}
+
+
+def _own_table() -> Counts:
+    table: Counts = {}
+    _local.counts = table
+    with _lock:
+        _tables.append((weakref.ref(threading.current_thread()), table))
+    return table
+
+
+def hop_counts() -> Counts:
+    """The running hop totals, all threads added up (for the counter, doctor and tests)."""
+    with _lock:
+        live: list[tuple[weakref.ref[threading.Thread], Counts]] = []
+        total = dict(_retired)
+        for ref, table in _tables:
+            snapshot = table.copy()  # only its own thread writes it; a copy is one C call
+            for key, count in snapshot.items():
+                total[key] = total.get(key, 0) + count
+            thread = ref()
+            if thread is None or not thread.is_alive():
+                for key, count in snapshot.items():
+                    _retired[key] = _retired.get(key, 0) + count
+            else:
+                live.append((ref, table))
+        _tables[:] = live
+    return total
 
 
 def _observe_hops(_options: CallbackOptions) -> Iterable[Observation]:
-    with _lock:
-        items = list(_hop_counts.items())
     return [
         Observation(count, {names.ATTR_HOP: hop, names.ATTR_OUTCOME: outcome})
-        for (hop, outcome), count in items
+        for (hop, outcome), count in hop_counts().items()
     ]
 
 
@@ -60,15 +92,12 @@ def count_hop(hop: str, outcome: str) -> None:
     """Account one hop; the observable counter reports the running totals."""
     if _instruments is None:
         _ensure_instruments()
+    try:
+        table: Counts = _local.counts
+    except AttributeError:
+        table = _own_table()
     key = (hop, outcome)
-    with _lock:
-        _hop_counts[key] = _hop_counts.get(key, 0) + 1
-
-
-def hop_counts() -> dict[tuple[str, str], int]:
-    """A snapshot of the hop totals (for ``doctor``, the demo and tests)."""
-    with _lock:
-        return dict(_hop_counts)
+    table[key] = table.get(key, 0) + 1
 
 
 def record_resolve_duration(seconds: float, hop: str | None) -> None:
