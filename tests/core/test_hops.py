@@ -339,3 +339,23 @@ def test_continue_from_can_require_identity_and_says_why_it_is_absent() -> None:
             pass
     assert info.value.reason == "untrusted"
     assert oi.get_identity() is None
+
+
+def test_hop_counts_from_many_threads_add_up_also_after_the_threads_end() -> None:
+    import threading
+
+    captured = oi.set_identity(user_id="u")
+    before = _telemetry.hop_counts()
+
+    def work() -> None:
+        for _ in range(100):
+            oi.receive(captured, hop="thread")
+
+    threads = [threading.Thread(target=work) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert delta(before, "thread", "present") == 2000
+    assert delta(before, "thread", "present") == 2000  # folded tables are not counted twice
+    assert len(_telemetry._tables) <= threading.active_count() + 1
