@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -104,9 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--html", metavar="PATH", help="also write the report as a page")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from otel_identity._demo import run
-
-        return run(sys.stdout, export=args.export)
+        try:
+            flow = importlib.import_module("otel_identity_demo")
+        except ImportError as exc:
+            print(f"the demo needs its extra: pip install 'otel-identity[demo]' ({exc})")
+            return 2
+        return int(flow.run(sys.stdout, export=args.export))
     if args.command == "doctor":
         return _doctor()
     if args.command == "report":

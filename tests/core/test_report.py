@@ -86,7 +86,10 @@ def test_demo_export_round_trips_through_report(
     capsys.readouterr()
     assert main(["report", str(spans), "--html", str(page)]) == 0
     out = capsys.readouterr().out
-    assert "worker   queue.consume  4     3         1" in out
+    rows = {tuple(line.split()[:2]): line.split()[2:6] for line in out.splitlines()[2:6]}
+    assert rows[("worker", "queue.consume")] == ["4", "3", "1", "0"]
+    assert rows[("workflows", "grpc.server")] == ["1", "1", "0", "0"]
+    assert rows[("reports", "http.server")] == ["1", "1", "0", "0"]
     assert "identity lost on 1 hop(s)" in out
     assert "process cleanup" in page.read_text()
 

@@ -1,0 +1,316 @@
+"""The demo flow: HTTP -> gRPC -> thread-pool fan-out -> queue consumer, all on loopback.
+
+Ada (tenant acme) asks the ``web`` service for a report. ``web`` calls the ``reports`` HTTP
+service, which calls the ``workflows`` gRPC service, which fans the work out on a plain
+``ThreadPoolExecutor`` and queues one job per section for the ``worker``. Every hop rebuilds
+``current_user`` from an SQLite users table, in its own thread. A ``legacy-cron`` producer that
+drops identity shows what a lost hop looks like: ``identity.missing`` on its consumer span.
+
+The application code below never passes identity around: the otel-identity instrumentors,
+loaded as ``opentelemetry-instrument`` would load them, carry it.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import grpc
+import requests
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from otel_identity_grpc import GrpcIdentityInstrumentor
+from otel_identity_threading import ThreadingIdentityInstrumentor
+
+import otel_identity as oi
+from otel_identity import _telemetry, names
+from otel_identity._carriers import IdentityQueue
+
+USERS = [("u-1", "Ada", "acme"), ("u-2", "Grace", "globex")]
+SECTIONS = ("sales", "stock", "churn")
+BUILD = "/demo.Workflows/Build"
+_RPC = {"rpc.system": "grpc", "rpc.service": "demo.Workflows", "rpc.method": "Build"}
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    name: str
+    tenant: str
+    loaded_in: str
+
+
+class Users:
+    """The demo's user store: a real SQLite file, one connection per thread."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.local = threading.local()
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE users (id TEXT PRIMARY KEY, name TEXT, tenant TEXT)")
+            db.executemany("INSERT INTO users VALUES (?, ?, ?)", USERS)
+        self.loads = 0
+
+    def resolve(self, identity: oi.Identity) -> User | None:
+        db = getattr(self.local, "db", None)
+        if db is None:
+            db = self.local.db = sqlite3.connect(self.path)
+        self.loads += 1
+        row = db.execute(
+            "SELECT id, name, tenant FROM users WHERE id = ? AND tenant = ?",
+            (identity.user_id, identity.tenant_id),
+        ).fetchone()
+        if row is None:
+            return None
+        return User(row[0], row[1], row[2], threading.current_thread().name)
+
+
+Jobs = IdentityQueue[str]
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+def _reports_app(tracer: trace.Tracer, grpc_target: str) -> Any:
+    """The ``reports`` HTTP service: each request is an http.server hop, then a gRPC call."""
+    channel = grpc.insecure_channel(grpc_target)
+    build = channel.unary_unary(BUILD)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        headers = {
+            key[5:].replace("_", "-").lower(): value
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        }
+        with (
+            oi.continue_from(headers, hop=names.HOP_HTTP_SERVER, route=environ["PATH_INFO"]),
+            tracer.start_as_current_span("POST /reports", kind=SpanKind.SERVER),
+        ):
+            with tracer.start_as_current_span(BUILD, kind=SpanKind.CLIENT, attributes=_RPC):
+                sections = json.loads(build(b"", timeout=10))
+            body = json.dumps({"user": oi.current_user.name, "sections": sections})
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body.encode()]
+
+    return app
+
+
+def _workflows_service(tracer: trace.Tracer, jobs: Jobs) -> grpc.GenericRpcHandler:
+    """The ``workflows`` gRPC service: fans out on a thread pool, then queues the jobs."""
+
+    def branch(section: str) -> str:
+        with tracer.start_as_current_span(f"build {section}"):
+            return f"{section} for {oi.current_user.name}"
+
+    def build(request: bytes, context: grpc.ServicerContext) -> bytes:
+        with tracer.start_as_current_span(BUILD, kind=SpanKind.SERVER, attributes=_RPC):
+            with ThreadPoolExecutor(3, thread_name_prefix="branch") as pool:
+                sections = list(pool.map(branch, SECTIONS))
+            for section in SECTIONS:
+                with tracer.start_as_current_span(f"publish {section}", kind=SpanKind.PRODUCER):
+                    jobs.put(section)
+            return json.dumps(sections).encode()
+
+    return grpc.method_handlers_generic_handler(
+        "demo.Workflows", {"Build": grpc.unary_unary_rpc_method_handler(build)}
+    )
+
+
+def _worker(tracer: trace.Tracer, jobs: Jobs, done: list[str], stop: threading.Event) -> None:
+    for _ in range(600):  # bounded: at most a minute, whatever happens upstream
+        try:
+            envelope = jobs.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                return
+            continue
+        with (
+            envelope as section,
+            tracer.start_as_current_span(f"process {section}", kind=SpanKind.CONSUMER),
+        ):
+            user = oi.current_user
+            done.append(f"{section}: {user.name if user else '<no user>'}")
+
+
+@contextmanager
+def _serve_http(app: Any) -> Iterator[int]:
+    server: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def _serve_grpc(handler: grpc.GenericRpcHandler) -> Iterator[str]:
+    server = grpc.server(ThreadPoolExecutor(4, thread_name_prefix="grpc"))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None).wait(5)
+
+
+def _pipeline() -> tuple[Callable[[str], trace.Tracer], InMemorySpanExporter]:
+    """One exporter, a tracer provider per demo service (so spans say which service)."""
+    exporter = InMemorySpanExporter()
+
+    def tracer_for(service: str) -> trace.Tracer:
+        provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        provider.add_span_processor(oi.IdentitySpanProcessor())
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        return provider.get_tracer("otel_identity.demo")
+
+    return tracer_for, exporter
+
+
+@contextmanager
+def _instrumented() -> Iterator[None]:
+    instrumentors: list[ThreadingIdentityInstrumentor | GrpcIdentityInstrumentor] = [
+        ThreadingIdentityInstrumentor(),
+        GrpcIdentityInstrumentor(),
+    ]
+    for instrumentor in instrumentors:
+        instrumentor.instrument()
+    try:
+        yield
+    finally:
+        for instrumentor in instrumentors:
+            instrumentor.uninstrument()
+
+
+def _flow(tracer_for: Callable[[str], trace.Tracer], jobs: Jobs) -> dict[str, Any]:
+    with (
+        _serve_grpc(_workflows_service(tracer_for("workflows"), jobs)) as target,
+        _serve_http(_reports_app(tracer_for("reports"), target)) as port,
+    ):
+        web = tracer_for("web")
+        with (
+            oi.use_identity(user_id="u-1", tenant_id="acme", roles=["analyst"]),
+            web.start_as_current_span("Ada asks for a report"),
+            web.start_as_current_span("POST /reports", kind=SpanKind.CLIENT),
+        ):
+            headers: dict[str, str] = {}
+            oi.inject(headers, destination=f"127.0.0.1:{port}", hop=names.HOP_HTTP_CLIENT)
+            reply: dict[str, Any] = requests.post(
+                f"http://127.0.0.1:{port}/reports", headers=headers, timeout=10
+            ).json()
+        # The broken hop: a legacy producer queues from an empty context (a cron job that
+        # never had identity), so its job reaches the worker without one.
+        token = otel_context.attach(otel_context.Context())
+        try:
+            with tracer_for("legacy-cron").start_as_current_span("publish cleanup"):
+                jobs.put("cleanup")
+        finally:
+            otel_context.detach(token)
+    return reply
+
+
+def run(out: IO[str], export: str | None = None) -> int:
+    """Run the demo flow and print its trace; 0 when every hop behaved as designed.
+
+    ``export`` writes the spans as ConsoleSpanExporter JSON lines, for ``otel-identity report``.
+    """
+    tracer_for, exporter = _pipeline()
+    jobs: Jobs = IdentityQueue(queue.Queue())
+    done: list[str] = []
+    stop = threading.Event()
+    with tempfile.TemporaryDirectory() as tmp, _instrumented():
+        users = Users(f"{tmp}/users.db")
+        oi.set_user_resolver(users.resolve)
+        worker = threading.Thread(
+            target=_worker, args=(tracer_for("worker"), jobs, done, stop), name="worker"
+        )
+        worker.start()
+        try:
+            reply = _flow(tracer_for, jobs)
+        finally:
+            stop.set()
+            worker.join(timeout=10)
+            oi.set_user_resolver(None)
+    finished = exporter.get_finished_spans()
+    if export:
+        with open(export, "w", encoding="utf-8") as handle:
+            handle.writelines(span.to_json(indent=None) + "\n" for span in finished)
+    out.write(render_tree(finished) + "\n\n")
+    out.write(f"reports replied: {reply}\n")
+    out.write("worker processed: " + "; ".join(done) + "\n")
+    out.write(f"users loaded from SQLite: {users.loads} (once per hop, in the hop's thread)\n")
+    counts = sorted(_telemetry.hop_counts().items())
+    out.write("otel_identity.hops: " + ", ".join(f"{h}/{o}={n}" for (h, o), n in counts) + "\n")
+    missing = [s for s in finished if any(e.name == names.EVENT_MISSING for e in s.events)]
+    ok = reply.get("user") == "Ada" and len(missing) == 1 and len(done) == len(SECTIONS) + 1
+    out.write("demo: OK\n" if ok else "demo: UNEXPECTED RESULT\n")
+    return 0 if ok else 1
+
+
+_KINDS = {
+    SpanKind.SERVER: "server",
+    SpanKind.CLIENT: "client",
+    SpanKind.PRODUCER: "producer",
+    SpanKind.CONSUMER: "consumer",
+}
+
+
+def render_tree(spans: Sequence[ReadableSpan]) -> str:
+    """Spans as an indented tree with service, kind, identity columns and events."""
+    by_id = {s.context.span_id: s for s in spans if s.context is not None}
+    children: dict[int | None, list[ReadableSpan]] = {}
+    for span in sorted(spans, key=lambda s: s.start_time or 0):
+        parent = span.parent.span_id if span.parent is not None else None
+        children.setdefault(parent if parent in by_id else None, []).append(span)
+    rows: list[tuple[str, ...]] = []
+
+    def walk(span: ReadableSpan, depth: int) -> None:
+        attrs = span.attributes or {}
+        events = ", ".join(
+            e.name + (f"({dict(e.attributes or {}).get(names.ATTR_HOP)})" if e.attributes else "")
+            for e in span.events
+        )
+        rows.append(
+            (
+                "  " * depth + span.name,
+                str(span.resource.attributes.get("service.name", "")),
+                _KINDS.get(span.kind, ""),
+                str(attrs.get(names.USER_ID, attrs.get(names.USER_HASH, "-"))),
+                str(attrs.get(names.TENANT_ID, "-")),
+                events,
+            )
+        )
+        for child in children.get(span.context.span_id if span.context else None, []):
+            walk(child, depth + 1)
+
+    for root in children.get(None, []):
+        walk(root, 0)
+    header = ("span", "service", "kind", "user.id", "tenant.id", "events")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = [
+        "  ".join(
+            cell.ljust(widths[i]) if i < len(widths) else cell for i, cell in enumerate(row)
+        ).rstrip()
+        for row in [header, *rows]
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
