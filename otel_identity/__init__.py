@@ -21,6 +21,16 @@ The public surface is this module; everything else is private (``otel_identity._
 from __future__ import annotations
 
 from otel_identity import names
+from otel_identity._carriers import (
+    AsyncIdentityQueue,
+    Envelope,
+    HeadersGetter,
+    HeadersSetter,
+    IdentityQueue,
+    headers_getter,
+    headers_setter,
+    seal,
+)
 from otel_identity._config import Settings, configure, get_settings
 from otel_identity._context import (
     clear_identity,
@@ -58,10 +68,15 @@ from otel_identity._resolver import (
 from otel_identity.version import __version__
 
 __all__ = [
+    "AsyncIdentityQueue",
     "ConfigurationError",
+    "Envelope",
+    "HeadersGetter",
+    "HeadersSetter",
     "Identity",
     "IdentityInstrumentor",
     "IdentityLogFilter",
+    "IdentityQueue",
     "IdentityRejectedError",
     "IdentitySpanProcessor",
     "MissingIdentityError",
@@ -79,11 +94,14 @@ __all__ = [
     "get_current_user",
     "get_identity",
     "get_settings",
+    "headers_getter",
+    "headers_setter",
     "hop_state",
     "inject",
     "names",
     "receive",
     "require_identity",
+    "seal",
     "set_identity",
     "set_user_resolver",
     "structlog_processor",
