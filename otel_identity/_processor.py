@@ -44,6 +44,8 @@ def _route_of(span: Span) -> str | None:
             return value.split("?", 1)[0]
     if attributes.get("rpc.system") == "grpc":
         return f"/{attributes.get('rpc.service', '')}/{attributes.get('rpc.method', '')}"
+    if span.kind is SpanKind.CONSUMER and span.name.startswith("run/"):
+        return span.name[4:]  # OpenTelemetry's Celery instrumentation names spans run/<task>
     return span.name
 
 
