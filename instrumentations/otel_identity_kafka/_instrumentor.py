@@ -1,0 +1,214 @@
+"""``KafkaIdentityInstrumentor``: confluent-kafka and kafka-python, producer and consumer.
+
+confluent-kafka's ``Producer``/``Consumer`` are C types whose methods cannot be patched, so,
+as OpenTelemetry's own instrumentation does, the module attributes are replaced by Python
+subclasses whose pass-through methods are then wrapped with wrapt. If OpenTelemetry's
+confluent-kafka instrumentation is installed, its subclasses are wrapped too, so clients
+created after either instrumentation (in either order) carry identity.
+
+A polled message's context stays current until the same consumer polls again or closes:
+that is the span of "the user's processing code" in a poll loop. Tokens are kept per consumer
+and only detached on the thread that attached them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import threading
+from collections.abc import Collection
+from typing import Any
+
+import wrapt
+from opentelemetry import context as otel_context
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,
+)
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
+from packaging.requirements import Requirement
+
+from otel_identity import _telemetry
+from otel_identity_kafka._helpers import identity_headers, message_context
+from otel_identity_kafka.package import _instruments_any
+
+_HELD = "_otel_identity_message"
+_OTEL_MODULE = "opentelemetry.instrumentation.confluent_kafka"
+
+# (class, method) -> wrapper, per library
+_CONFLUENT_PRODUCER = (("produce", "produce"),)
+_CONFLUENT_CONSUMER = (("poll", "poll"), ("consume", "leave"), ("close", "leave"))
+
+
+def _leave(consumer: Any) -> None:
+    """Detach the context of the message this consumer handed out last, if any.
+
+    Only while it is still the current one: if the code around the loop has already unwound
+    past it (a ``with`` block that ended between polls), resetting to what was current at
+    attach time would bring that block's stale context back.
+    """
+    held = getattr(consumer, "__dict__", {}).pop(_HELD, None)
+    if (
+        held is not None
+        and held[0] == threading.get_ident()
+        and otel_context.get_current() is held[2]
+    ):
+        otel_context.detach(held[1])
+
+
+def _enter(consumer: Any, message: Any) -> None:
+    ctx = message_context(message)
+    token = otel_context.attach(ctx)
+    try:
+        consumer.__dict__[_HELD] = (threading.get_ident(), token, ctx)
+    except AttributeError:  # no place to remember it: better no identity than a stale one
+        otel_context.detach(token)
+
+
+def _with_headers(args: tuple[Any, ...], kwargs: dict[str, Any], index: int) -> Any:
+    if len(args) > index:
+        new_args = list(args)
+        new_args[index] = identity_headers(args[index])
+        return tuple(new_args), kwargs
+    kwargs["headers"] = identity_headers(kwargs.get("headers"))
+    return args, kwargs
+
+
+def _produce_wrapper(index: int) -> Any:
+    def produce(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if is_instrumentation_enabled():
+            try:
+                args, kwargs = _with_headers(args, kwargs, index)
+            except Exception:  # noqa: BLE001 - send the message as given rather than fail
+                _telemetry.log_internal_error("kafka produce")
+        return wrapped(*args, **kwargs)
+
+    return produce
+
+
+def _poll(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    _leave(instance)  # the previous message is done with, whatever comes next
+    message = wrapped(*args, **kwargs)
+    if message is not None and is_instrumentation_enabled():
+        error = getattr(message, "error", None)
+        if not (callable(error) and error() is not None):
+            _enter(instance, message)
+    return message
+
+
+def _leave_then_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    _leave(instance)  # not gated: what an enabled poll attached must come off
+    return wrapped(*args, **kwargs)
+
+
+_WRAPPERS: dict[str, Any] = {
+    # produce(topic, value, key, partition, callback, on_delivery, timestamp, headers): the C
+    # keyword list has both spellings of the callback, so headers is the eighth positional.
+    "produce": _produce_wrapper(7),
+    "send": _produce_wrapper(3),  # KafkaProducer.send(topic, value, key, headers, ...)
+    "poll": _poll,
+    "leave": _leave_then_call,
+}
+
+
+def _installed(requirement: str) -> bool:
+    req = Requirement(requirement)
+    try:
+        return req.specifier.contains(importlib.metadata.version(req.name))
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def _confluent_classes() -> tuple[type, type]:
+    import confluent_kafka.cimpl
+
+    class IdentityProducer(confluent_kafka.cimpl.Producer):  # type: ignore[misc]
+        """confluent-kafka's Producer; ``produce`` adds trace and identity headers."""
+
+        def produce(self, *args: Any, **kwargs: Any) -> Any:
+            return super().produce(*args, **kwargs)
+
+    class IdentityConsumer(confluent_kafka.cimpl.Consumer):  # type: ignore[misc]
+        """confluent-kafka's Consumer; ``poll`` makes the message's identity current."""
+
+        def poll(self, *args: Any, **kwargs: Any) -> Any:
+            return super().poll(*args, **kwargs)
+
+        def consume(self, *args: Any, **kwargs: Any) -> Any:
+            return super().consume(*args, **kwargs)
+
+        def close(self, *args: Any, **kwargs: Any) -> Any:
+            return super().close(*args, **kwargs)
+
+    return IdentityProducer, IdentityConsumer
+
+
+class KafkaIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Identity in the headers of every produced message, current while one is processed."""
+
+    _classes: tuple[type, type] | None = None
+    _originals: tuple[type, type] | None = None
+    _wrapped: list[tuple[Any, str]]
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        # Any one client is enough; with none installed, report all (a conflict).
+        present = [r for r in _instruments_any if _installed(r)]
+        return present or _instruments_any
+
+    def _instrument(self, **kwargs: Any) -> None:
+        self._wrapped = []
+        if importlib.util.find_spec("confluent_kafka") is not None:
+            self._instrument_confluent()
+        if importlib.util.find_spec("kafka") is not None:
+            self._wrap("kafka.producer.kafka", "KafkaProducer.send", "send")
+            self._wrap("kafka.consumer.group", "KafkaConsumer.__next__", "poll")
+            self._wrap("kafka.consumer.group", "KafkaConsumer.close", "leave")
+
+    def _wrap(self, module: Any, name: str, wrapper: str) -> None:
+        wrapt.wrap_function_wrapper(module, name, _WRAPPERS[wrapper])
+        owner, _, attr = name.rpartition(".")
+        if isinstance(module, str):
+            module = importlib.import_module(module)
+        self._wrapped.append((getattr(module, owner) if owner else module, attr))
+
+    def _instrument_confluent(self) -> None:
+        import confluent_kafka.cimpl
+
+        module: Any = importlib.import_module("confluent_kafka")
+
+        if KafkaIdentityInstrumentor._classes is None:
+            KafkaIdentityInstrumentor._classes = _confluent_classes()
+        producer_cls, consumer_cls = KafkaIdentityInstrumentor._classes
+        targets: list[tuple[type, tuple[tuple[str, str], ...]]] = [
+            (producer_cls, _CONFLUENT_PRODUCER),
+            (consumer_cls, _CONFLUENT_CONSUMER),
+        ]
+        if importlib.util.find_spec(_OTEL_MODULE) is not None:
+            # OpenTelemetry's instrumentation swaps in subclasses of the C types that would
+            # bypass ours if installed after us: wrap them as well (nothing is duplicated, a
+            # client is an instance of one of the two families only).
+            otel = importlib.import_module(_OTEL_MODULE)
+            targets.append((otel.AutoInstrumentedProducer, _CONFLUENT_PRODUCER))
+            targets.append((otel.AutoInstrumentedConsumer, _CONFLUENT_CONSUMER))
+        for cls, methods in targets:
+            for method, wrapper in methods:
+                self._wrap(cls, method, wrapper)
+        if module.Producer is confluent_kafka.cimpl.Producer:
+            self._originals = (module.Producer, module.Consumer)
+            module.Producer = producer_cls
+            module.Consumer = consumer_cls
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        for owner, attr in reversed(getattr(self, "_wrapped", [])):
+            unwrap(owner, attr)
+        self._wrapped = []
+        if self._originals is not None and self._classes is not None:
+            module: Any = importlib.import_module("confluent_kafka")
+
+            # Put the C types back only where ours still stand (another instrumentation may
+            # have replaced them since).
+            if module.Producer is self._classes[0]:
+                module.Producer = self._originals[0]
+            if module.Consumer is self._classes[1]:
+                module.Consumer = self._originals[1]
+            self._originals = None
