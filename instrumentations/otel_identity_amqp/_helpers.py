@@ -1,0 +1,77 @@
+"""The receiving side of an AMQP hop, for code that scopes deliveries itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
+
+from opentelemetry import context as otel_context
+
+import otel_identity as oi
+from otel_identity import _telemetry, names
+from otel_identity._carriers import headers_getter
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def delivery_context(message: Any, route: str | None = None) -> Any:
+    """The context for one delivery: ``message`` is pika ``BasicProperties`` or an aio-pika
+    message (anything with ``headers``); ``route`` the queue, for the anonymous-route rule."""
+    try:
+        headers = getattr(message, "headers", None)
+        if route is None:
+            route = getattr(message, "routing_key", None)
+    except Exception:  # noqa: BLE001 - an odd message object must not break the consumer
+        _telemetry.log_internal_error("amqp delivery_context")
+        headers = None
+    return oi.extract(
+        headers if headers is not None else {},
+        headers_getter,
+        hop=names.HOP_QUEUE_CONSUME,
+        route=route if isinstance(route, str) else None,
+    )
+
+
+@contextlib.contextmanager
+def continue_message(message: Any, *, route: str | None = None) -> Iterator[oi.Identity | None]:
+    """Run the block under the identity the delivery was published with (or none)."""
+    ctx = delivery_context(message, route)
+    token = otel_context.attach(ctx)
+    try:
+        yield oi.get_identity(ctx)
+    finally:
+        otel_context.detach(token)
+
+
+def _carrier_of(args: tuple[Any, ...]) -> Any:
+    # pika: (channel, method, properties, body); aio-pika: (message,) or (self, message)
+    if len(args) == 4:
+        return args[2]
+    for arg in args[:2]:
+        if hasattr(arg, "headers"):
+            return arg
+    return None
+
+
+def message_handler(fn: F) -> F:
+    """Decorate a pika callback ``fn(ch, method, properties, body)`` or an aio-pika one
+    ``async fn(message)`` to run under the delivery's identity."""
+    if asyncio.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            with continue_message(_carrier_of(args)):
+                return await fn(*args, **kwargs)
+
+        return cast("F", run_async)
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        route = getattr(args[1], "routing_key", None) if len(args) == 4 else None
+        with continue_message(_carrier_of(args), route=route):
+            return fn(*args, **kwargs)
+
+    return cast("F", run)
