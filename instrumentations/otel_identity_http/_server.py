@@ -1,0 +1,380 @@
+"""The ``http.server`` hop, shared by the WSGI and the ASGI middleware.
+
+Every request goes through the core's ``extract`` (inbound policy, limits, accounting). Three
+things are specific to HTTP servers and live here:
+
+* ``identity.missing`` waits until the response starts: an edge service authenticates the user
+  *inside* the app (Flask-Login, Django, Starlette, a bearer token), so "missing" is only known
+  once the app had its chance. The event still lands on the hop's server span, exactly once.
+* OpenTelemetry's own server middleware, when it runs *inside* ours, extracts the raw headers
+  again and overlays their baggage on the current context. When our policy changed the
+  baggage (identity rejected, or set from the app's authentication) the headers handed on are
+  rewritten from the admitted context, so the overlay cannot bring back what policy removed.
+* OpenTelemetry's middleware makes a SERVER span only when no span is current. So when it runs
+  inside ours, our context carries no current span (it continues the caller's trace itself);
+  without it, our context continues the caller's trace so the app's spans keep their parent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from opentelemetry import propagate, trace
+from opentelemetry.baggage import _BAGGAGE_KEY
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import CarrierT, Getter, default_setter
+from opentelemetry.trace import INVALID_SPAN, SpanKind
+from opentelemetry.trace.propagation import _SPAN_KEY
+
+import otel_identity as oi
+from otel_identity import _propagation, _telemetry, names
+from otel_identity._context import _SLOT_KEY, _STATE_KEY, HOP_KEY, state_of
+from otel_identity._hops import HopState, is_anonymous_route, missing_event
+
+HOP = names.HOP_HTTP_SERVER
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """What an auth source returns for credentials that were presented but are not valid.
+
+    ``reason`` is one of the ``identity.reject_reason`` values (``names.REASON_*``).
+    """
+
+    reason: str
+
+
+AuthResult = oi.Identity | Rejected | None
+
+
+class RequestView:
+    """The read-only view of a request that auth sources get (same for WSGI and ASGI)."""
+
+    __slots__ = ("_lookup", "path", "raw")
+
+    def __init__(self, path: str, raw: object, lookup: Callable[[str], str | None]) -> None:
+        self.path = path
+        self.raw = raw  # the WSGI environ or the ASGI scope
+        self._lookup = lookup
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        return self._lookup(name)
+
+
+AuthSource = Callable[[RequestView], AuthResult]
+
+
+class ServerHop(HopState):
+    """The hop state of one HTTP request: holds ``identity.missing`` until the response starts.
+
+    The span processor hands pending events to the first span started under the hop (with our
+    middleware outermost, that is OpenTelemetry's server span); this class keeps that span and
+    puts every event there except ``identity.missing``, which ``settle`` decides later.
+    """
+
+    __slots__ = ("authenticated", "settled", "span")
+
+    def __init__(self, state: HopState) -> None:
+        super().__init__(state.hop, state.outcome, state.reason, state.route)
+        self.pending = list(state.pending)
+        self.span: trace.Span | None = None
+        self.authenticated = False
+        self.settled = False
+
+    @property
+    def waiting(self) -> bool:
+        """Whether ``identity.missing`` is still held for ``settle`` to decide."""
+        return not self.settled and any(e[0] == names.EVENT_MISSING for e in self.pending)
+
+    def flush(self, span: trace.Span) -> None:
+        if self.span is None:
+            self.span = span
+        keep: list[tuple[str, dict[str, Any]]] = []
+        for name, attributes in self.pending:
+            if name != names.EVENT_MISSING:
+                _telemetry.add_event(span, name, attributes)
+            elif not self.settled:
+                keep.append((name, attributes))  # held until the app has answered
+            elif not _telemetry.has_event(span, name):
+                _telemetry.add_event(span, name, attributes)
+        self.pending = keep
+
+    def drop_missing(self) -> None:
+        self.pending = [e for e in self.pending if e[0] != names.EVENT_MISSING]
+
+    def note_authenticated(self) -> None:
+        self.authenticated = True
+        self.drop_missing()
+
+    def settle(self, identity_present: bool) -> None:
+        """The app has answered: record ``identity.missing`` if it still has no identity."""
+        if self.settled:
+            return
+        self.settled = True
+        missing = [e for e in self.pending if e[0] == names.EVENT_MISSING]
+        if not missing:
+            return
+        self.drop_missing()
+        if identity_present or self.authenticated:
+            return
+        span = self.span
+        if span is None or not span.is_recording():
+            span = trace.get_current_span()
+        if span.is_recording():
+            if not _telemetry.has_event(span, names.EVENT_MISSING):
+                name, attributes = missing[0]
+                _telemetry.add_event(span, name, attributes)
+        else:
+            # No span to take it yet: the next span started under this hop does.
+            self.pending.append(missing[0])
+
+
+def server_hop(context: Context | None = None) -> ServerHop | None:
+    state = oi.hop_state(context)
+    return state if isinstance(state, ServerHop) else None
+
+
+def mark_authenticated() -> None:
+    """Tell the current HTTP hop that the app authenticated the request itself.
+
+    Identity set by the app's own authentication means the hop is not missing identity, even
+    if none arrived on the wire; the edge helpers (Starlette, Django) call this.
+    """
+    hop = server_hop()
+    if hop is not None:
+        hop.note_authenticated()
+
+
+@dataclass(slots=True)
+class Admitted:
+    """The outcome of ``admit``: the context to attach, and whether headers must be rewritten."""
+
+    context: Context
+    hop: ServerHop
+    rewrite: bool
+
+
+def admit(
+    carrier: CarrierT,
+    getter: Getter[CarrierT],
+    base: Context,
+    *,
+    route: str | None,
+    auth: Sequence[AuthSource],
+    view: Callable[[], RequestView],
+    continue_trace: bool,
+) -> Admitted:
+    """Extract the hop (policy, accounting), then apply the app's header-based auth sources."""
+    local = trace.get_current_span(base)
+    inner = local.get_span_context().is_valid and getattr(local, "kind", None) is SpanKind.SERVER
+    # Without the hop's own span in the base, extract keeps every event pending, so "missing"
+    # can wait for the app; an inner middleware's server span is hidden from it for that.
+    probe = Context({**base, _SPAN_KEY: INVALID_SPAN}) if inner else base
+    if inner or not continue_trace:
+        # The sender's span is not used (an OpenTelemetry server span is, or will be, the
+        # hop's span): skip parsing the trace context twice.
+        getter = _WithoutTraceContext(getter)
+    ctx = oi.extract(carrier, getter, hop=HOP, context=probe, route=route)
+    state = oi.hop_state(ctx)
+    hop = ServerHop(
+        state if state is not None else HopState(HOP, names.OUTCOME_MISSING, None, route)
+    )
+    values = dict(ctx)
+    values[HOP_KEY] = hop
+    if inner:
+        values[_SPAN_KEY] = local
+    elif not continue_trace:
+        # An OpenTelemetry server middleware inside makes the SERVER span from the headers.
+        values[_SPAN_KEY] = trace.get_current_span(base)
+    ctx = Context(values)
+    rewrite = hop.outcome == names.OUTCOME_REJECTED
+    if auth:
+        ctx, changed = _authenticate(ctx, hop, auth, view())
+        rewrite = rewrite or changed
+    if inner:
+        hop.flush(local)
+        if hop.authenticated:
+            stamp(local, ctx)
+    return Admitted(ctx, hop, rewrite)
+
+
+_TRACE_CONTEXT = frozenset({"traceparent", "tracestate"})
+
+
+class _WithoutTraceContext(Getter[CarrierT]):
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Getter[CarrierT]) -> None:
+        self.inner = inner
+
+    def get(self, carrier: CarrierT, key: str) -> list[str] | None:
+        return None if key in _TRACE_CONTEXT else self.inner.get(carrier, key)
+
+    def keys(self, carrier: CarrierT) -> list[str]:
+        return self.inner.keys(carrier)
+
+
+def _authenticate(
+    ctx: Context, hop: ServerHop, auth: Sequence[AuthSource], view: RequestView
+) -> tuple[Context, bool]:
+    for source in auth:
+        try:
+            result = source(view)
+        except Exception as exc:  # noqa: BLE001 - an app's auth source must not break the hop
+            _telemetry.log_once(
+                logging.WARNING,
+                ("auth_source", type(exc).__name__),
+                "otel-identity: auth source %r raised %s; request treated as unauthenticated",
+                getattr(source, "__name__", type(source).__name__),
+                type(exc).__name__,
+            )
+            continue
+        if result is None:
+            continue
+        if isinstance(result, Rejected):
+            return _reject(ctx, hop, result.reason), True
+        try:
+            ctx = oi.set_identity(result, context=ctx)
+        except (TypeError, ValueError):
+            return _reject(ctx, hop, names.REASON_MALFORMED), True
+        hop.note_authenticated()
+        return ctx, True
+    return ctx, False
+
+
+def _reject(ctx: Context, hop: ServerHop, reason: str) -> Context:
+    """Credentials were presented and failed: the request runs without identity (fail closed)."""
+    hop.outcome = names.OUTCOME_REJECTED
+    hop.pending.append(
+        (names.EVENT_REJECTED, {names.ATTR_HOP: HOP, names.ATTR_REJECT_REASON: reason})
+    )
+    settings = oi.get_settings()
+    has_missing = any(name == names.EVENT_MISSING for name, _ in hop.pending)
+    if not has_missing and HOP in settings.required_hops and not is_anonymous_route(hop.route):
+        hop.pending.append(missing_event(HOP, settings))
+    return oi.clear_identity(ctx)
+
+
+_baggage_fields_cache: tuple[int, tuple[str, ...]] = (0, ())
+
+
+def baggage_fields() -> tuple[str, ...]:
+    """The header names the global propagator uses for baggage (``baggage`` for W3C)."""
+    global _baggage_fields_cache
+    textmap = propagate.get_global_textmap()
+    cached_id, fields = _baggage_fields_cache
+    if cached_id != id(textmap):
+        probe: dict[str, str] = {}
+        propagate.inject(probe, context=Context({_BAGGAGE_KEY: {"otel-identity": "1"}}))
+        fields = tuple(probe)
+        _baggage_fields_cache = (id(textmap), fields)
+    return fields
+
+
+def encoded_baggage(ctx: Context) -> dict[str, str]:
+    """The baggage headers that carry exactly the baggage of ``ctx`` (global propagator)."""
+    out: dict[str, str] = {}
+    baggage = cast("Mapping[str, object]", ctx.get(_BAGGAGE_KEY) or {})
+    if baggage:
+        _propagation.inject(out, Context({_BAGGAGE_KEY: baggage}), default_setter)
+    return out
+
+
+_OTEL_PREFIX = "opentelemetry.instrumentation."
+_NEXT_ATTRS = ("__wrapped__", "app", "wsgi", "wsgi_app", "application", "middleware_stack")
+
+# Where the outer middleware leaves the admitted context for the re-attach tap inside
+# OpenTelemetry's middleware (a per-request key of the WSGI environ / ASGI scope).
+STASH_KEY = "otel_identity.admitted"
+# Set on the environ/scope of a request that already is a hop, so a mounted sub-application
+# (itself wrapped by the instrumentor) does not count the same request twice.
+HANDLED_KEY = "otel_identity.hop"
+
+
+@dataclass(slots=True)
+class Stash:
+    context: Context
+    hop: ServerHop
+    used: bool = False  # a tap attached it (and keeps it attached while the body is produced)
+
+
+def restored(inside: Context, stash: Stash) -> Context:
+    """The context an inner OpenTelemetry middleware attached, with our identity state back.
+
+    That middleware extracts the headers into a brand-new context (its SERVER span, the raw
+    baggage): the span is kept, identity, baggage and hop state are ours again.
+    """
+    stash.used = True
+    values = dict(inside)
+    for key in (_BAGGAGE_KEY, _STATE_KEY, _SLOT_KEY, HOP_KEY):
+        if key in stash.context:
+            values[key] = stash.context[key]
+        else:
+            values.pop(key, None)
+    span = trace.get_current_span(inside)
+    if span.is_recording() and getattr(span, "kind", None) is SpanKind.SERVER:
+        stash.hop.span = span
+        stash.hop.flush(span)
+        if stash.hop.authenticated:
+            stamp(span, stash.context)
+    return Context(values)
+
+
+def stamp(span: trace.Span, ctx: Context) -> None:
+    """Identity attributes on a server span started before the app's auth set the identity."""
+    state = state_of(ctx)
+    if state is not None and span.is_recording():
+        attributes = state.span_attributes(oi.get_settings().span_attributes)
+        if attributes:
+            span.set_attributes(attributes)
+
+
+def find_otel_servers(app: object) -> list[object]:
+    """The OpenTelemetry server instrumentation found inside ``app`` (best effort), outermost
+    first: OpenTelemetry middleware objects, or instrumented framework applications (Flask,
+    FastAPI), or a Django handler whose settings list OpenTelemetry's middleware."""
+    found: list[object] = []
+    seen: set[int] = set()
+    todo = [app]
+    while todo and len(seen) < 64:
+        node = todo.pop(0)
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if _is_otel(node):
+            found.append(node)
+        todo.extend(getattr(node, attr, None) for attr in _NEXT_ATTRS)
+        todo.append(getattr(node, "__self__", None))  # a bound method: its application
+    return found
+
+
+def otel_server_inside(app: object) -> bool:
+    """Whether an OpenTelemetry server instrumentation runs inside ``app`` (best effort)."""
+    return bool(find_otel_servers(app))
+
+
+def _is_otel(node: object) -> bool:
+    module = getattr(type(node), "__module__", "") or ""
+    if module.startswith(_OTEL_PREFIX):
+        return True
+    if (getattr(node, "__module__", "") or "").startswith(_OTEL_PREFIX):
+        return True  # a function made by an instrumentation (Flask's rewrapped wsgi_app)
+    try:
+        if getattr(node, "_is_instrumented_by_opentelemetry", False) is True:
+            return True  # Flask and FastAPI apps instrumented by OpenTelemetry
+        user_middleware: Iterable[object] = getattr(node, "user_middleware", None) or ()
+        for middleware in user_middleware:  # Starlette's declared middleware
+            cls = getattr(middleware, "cls", None)
+            if (getattr(cls, "__module__", "") or "").startswith(_OTEL_PREFIX):
+                return True
+        if module.startswith("django.core.handlers"):
+            from django.conf import settings  # type: ignore[import-untyped]
+
+            return any("opentelemetry" in str(m) for m in getattr(settings, "MIDDLEWARE", ()))
+    except Exception:  # noqa: BLE001 - detection is a best effort over arbitrary objects
+        return False
+    return False

@@ -1,0 +1,114 @@
+"""Re-attach taps: our admitted context, put back inside OpenTelemetry's server middleware.
+
+OpenTelemetry's WSGI/ASGI middleware (and its Flask instrumentation) attach a brand-new context
+built from the request headers. When that middleware runs inside ours, the identity state we
+admitted (identity set by the app's authentication, the hop and its held events) would be gone
+in the handler. The outer middleware leaves it in the environ/scope (``STASH_KEY``), and a tap
+placed right inside OpenTelemetry's middleware attaches it again, on top of its server span.
+The header rewrite of ``_server`` stays as the fallback for instrumentations no tap reaches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from opentelemetry import context as otel_context
+
+from otel_identity import _telemetry
+from otel_identity_http import _server
+from otel_identity_http._asgi import ASGIApp, Receive, Scope, Send
+from otel_identity_http._wsgi import Environ, StartResponse, WSGIApp, _HopIterable
+
+_FLASK_TOKEN = "otel_identity.flask_token"  # noqa: S105 - a flask.g key, not a secret
+
+
+class ReattachWSGI:
+    """Sits right inside OpenTelemetry's WSGI middleware."""
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        stash = environ.get(_server.STASH_KEY)
+        if not isinstance(stash, _server.Stash):
+            return self.app(environ, start_response)
+        ctx = _server.restored(otel_context.get_current(), stash)
+        token = otel_context.attach(ctx)
+        try:
+            result = self.app(environ, start_response)
+        finally:
+            otel_context.detach(token)
+        if isinstance(result, (list, tuple)):
+            return result
+        return _HopIterable(result, ctx, stash.hop)
+
+
+class ReattachASGI:
+    """Sits right inside OpenTelemetry's ASGI middleware."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stash = scope.get(_server.STASH_KEY)
+        if not isinstance(stash, _server.Stash):
+            await self.app(scope, receive, send)
+            return
+        token = otel_context.attach(_server.restored(otel_context.get_current(), stash))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            otel_context.detach(token)
+
+
+def _flask_before() -> None:
+    import flask
+
+    stash = flask.request.environ.get(_server.STASH_KEY)
+    if isinstance(stash, _server.Stash):
+        ctx = _server.restored(otel_context.get_current(), stash)
+        flask.g.setdefault(_FLASK_TOKEN, otel_context.attach(ctx))
+
+
+def _flask_teardown(_exc: BaseException | None) -> None:
+    import flask
+
+    token = flask.g.pop(_FLASK_TOKEN, None)
+    if token is not None:
+        otel_context.detach(token)
+
+
+def install(app: object) -> bool:
+    """Put a tap inside the OpenTelemetry server instrumentation found in ``app`` (once).
+
+    Returns whether an OpenTelemetry server instrumentation was found.
+    """
+    nodes = _server.find_otel_servers(app)
+    try:
+        for node in nodes:  # a middleware object: the tap goes right inside it
+            module = type(node).__module__ or ""
+            if module.startswith("opentelemetry.instrumentation.wsgi"):
+                if not isinstance(node.wsgi, ReattachWSGI):  # type: ignore[attr-defined]
+                    node.wsgi = ReattachWSGI(node.wsgi)  # type: ignore[attr-defined]
+                return True
+            if module.startswith("opentelemetry.instrumentation.asgi"):
+                if not isinstance(node.app, ReattachASGI):  # type: ignore[attr-defined]
+                    node.app = ReattachASGI(node.app)  # type: ignore[attr-defined]
+                return True
+        for node in nodes:
+            if hasattr(node, "before_request_funcs") and hasattr(node, "teardown_request_funcs"):
+                _install_flask(node)
+                return True
+    except Exception:  # noqa: BLE001 - without a tap the header rewrite still holds policy
+        _telemetry.log_internal_error("http.tap")
+    return bool(nodes)
+
+
+def _install_flask(app: Any) -> None:
+    # Flask with OpenTelemetry's Flask instrumentation: its span and context start in a
+    # before_request function, so ours must run after it (and tear down before it).
+    before = app.before_request_funcs.setdefault(None, [])
+    if _flask_before not in before:
+        before.append(_flask_before)
+        app.teardown_request_funcs.setdefault(None, []).append(_flask_teardown)

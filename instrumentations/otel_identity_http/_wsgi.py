@@ -1,0 +1,230 @@
+"""``IdentityWSGIMiddleware``: every WSGI request is an ``http.server`` hop.
+
+    app.wsgi_app = IdentityWSGIMiddleware(app.wsgi_app, auth=[jwt_identity(key=..., ...)])
+
+The admitted context is current while the app runs and while each chunk of the response is
+produced (a streaming generator sees the identity too). It is attached per call rather than
+left attached between the app's return and ``close()``: a server that forgets to close the
+iterable must not leave one request's identity behind for the next request on its thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.propagators.textmap import Getter
+
+import otel_identity as oi
+from otel_identity import _telemetry
+from otel_identity_http import _server
+from otel_identity_http._server import AuthSource, RequestView
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+RouteOf = Callable[[Environ], str | None]
+
+
+_ENVIRON_KEYS: dict[str, str] = {}
+
+
+def _environ_key(key: str) -> str:
+    name = _ENVIRON_KEYS.get(key)
+    if name is None:
+        name = "HTTP_" + key.upper().replace("-", "_")
+        if len(_ENVIRON_KEYS) < 256:  # propagator field names: a handful
+            _ENVIRON_KEYS[key] = name
+    return name
+
+
+class EnvironGetter(Getter[Environ]):
+    """Reads request headers from a WSGI environ (``baggage`` -> ``HTTP_BAGGAGE``)."""
+
+    def get(self, carrier: Environ, key: str) -> list[str] | None:
+        value = carrier.get(_environ_key(key))
+        return [value] if isinstance(value, str) else None
+
+    def keys(self, carrier: Environ) -> list[str]:
+        return [k[5:].lower().replace("_", "-") for k in carrier if k.startswith("HTTP_")]
+
+
+environ_getter = EnvironGetter()
+
+
+def _header(environ: Environ, name: str) -> str | None:
+    value = environ.get(_environ_key(name))
+    return value if isinstance(value, str) else None
+
+
+def default_route(environ: Environ) -> str | None:
+    path = environ.get("PATH_INFO")
+    return path if isinstance(path, str) else None
+
+
+def _rewritten(environ: Environ, ctx: Context) -> Environ:
+    """A copy of ``environ`` whose baggage headers carry exactly the admitted baggage."""
+    new = dict(environ)
+    for field in _server.baggage_fields():
+        new.pop(_environ_key(field), None)
+    for field, value in _server.encoded_baggage(ctx).items():
+        new[_environ_key(field)] = value
+    return new
+
+
+class _HopIterable:
+    """The app's response iterable, producing every chunk under the hop's context."""
+
+    __slots__ = ("_ctx", "_hop", "_inner", "_iterator")
+
+    def __init__(self, inner: Iterable[bytes], ctx: Context, hop: _server.ServerHop) -> None:
+        self._inner = inner
+        self._ctx = ctx
+        self._hop = hop
+        self._iterator: Iterator[bytes] | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        token = otel_context.attach(self._ctx)
+        try:
+            if self._iterator is None:
+                self._iterator = iter(self._inner)
+            return next(self._iterator)
+        finally:
+            otel_context.detach(token)
+
+    def close(self) -> None:
+        token = otel_context.attach(self._ctx)
+        try:
+            close = getattr(self._inner, "close", None)
+            if close is not None:
+                close()
+        finally:
+            _settle(self._hop, None)
+            otel_context.detach(token)
+
+    def __enter__(self) -> _HopIterable:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _settle(hop: _server.ServerHop, present: bool | None) -> None:
+    if not hop.waiting:
+        hop.settled = True
+        return
+    try:
+        hop.settle(oi.get_identity() is not None if present is None else present)
+    except Exception:  # noqa: BLE001 - never break the response
+        _telemetry.log_internal_error("wsgi.settle")
+
+
+def call_wsgi(
+    app: WSGIApp,
+    environ: Environ,
+    start_response: StartResponse,
+    *,
+    auth: Sequence[AuthSource] = (),
+    route_of: RouteOf = default_route,
+    continue_trace: bool = True,
+) -> Iterable[bytes]:
+    """Run one WSGI request of ``app`` as an ``http.server`` hop (the middleware's body)."""
+    try:
+        route = route_of(environ)
+        admitted = _server.admit(
+            environ,
+            environ_getter,
+            otel_context.get_current(),
+            route=route,
+            auth=auth,
+            view=lambda: RequestView(route or "", environ, lambda name: _header(environ, name)),
+            continue_trace=continue_trace,
+        )
+        if admitted.rewrite:
+            environ = _rewritten(environ, admitted.context)
+        environ[_server.HANDLED_KEY] = True
+        stash = None
+        if not continue_trace:  # an OpenTelemetry middleware inside: leave it for the tap
+            stash = environ[_server.STASH_KEY] = _server.Stash(admitted.context, admitted.hop)
+    except Exception:  # noqa: BLE001 - without a hop the request still runs, with no identity
+        _telemetry.log_internal_error("wsgi.admit")
+        return app(environ, start_response)
+
+    hop = admitted.hop
+
+    def hop_start_response(*args: Any, **kwargs: Any) -> Any:
+        _settle(hop, None)
+        return start_response(*args, **kwargs)
+
+    token = otel_context.attach(admitted.context)
+    try:
+        result = app(environ, hop_start_response)
+    except BaseException:
+        _settle(hop, None)
+        raise
+    finally:
+        otel_context.detach(token)
+    if isinstance(result, (list, tuple)):  # nothing of the app runs while it is sent
+        _settle(hop, None)
+        return result
+    if stash is not None and stash.used:
+        return result  # the tap inside produces the body under the hop's context already
+    return _HopIterable(result, admitted.context, hop)
+
+
+class IdentityWSGIMiddleware:
+    """WSGI middleware making each request an ``http.server`` hop.
+
+    ``auth``: auth sources tried in order before the app runs (``jwt_identity(...)``); the
+    first that returns an identity sets it, one that rejects the credentials leaves the
+    request without identity and records ``identity.rejected``. ``hop_route``: the route used
+    for the anonymous-route exemption (default: ``PATH_INFO``). ``continue_trace``: whether the
+    app's spans continue the caller's trace under this middleware; by default yes, unless an
+    OpenTelemetry server instrumentation is found inside (it starts the SERVER span itself,
+    and only does so when no span is current).
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        auth: Sequence[AuthSource] = (),
+        hop_route: RouteOf | None = None,
+        continue_trace: bool | None = None,
+    ) -> None:
+        self.app = app
+        self.auth = tuple(auth)
+        self.hop_route = hop_route or default_route
+        self.continue_trace = continue_trace
+        self._tapped = False
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if not is_instrumentation_enabled() or _server.HANDLED_KEY in environ:
+            return self.app(environ, start_response)
+        if not self._tapped:
+            from otel_identity_http import _tap
+
+            found = _tap.install(self.app)
+            if self.continue_trace is None:
+                self.continue_trace = not found
+            self._tapped = True
+        return call_wsgi(
+            self.app,
+            environ,
+            start_response,
+            auth=self.auth,
+            route_of=self.hop_route,
+            continue_trace=self.continue_trace is not False,
+        )

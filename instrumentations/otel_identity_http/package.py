@@ -1,0 +1,22 @@
+"""What this instrumentation works with (mirrors the ``http`` extra of pyproject.toml).
+
+The server side works with any WSGI or ASGI application; the client side patches whichever of
+requests, httpx, urllib3 and aiohttp are installed. None of them is required, so no dependency
+check is made at ``instrument()`` (a missing library is simply not patched).
+"""
+
+from __future__ import annotations
+
+_instruments: tuple[str, ...] = ()
+
+# Libraries patched when present (informational; see _client.py and _server_instrumentor.py).
+_supports: tuple[str, ...] = (
+    "requests >= 2.20",
+    "httpx >= 0.23",
+    "urllib3 >= 2.0",
+    "aiohttp >= 3.9",
+    "flask >= 2.3",
+    "starlette >= 0.27",
+    "django >= 4.2",
+    "pyjwt >= 2.8",
+)

@@ -1,0 +1,288 @@
+"""Client libraries on real loopback servers: identity carried, and stripped outside the allow list.
+
+The echo servers answer with the baggage and traceparent headers they received: one on
+127.0.0.1 (inside an allow list of ``127.0.0.1``) and one on 127.0.0.2 (outside it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+import requests
+import urllib3
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
+from otel_identity_http import HttpClientIdentityInstrumentor
+
+import otel_identity as oi
+from otel_identity import names
+
+from .conftest import Server
+
+
+def _requests(url: str) -> dict[str, Any]:
+    return requests.get(url, timeout=10).json()  # type: ignore[no-any-return]
+
+
+def _httpx_sync(url: str) -> dict[str, Any]:
+    with httpx.Client() as client:
+        return client.get(url, timeout=10).json()  # type: ignore[no-any-return]
+
+
+def _httpx_async(url: str) -> dict[str, Any]:
+    async def run() -> dict[str, Any]:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(url, timeout=10)
+            return response.json()  # type: ignore[no-any-return]
+
+    return _in_loop(run())
+
+
+def _urllib3(url: str) -> dict[str, Any]:
+    with urllib3.PoolManager() as pool:
+        return json.loads(pool.request("GET", url, timeout=10).data)  # type: ignore[no-any-return]
+
+
+def _aiohttp(url: str) -> dict[str, Any]:
+    async def run() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return json.loads(await response.text())  # type: ignore[no-any-return]
+
+    return _in_loop(run())
+
+
+def _in_loop(coro: Any) -> Any:
+    # asyncio.run copies the current context into the loop's tasks, so the identity attached by
+    # the test is what the client sees.
+    return asyncio.run(coro)
+
+
+CLIENTS: dict[str, Callable[[str], dict[str, Any]]] = {
+    "requests": _requests,
+    "httpx": _httpx_sync,
+    "httpx-async": _httpx_async,
+    "urllib3": _urllib3,
+    "aiohttp": _aiohttp,
+}
+
+
+def _otel_instrumentor(client: str) -> Any:
+    if client == "requests":
+        from opentelemetry.instrumentation.requests import RequestsInstrumentor
+
+        return RequestsInstrumentor()
+    if client.startswith("httpx"):
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+        return HTTPXClientInstrumentor()
+    if client == "urllib3":
+        from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
+
+        return URLLib3Instrumentor()
+    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+
+    return AioHttpClientInstrumentor()
+
+
+@pytest.fixture(params=["ours_only", "otel_first", "otel_last"])
+def instrumented(request: pytest.FixtureRequest) -> Iterator[Callable[[str], bool]]:
+    """Installs our client instrumentor, with OpenTelemetry's loaded before or after it."""
+    mode = request.param
+    installed: list[Any] = []
+
+    def setup(client: str) -> bool:
+        otel = _otel_instrumentor(client) if mode != "ours_only" else None
+        if otel is not None and mode == "otel_first":
+            otel.instrument()
+            installed.append(otel)
+        ours = HttpClientIdentityInstrumentor()
+        ours.instrument()
+        installed.append(ours)
+        if otel is not None and mode == "otel_last":
+            otel.instrument()
+            installed.append(otel)
+        return otel is not None
+
+    yield setup
+    for instrumentor in reversed(installed):
+        instrumentor.uninstrument()
+
+
+def _members(header: str | None) -> dict[str, str]:
+    if not header:
+        return {}
+    return dict(m.strip().split("=", 1) for m in header.split(",") if "=" in m)
+
+
+def _call_under_identity(
+    tracer: trace.Tracer, fetch: Callable[[str], dict[str, Any]], url: str
+) -> dict[str, Any]:
+    ctx = baggage.set_baggage("other", "kept", oi.set_identity(user_id="u-1", tenant_id="acme"))
+    token = otel_context.attach(ctx)
+    try:
+        with tracer.start_as_current_span("caller"):
+            return fetch(url)
+    finally:
+        otel_context.detach(token)
+
+
+def _stripped(spans: Any) -> list[tuple[ReadableSpan, dict[str, Any]]]:
+    return [
+        (s, dict(e.attributes or {}))
+        for s in spans.get_finished_spans()
+        for e in s.events
+        if e.name == names.EVENT_STRIPPED
+    ]
+
+
+@pytest.mark.parametrize("client", list(CLIENTS))
+def test_identity_reaches_allowed_server_and_never_the_outside_one(
+    echo_servers: tuple[Server, Server],
+    instrumented: Callable[[str], bool],
+    tracer: trace.Tracer,
+    spans: Any,
+    client: str,
+) -> None:
+    with_otel = instrumented(client)
+    oi.configure(egress_allow="127.0.0.1")
+    inside, outside = echo_servers
+    fetch = CLIENTS[client]
+
+    got_inside = _members(_call_under_identity(tracer, fetch, inside.url())["baggage"])
+    assert got_inside.get("user.id") == "u-1"
+    assert got_inside.get("tenant.id") == "acme"
+    assert got_inside.get("other") == "kept"
+    assert _stripped(spans) == []
+
+    spans.clear()
+    got_outside = _members(_call_under_identity(tracer, fetch, outside.url())["baggage"])
+    assert "user.id" not in got_outside
+    assert "tenant.id" not in got_outside
+    assert got_outside.get("other") == "kept"
+    (span, attributes), *rest = _stripped(spans)
+    assert rest == []
+    assert attributes[names.ATTR_SERVER_ADDRESS] == "127.0.0.2"
+    assert attributes[names.ATTR_HOP] == "http.client"
+    # The event is on the span that sent the request: OpenTelemetry's client span if any.
+    assert span.kind is (SpanKind.CLIENT if with_otel else SpanKind.INTERNAL)
+
+
+@pytest.mark.parametrize("client", list(CLIENTS))
+def test_strip_all_baggage_sends_no_baggage_outside(
+    echo_servers: tuple[Server, Server],
+    instrumented: Callable[[str], bool],
+    tracer: trace.Tracer,
+    spans: Any,
+    client: str,
+) -> None:
+    instrumented(client)
+    oi.configure(egress_allow="127.0.0.1", egress_strip_all_baggage=True)
+    inside, outside = echo_servers
+    got = _call_under_identity(tracer, CLIENTS[client], outside.url())
+    assert got["baggage"] is None
+    assert got["traceparent"] is not None  # trace context still flows
+    assert len(_stripped(spans)) == 1
+    assert _members(_call_under_identity(tracer, CLIENTS[client], inside.url())["baggage"])
+
+
+@pytest.mark.parametrize("client", list(CLIENTS))
+def test_trace_context_is_injected_once_and_by_the_client_span(
+    echo_servers: tuple[Server, Server],
+    instrumented: Callable[[str], bool],
+    tracer: trace.Tracer,
+    spans: Any,
+    client: str,
+) -> None:
+    with_otel = instrumented(client)
+    inside, _ = echo_servers
+    got = _call_under_identity(tracer, CLIENTS[client], inside.url())
+    traceparent = got["traceparent"]
+    assert traceparent is not None
+    assert "," not in traceparent  # one value, not ours appended to OpenTelemetry's
+    span_id = traceparent.split("-")[2]
+    finished = spans.get_finished_spans()
+    expected_kind = SpanKind.CLIENT if with_otel else SpanKind.INTERNAL
+    senders = [s for s in finished if s.kind is expected_kind]
+    assert span_id in {format(s.context.span_id, "016x") for s in senders}
+    if with_otel:
+        # urllib3 under requests must not add a second client span's context either.
+        clients = [s for s in finished if s.kind is SpanKind.CLIENT]
+        assert format(clients[0].context.span_id, "016x") == span_id or len(clients) > 1
+
+
+@pytest.mark.parametrize("client", list(CLIENTS))
+def test_uninstrument_stops_carrying_identity(
+    echo_servers: tuple[Server, Server], tracer: trace.Tracer, client: str
+) -> None:
+    inside, _ = echo_servers
+    ours = HttpClientIdentityInstrumentor()
+    ours.instrument()
+    ours.instrument()  # idempotent
+    try:
+        got = _call_under_identity(tracer, CLIENTS[client], inside.url())
+        assert _members(got["baggage"]).get("user.id") == "u-1"
+    finally:
+        ours.uninstrument()
+    got = _call_under_identity(tracer, CLIENTS[client], inside.url())
+    assert got["baggage"] is None
+
+
+def test_user_supplied_hostile_baggage_header_never_breaks_an_outgoing_request(
+    echo_servers: tuple[Server, Server], tracer: trace.Tracer
+) -> None:
+    oi.configure(egress_allow="127.0.0.1")
+    _, outside = echo_servers
+    ours = HttpClientIdentityInstrumentor()
+    ours.instrument()
+    try:
+        for header in ("user.id=%ZZ,,;;==", "=" * 9000, "user.id=" + "a" * 9000, "\u00e9=1"):
+            value = header.encode("utf-8").decode("latin-1")
+            response = requests.get(outside.url(), headers={"baggage": value}, timeout=10)
+            assert response.status_code == 200
+            assert "user.id=" not in (response.json()["baggage"] or "")
+    finally:
+        ours.uninstrument()
+
+
+def test_signed_identity_crosses_http_even_when_otel_injected_the_unsigned_baggage(
+    wsgi_server: Callable[..., Server], tracer: trace.Tracer
+) -> None:
+    """OpenTelemetry's requests instrumentation injects plain baggage; a receiver that verifies
+    needs our signature, which the transport hook adds after it."""
+    from opentelemetry.instrumentation.requests import RequestsInstrumentor
+    from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+    from otel_identity_http import IdentityWSGIMiddleware
+
+    oi.configure(signing_keys={"k1": b"0123456789abcdef0123456789abcdef"}, inbound="verify")
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        identity = oi.get_identity()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        body = {"user": identity.user_id, "verified": identity.verified} if identity else None
+        return [json.dumps(body).encode()]
+
+    handle = wsgi_server(IdentityWSGIMiddleware(OpenTelemetryMiddleware(app)))
+    otel = RequestsInstrumentor()
+    otel.instrument()
+    ours = HttpClientIdentityInstrumentor()
+    ours.instrument()
+    try:
+        with oi.use_identity(user_id="u-1", tenant_id="acme"):
+            assert requests.get(handle.url(), timeout=10).json() == {
+                "user": "u-1",
+                "verified": True,
+            }
+        ours.uninstrument()
+        with oi.use_identity(user_id="u-1", tenant_id="acme"):
+            assert requests.get(handle.url(), timeout=10).json() is None  # unsigned: rejected
+    finally:
+        ours.uninstrument()
+        otel.uninstrument()
