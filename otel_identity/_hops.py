@@ -164,25 +164,36 @@ def extract(
     hop: str,
     context: Context | None = None,
     route: str | None = None,
+    account: bool = True,
 ) -> Context:
     """The receiving hop's context: the sender's trace and baggage, identity after policy.
 
     ``hop`` is the hop kind (``identity.hop``); ``route`` a path or gRPC method for the
     anonymous-route exemption. Inbound identity is admitted by the configured policy
     (``trust``/``verify``/``strip``), the hop is counted, and ``identity.missing`` /
-    ``identity.rejected`` are recorded on the hop's span. Never raises: on an internal error
-    the result carries no identity (fail closed) and the error is logged.
+    ``identity.rejected`` are recorded on the hop's span. ``account=False`` leaves counting
+    to a caller that learns the outcome later (an HTTP edge whose app authenticates the
+    request itself). Never raises: on an internal error the result carries no identity (fail
+    closed) and the error is logged.
     """
     base = context if context is not None else otel_context.get_current()
     try:
-        return _extract(carrier, getter or default_getter, hop, base, route)
+        return _extract(
+            carrier, getter or default_getter, hop=hop, base=base, route=route, account=account
+        )
     except Exception:  # noqa: BLE001 - never break the host's request path
         _telemetry.log_internal_error("extract")
         return _without_identity(base)
 
 
 def _extract(
-    carrier: CarrierT, getter: Getter[CarrierT], hop: str, base: Context, route: str | None
+    carrier: CarrierT,
+    getter: Getter[CarrierT],
+    *,
+    hop: str,
+    base: Context,
+    route: str | None,
+    account: bool,
 ) -> Context:
     settings = _config.get_settings()
     remote, oversize = _propagation.extract(carrier, getter, _keep_keys(settings))
@@ -216,7 +227,8 @@ def _extract(
         outcome = names.OUTCOME_MISSING
     if identity is None and outcome != names.OUTCOME_ANONYMOUS and hop in settings.required_hops:
         events.append(missing_event(hop, settings))
-    _telemetry.count_hop(hop, outcome)
+    if account:
+        _telemetry.count_hop(hop, outcome)
 
     span, own_span = _choose_span(base, remote, hop)
     state = HopState(hop, outcome, reason, route)

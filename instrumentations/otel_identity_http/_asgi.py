@@ -73,11 +73,13 @@ def _rewritten(scope: Scope, ctx: Context) -> Scope:
 
 
 def _settle(hop: _server.ServerHop) -> None:
-    if not hop.waiting:
-        hop.settled = True
-        return
     try:
-        hop.settle(oi.get_identity() is not None)
+        present = oi.get_identity() is not None
+        hop.account(present)
+        if not hop.waiting:
+            hop.settled = True
+            return
+        hop.settle(present)
     except Exception:  # noqa: BLE001 - never break the response
         _telemetry.log_internal_error("asgi.settle")
 

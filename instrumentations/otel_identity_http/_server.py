@@ -76,7 +76,7 @@ class ServerHop(HopState):
     puts every event there except ``identity.missing``, which ``settle`` decides later.
     """
 
-    __slots__ = ("authenticated", "settled", "span")
+    __slots__ = ("accounted", "authenticated", "settled", "span")
 
     def __init__(self, state: HopState) -> None:
         super().__init__(state.hop, state.outcome, state.reason, state.route)
@@ -84,6 +84,22 @@ class ServerHop(HopState):
         self.span: trace.Span | None = None
         self.authenticated = False
         self.settled = False
+        self.accounted = False
+
+    def account(self, identity_present: bool) -> None:
+        """Count the hop once the app has answered, with the outcome it ended with.
+
+        The core's extract left counting to us: an edge that authenticates the request itself
+        must count it as ``present``, not as the ``missing`` the wire alone would say.
+        """
+        if self.accounted:
+            return
+        self.accounted = True
+        if identity_present or self.authenticated:
+            self.outcome = names.OUTCOME_PRESENT
+        elif self.outcome not in (names.OUTCOME_REJECTED, names.OUTCOME_ANONYMOUS):
+            self.outcome = names.OUTCOME_MISSING
+        _telemetry.count_hop(self.hop, self.outcome)
 
     @property
     def waiting(self) -> bool:
@@ -178,7 +194,7 @@ def admit(
         # The sender's span is not used (an OpenTelemetry server span is, or will be, the
         # hop's span): skip parsing the trace context twice.
         getter = _WithoutTraceContext(getter)
-    ctx = oi.extract(carrier, getter, hop=HOP, context=probe, route=route)
+    ctx = oi.extract(carrier, getter, hop=HOP, context=probe, route=route, account=False)
     state = oi.hop_state(ctx)
     hop = ServerHop(
         state if state is not None else HopState(HOP, names.OUTCOME_MISSING, None, route)

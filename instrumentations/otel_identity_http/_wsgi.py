@@ -122,11 +122,14 @@ class _HopIterable:
 
 
 def _settle(hop: _server.ServerHop, present: bool | None) -> None:
-    if not hop.waiting:
-        hop.settled = True
-        return
     try:
-        hop.settle(oi.get_identity() is not None if present is None else present)
+        if present is None:
+            present = oi.get_identity() is not None
+        hop.account(present)
+        if not hop.waiting:
+            hop.settled = True
+            return
+        hop.settle(present)
     except Exception:  # noqa: BLE001 - never break the response
         _telemetry.log_internal_error("wsgi.settle")
 

@@ -346,3 +346,25 @@ def test_flask_login_identity_composes_with_the_http_hop(
     spans.clear()
     assert session.get(handle.url("/whoami"), timeout=10).json() == {"user": "u-5"}
     assert _events(_server_span(spans), names.EVENT_MISSING) == []
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("order", ORDERS)
+def test_hops_authenticated_by_the_app_count_as_present_and_the_rest_as_missing(
+    serve: Callable[..., Server], transport: str, order: str
+) -> None:
+    from otel_identity import _telemetry
+
+    oi.configure(inbound="strip")
+    handle = serve(transport, order, jwt_source())
+    before = _telemetry.hop_counts()
+    good = {"authorization": f"Bearer {token()}", "baggage": "user.id=forged"}
+    requests.get(handle.url(), headers=good, timeout=10).raise_for_status()
+    requests.get(handle.url(), timeout=10).raise_for_status()
+    after = _telemetry.hop_counts()
+
+    def delta(outcome: str) -> int:
+        key = ("http.server", outcome)
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert (delta("present"), delta("missing"), delta("rejected")) == (1, 1, 0)
