@@ -98,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a multi-hop flow on loopback and print its trace")
     demo.add_argument("--export", metavar="PATH", help="write the spans (JSON lines) to PATH")
+    demo.add_argument(
+        "--broker", metavar="URL", help="queue hop through Celery on this broker (redis://...)"
+    )
     sub.add_parser("doctor", help="print the effective configuration and checks")
     sub.add_parser("keygen", help="print a new signing key (kid:base64key)")
     report = sub.add_parser("report", help="identity coverage of exported traces")
@@ -110,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError as exc:
             print(f"the demo needs its extra: pip install 'otel-identity[demo]' ({exc})")
             return 2
-        return int(flow.run(sys.stdout, export=args.export))
+        return int(flow.run(sys.stdout, export=args.export, broker=args.broker))
     if args.command == "doctor":
         return _doctor()
     if args.command == "report":

@@ -13,7 +13,6 @@ loaded as ``opentelemetry-instrument`` would load them, carry it.
 from __future__ import annotations
 
 import json
-import queue
 import sqlite3
 import tempfile
 import threading
@@ -28,17 +27,21 @@ import grpc
 import requests
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from otel_identity_grpc import GrpcIdentityInstrumentor
+from otel_identity_http import HttpClientIdentityInstrumentor, IdentityWSGIMiddleware
 from otel_identity_threading import ThreadingIdentityInstrumentor
 
 import otel_identity as oi
 from otel_identity import _telemetry, names
-from otel_identity._carriers import IdentityQueue
+from otel_identity_demo._jobs import CeleryJobs, InProcessJobs, Jobs
 
 USERS = [("u-1", "Ada", "acme"), ("u-2", "Grace", "globex")]
 SECTIONS = ("sales", "stock", "churn")
@@ -79,36 +82,29 @@ class Users:
         return User(row[0], row[1], row[2], threading.current_thread().name)
 
 
-Jobs = IdentityQueue[str]
-
-
 class _Quiet(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         return None
 
 
 def _reports_app(tracer: trace.Tracer, grpc_target: str) -> Any:
-    """The ``reports`` HTTP service: each request is an http.server hop, then a gRPC call."""
+    """The ``reports`` HTTP service: a plain WSGI app that calls the gRPC service.
+
+    ``IdentityWSGIMiddleware`` makes each request an http.server hop (OpenTelemetry's own
+    WSGI middleware would sit beside it in a real deployment).
+    """
     channel = grpc.insecure_channel(grpc_target)
     build = channel.unary_unary(BUILD)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        headers = {
-            key[5:].replace("_", "-").lower(): value
-            for key, value in environ.items()
-            if key.startswith("HTTP_")
-        }
-        with (
-            oi.continue_from(headers, hop=names.HOP_HTTP_SERVER, route=environ["PATH_INFO"]),
-            tracer.start_as_current_span("POST /reports", kind=SpanKind.SERVER),
-        ):
+        with tracer.start_as_current_span("POST /reports", kind=SpanKind.SERVER):
             with tracer.start_as_current_span(BUILD, kind=SpanKind.CLIENT, attributes=_RPC):
                 sections = json.loads(build(b"", timeout=10))
             body = json.dumps({"user": oi.current_user.name, "sections": sections})
         start_response("200 OK", [("Content-Type", "application/json")])
         return [body.encode()]
 
-    return app
+    return IdentityWSGIMiddleware(app)
 
 
 def _workflows_service(tracer: trace.Tracer, jobs: Jobs) -> grpc.GenericRpcHandler:
@@ -124,28 +120,12 @@ def _workflows_service(tracer: trace.Tracer, jobs: Jobs) -> grpc.GenericRpcHandl
                 sections = list(pool.map(branch, SECTIONS))
             for section in SECTIONS:
                 with tracer.start_as_current_span(f"publish {section}", kind=SpanKind.PRODUCER):
-                    jobs.put(section)
+                    jobs.publish(section)
             return json.dumps(sections).encode()
 
     return grpc.method_handlers_generic_handler(
         "demo.Workflows", {"Build": grpc.unary_unary_rpc_method_handler(build)}
     )
-
-
-def _worker(tracer: trace.Tracer, jobs: Jobs, done: list[str], stop: threading.Event) -> None:
-    for _ in range(600):  # bounded: at most a minute, whatever happens upstream
-        try:
-            envelope = jobs.get(timeout=0.1)
-        except queue.Empty:
-            if stop.is_set():
-                return
-            continue
-        with (
-            envelope as section,
-            tracer.start_as_current_span(f"process {section}", kind=SpanKind.CONSUMER),
-        ):
-            user = oi.current_user
-            done.append(f"{section}: {user.name if user else '<no user>'}")
 
 
 @contextmanager
@@ -188,9 +168,10 @@ def _pipeline() -> tuple[Callable[[str], trace.Tracer], InMemorySpanExporter]:
 
 @contextmanager
 def _instrumented() -> Iterator[None]:
-    instrumentors: list[ThreadingIdentityInstrumentor | GrpcIdentityInstrumentor] = [
+    instrumentors: list[BaseInstrumentor] = [
         ThreadingIdentityInstrumentor(),
         GrpcIdentityInstrumentor(),
+        HttpClientIdentityInstrumentor(),
     ]
     for instrumentor in instrumentors:
         instrumentor.instrument()
@@ -212,43 +193,41 @@ def _flow(tracer_for: Callable[[str], trace.Tracer], jobs: Jobs) -> dict[str, An
             web.start_as_current_span("Ada asks for a report"),
             web.start_as_current_span("POST /reports", kind=SpanKind.CLIENT),
         ):
-            headers: dict[str, str] = {}
-            oi.inject(headers, destination=f"127.0.0.1:{port}", hop=names.HOP_HTTP_CLIENT)
             reply: dict[str, Any] = requests.post(
-                f"http://127.0.0.1:{port}/reports", headers=headers, timeout=10
+                f"http://127.0.0.1:{port}/reports", timeout=10
             ).json()
         # The broken hop: a legacy producer queues from an empty context (a cron job that
         # never had identity), so its job reaches the worker without one.
         token = otel_context.attach(otel_context.Context())
         try:
             with tracer_for("legacy-cron").start_as_current_span("publish cleanup"):
-                jobs.put("cleanup")
+                jobs.publish("cleanup")
         finally:
             otel_context.detach(token)
     return reply
 
 
-def run(out: IO[str], export: str | None = None) -> int:
+def run(out: IO[str], export: str | None = None, broker: str | None = None) -> int:
     """Run the demo flow and print its trace; 0 when every hop behaved as designed.
 
-    ``export`` writes the spans as ConsoleSpanExporter JSON lines, for ``otel-identity report``.
+    ``export`` writes the spans as ConsoleSpanExporter JSON lines, for ``otel-identity report``;
+    ``broker`` (``redis://...``) sends the queue hop through Celery instead of the in-process
+    queue.
     """
     tracer_for, exporter = _pipeline()
-    jobs: Jobs = IdentityQueue(queue.Queue())
     done: list[str] = []
-    stop = threading.Event()
+    worker_tracer = tracer_for("worker")
+    jobs: Jobs = (
+        CeleryJobs(broker, worker_tracer, done) if broker else InProcessJobs(worker_tracer, done)
+    )
     with tempfile.TemporaryDirectory() as tmp, _instrumented():
         users = Users(f"{tmp}/users.db")
         oi.set_user_resolver(users.resolve)
-        worker = threading.Thread(
-            target=_worker, args=(tracer_for("worker"), jobs, done, stop), name="worker"
-        )
-        worker.start()
         try:
-            reply = _flow(tracer_for, jobs)
+            with jobs:
+                reply = _flow(tracer_for, jobs)
+                jobs.wait_for(len(SECTIONS) + 1)
         finally:
-            stop.set()
-            worker.join(timeout=10)
             oi.set_user_resolver(None)
     finished = exporter.get_finished_spans()
     if export:
@@ -256,7 +235,7 @@ def run(out: IO[str], export: str | None = None) -> int:
             handle.writelines(span.to_json(indent=None) + "\n" for span in finished)
     out.write(render_tree(finished) + "\n\n")
     out.write(f"reports replied: {reply}\n")
-    out.write("worker processed: " + "; ".join(done) + "\n")
+    out.write(f"worker ({jobs.name}) processed: " + "; ".join(sorted(done)) + "\n")
     out.write(f"users loaded from SQLite: {users.loads} (once per hop, in the hop's thread)\n")
     counts = sorted(_telemetry.hop_counts().items())
     out.write("otel_identity.hops: " + ", ".join(f"{h}/{o}={n}" for (h, o), n in counts) + "\n")

@@ -134,3 +134,16 @@ def test_opentelemetry_instrument_needs_no_code_change(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert '"user.id": "u-7"' in result.stdout, result.stdout + result.stderr
     assert '"tenant.id": "acme"' in result.stdout
+
+
+def test_demo_queue_hop_through_celery_on_a_real_broker(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.services import need_service
+
+    need_service("redis", 6379)
+    assert main(["demo", "--broker", "redis://127.0.0.1:6379/9"]) == 0
+    out = capsys.readouterr().out
+    assert "Celery via redis://" in out
+    assert out.count("identity.missing") == 1
+    assert "cleanup: <no user>" in out and "sales: Ada" in out
