@@ -56,6 +56,8 @@ def _doctor() -> int:
         print("  WARN  the global propagator has no W3C baggage: identity will not cross processes")
     provider = trace.get_tracer_provider()
     print(f"  info  tracer provider: {type(provider).__name__}")
+    for line in _instrumentors():
+        print(line)
     if settings.effective_inbound == "trust" and "http.server" in settings.required_hops:
         warnings += 1
         print(
@@ -70,6 +72,30 @@ def _doctor() -> int:
         print("  WARN  egress_allow admits every address: identity may reach third parties")
     print(f"{warnings} warning(s)")
     return 0
+
+
+def _instrumentors() -> list[str]:
+    """One line per otel-identity instrumentor: can it run here, and is it on?"""
+    from importlib.metadata import entry_points
+
+    from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
+
+    lines = []
+    for ep in sorted(entry_points(group="opentelemetry_instrumentor"), key=lambda e: e.name):
+        if not ep.value.startswith("otel_identity"):
+            continue
+        try:
+            instrumentor = ep.load()()
+            conflict = get_dependency_conflicts(instrumentor.instrumentation_dependencies())
+        except Exception as exc:  # noqa: BLE001 - doctor reports, it does not crash
+            lines.append(f"  WARN  {ep.name}: cannot load ({type(exc).__name__}: {exc})")
+            continue
+        if conflict is not None:
+            lines.append(f"  info  {ep.name}: inactive here ({conflict})")
+        else:
+            state = "on" if instrumentor.is_instrumented_by_opentelemetry else "available"
+            lines.append(f"  ok    {ep.name}: {state}")
+    return lines
 
 
 def _report(path: str, html_path: str | None) -> int:

@@ -52,6 +52,7 @@ def test_doctor_prints_effective_configuration(
     out = capsys.readouterr().out
     assert "tenant_key" in out and "org.id" in out
     assert "inbound=trust" in out  # the unsafe-combination warning
+    assert "ok    otel_identity_grpc: available" in out  # what can be active here
 
 
 def test_doctor_reports_a_bad_environment_instead_of_crashing(
