@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import otel_identity as oi
-from otel_identity import _config, _resolver
+from otel_identity import _config, _resolver, _telemetry
 
 EXPORTER = InMemorySpanExporter()
 METRIC_READER = InMemoryMetricReader()
@@ -50,6 +50,7 @@ def _clean_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.delenv(name)
     _config.reset_settings()
     _resolver.reset_resolver()
+    _telemetry._logged_once.clear()  # each test sees its own first log line
     EXPORTER.clear()
     _INTERNAL.records.clear()
     yield
