@@ -7,6 +7,7 @@ under the identity it was published with, and none if it had none.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -110,6 +111,8 @@ class CeleryJobs:
 
         self._instrumentor = CeleryIdentityInstrumentor()
         self._instrumentor.instrument()
+        # Celery's worker sets the root logger's level for the whole process; put it back.
+        self._root_level = logging.root.level
         self._worker = start_worker(
             self.app, pool="threads", concurrency=2, perform_ping_check=False
         )
@@ -121,6 +124,7 @@ class CeleryJobs:
             self._worker.__exit__(None, None, None)
         finally:
             self._instrumentor.uninstrument()
+            logging.root.setLevel(self._root_level)
 
     def publish(self, section: str) -> None:
         self.task.delay(section)
