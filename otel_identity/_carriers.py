@@ -195,6 +195,40 @@ text_headers_setter = HeadersSetter("str")
 bytes_headers_setter = HeadersSetter("bytes")
 
 
+# -- poll loops --------------------------------------------------------------------------------
+#
+# A consumer that hands out one message per call (Kafka's poll, NATS's next_msg, a
+# ``for delivery in channel.consume()`` loop) has no block around the user's processing code:
+# the message's context is attached when the message is handed out and stays current until
+# the same consumer hands out the next one (or is closed).
+
+_HELD = "_otel_identity_held"
+
+
+def hold(owner: object, ctx: Context) -> None:
+    """Attach ``ctx`` until ``release(owner)``; what ``owner`` held before is released first."""
+    release(owner)
+    token = otel_context.attach(ctx)
+    try:
+        owner.__dict__[_HELD] = (threading.get_ident(), token, ctx)
+    except AttributeError:  # no place to remember it: better no identity than a stale one
+        otel_context.detach(token)
+
+
+def release(owner: object) -> None:
+    """Detach what ``owner`` holds, if any, and only while it is still the current context:
+    if the code around the loop has already unwound past it (a ``with`` block that ended
+    between polls), resetting to what was current at attach time would bring that block's
+    stale context back."""
+    held = getattr(owner, "__dict__", {}).pop(_HELD, None)
+    if (
+        held is not None
+        and held[0] == threading.get_ident()
+        and otel_context.get_current() is held[2]
+    ):
+        otel_context.detach(held[1])
+
+
 # -- in-process queues -------------------------------------------------------------------------
 
 
@@ -317,8 +351,10 @@ __all__ = [
     "IdentityQueue",
     "bytes_headers_setter",
     "header_text",
+    "hold",
     "headers_getter",
     "headers_setter",
+    "release",
     "seal",
     "text_headers_setter",
 ]

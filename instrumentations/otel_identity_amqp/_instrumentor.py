@@ -12,12 +12,10 @@ import copy
 import functools
 import importlib.metadata
 import importlib.util
-import threading
 from collections.abc import Collection
 from typing import Any
 
 import wrapt
-from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
@@ -26,11 +24,10 @@ from packaging.requirements import Requirement
 
 import otel_identity as oi
 from otel_identity import _telemetry, names
-from otel_identity._carriers import text_headers_setter
+from otel_identity._carriers import hold, release, text_headers_setter
 from otel_identity_amqp._helpers import continue_message, delivery_context
 from otel_identity_amqp.package import _instruments
 
-_HELD = "_otel_identity_delivery"
 _WRAPPED_MARK = "_otel_identity_wrapped"
 
 
@@ -108,14 +105,13 @@ def _scoped_deliveries(deliveries: Any, queue: str | None) -> Any:
     holder = _Holder()
     try:
         for delivery in deliveries:
-            _leave(holder)
+            release(holder)
             properties = delivery[1] if isinstance(delivery, tuple) and len(delivery) == 3 else None
             if properties is not None:  # (None, None, None) is an inactivity timeout
-                ctx = delivery_context(properties, queue)
-                holder.__dict__[_HELD] = (threading.get_ident(), otel_context.attach(ctx), ctx)
+                hold(holder, delivery_context(properties, queue))
             yield delivery
     finally:
-        _leave(holder)
+        release(holder)
 
 
 class _Holder:
@@ -166,33 +162,18 @@ def _aio_consume(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return wrapped(*args, **kwargs)
 
 
-def _leave(owner: Any) -> None:
-    held = getattr(owner, "__dict__", {}).pop(_HELD, None)
-    if (
-        held is not None
-        and held[0] == threading.get_ident()
-        and otel_context.get_current() is held[2]
-    ):
-        otel_context.detach(held[1])
-
-
 async def _aio_anext(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     # The delivery's context stays current in the `async for` body until the next message.
-    _leave(instance)
+    release(instance)
     message = await wrapped(*args, **kwargs)
     if is_instrumentation_enabled():
         queue = getattr(getattr(instance, "_amqp_queue", None), "name", None)
-        ctx = delivery_context(message, queue if isinstance(queue, str) else None)
-        token = otel_context.attach(ctx)
-        try:
-            instance.__dict__[_HELD] = (threading.get_ident(), token, ctx)
-        except AttributeError:
-            otel_context.detach(token)
+        hold(instance, delivery_context(message, queue if isinstance(queue, str) else None))
     return message
 
 
 async def _aio_close(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    _leave(instance)  # not gated: what an enabled __anext__ attached must come off
+    release(instance)  # not gated: what an enabled __anext__ attached must come off
     return await wrapped(*args, **kwargs)
 
 

@@ -16,12 +16,10 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
-import threading
 from collections.abc import Collection
 from typing import Any
 
 import wrapt
-from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
@@ -29,40 +27,15 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 from packaging.requirements import Requirement
 
 from otel_identity import _telemetry
+from otel_identity._carriers import hold, release
 from otel_identity_kafka._helpers import identity_headers, message_context
 from otel_identity_kafka.package import _instruments_any
 
-_HELD = "_otel_identity_message"
 _OTEL_MODULE = "opentelemetry.instrumentation.confluent_kafka"
 
 # (class, method) -> wrapper, per library
 _CONFLUENT_PRODUCER = (("produce", "produce"),)
 _CONFLUENT_CONSUMER = (("poll", "poll"), ("consume", "leave"), ("close", "leave"))
-
-
-def _leave(consumer: Any) -> None:
-    """Detach the context of the message this consumer handed out last, if any.
-
-    Only while it is still the current one: if the code around the loop has already unwound
-    past it (a ``with`` block that ended between polls), resetting to what was current at
-    attach time would bring that block's stale context back.
-    """
-    held = getattr(consumer, "__dict__", {}).pop(_HELD, None)
-    if (
-        held is not None
-        and held[0] == threading.get_ident()
-        and otel_context.get_current() is held[2]
-    ):
-        otel_context.detach(held[1])
-
-
-def _enter(consumer: Any, message: Any) -> None:
-    ctx = message_context(message)
-    token = otel_context.attach(ctx)
-    try:
-        consumer.__dict__[_HELD] = (threading.get_ident(), token, ctx)
-    except AttributeError:  # no place to remember it: better no identity than a stale one
-        otel_context.detach(token)
 
 
 def _with_headers(args: tuple[Any, ...], kwargs: dict[str, Any], index: int) -> Any:
@@ -87,17 +60,17 @@ def _produce_wrapper(index: int) -> Any:
 
 
 def _poll(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    _leave(instance)  # the previous message is done with, whatever comes next
+    release(instance)  # the previous message is done with, whatever comes next
     message = wrapped(*args, **kwargs)
     if message is not None and is_instrumentation_enabled():
         error = getattr(message, "error", None)
         if not (callable(error) and error() is not None):
-            _enter(instance, message)
+            hold(instance, message_context(message))
     return message
 
 
 def _leave_then_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    _leave(instance)  # not gated: what an enabled poll attached must come off
+    release(instance)  # not gated: what an enabled poll attached must come off
     return wrapped(*args, **kwargs)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 from collections.abc import Callable, Collection, Iterator
 from typing import Any, TypeVar, cast
 
@@ -17,11 +16,10 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 
 import otel_identity as oi
 from otel_identity import _telemetry, names
-from otel_identity._carriers import headers_getter, text_headers_setter
+from otel_identity._carriers import headers_getter, hold, release, text_headers_setter
 from otel_identity_nats.package import _instruments
 
 F = TypeVar("F", bound=Callable[..., Any])
-_HELD = "_otel_identity_msg"
 _WRAPPED_MARK = "_otel_identity_wrapped"
 # Protocol replies (JetStream acks, flow control) are not a hop of the application's work.
 _CONTROL_PREFIXES = ("$JS.ACK.", "$JS.FC.", "$JS.API.CONSUMER.MSG.NEXT.")
@@ -111,32 +109,17 @@ def _subscribe(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return wrapped(*args, **kwargs)
 
 
-def _leave(owner: Any) -> None:
-    held = getattr(owner, "__dict__", {}).pop(_HELD, None)
-    if (
-        held is not None
-        and held[0] == threading.get_ident()
-        and otel_context.get_current() is held[2]
-    ):
-        otel_context.detach(held[1])
-
-
 async def _next_msg(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     # The message's context stays current in the caller's task until its next next_msg().
-    _leave(instance)
+    release(instance)
     msg = await wrapped(*args, **kwargs)
     if is_instrumentation_enabled():
-        ctx = message_context(msg, getattr(instance, "subject", None))
-        token = otel_context.attach(ctx)
-        try:
-            instance.__dict__[_HELD] = (threading.get_ident(), token, ctx)
-        except AttributeError:
-            otel_context.detach(token)
+        hold(instance, message_context(msg, getattr(instance, "subject", None)))
     return msg
 
 
 async def _unsubscribe(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    _leave(instance)  # not gated: what an enabled next_msg attached must come off
+    release(instance)  # not gated: what an enabled next_msg attached must come off
     return await wrapped(*args, **kwargs)
 
 
