@@ -16,7 +16,6 @@ from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.propagators.textmap import Getter
 
-import otel_identity as oi
 from otel_identity import _telemetry
 from otel_identity_http import _server
 from otel_identity_http._server import AuthSource, RequestView
@@ -72,18 +71,6 @@ def _rewritten(scope: Scope, ctx: Context) -> Scope:
     return new
 
 
-def _settle(hop: _server.ServerHop) -> None:
-    try:
-        present = oi.get_identity() is not None
-        hop.account(present)
-        if not hop.waiting:
-            hop.settled = True
-            return
-        hop.settle(present)
-    except Exception:  # noqa: BLE001 - never break the response
-        _telemetry.log_internal_error("asgi.settle")
-
-
 async def call_asgi(
     app: ASGIApp,
     scope: Scope,
@@ -97,20 +84,15 @@ async def call_asgi(
     """Run one ASGI request of ``app`` as an ``http.server`` hop (the middleware's body)."""
     try:
         route = route_of(scope)
-        admitted = _server.admit(
+        scope, admitted, _ = _server.enter(
             scope,
             scope_getter,
-            otel_context.get_current(),
             route=route,
             auth=auth,
             view=lambda: RequestView(route or "", scope, lambda name: _first(scope, name)),
             continue_trace=continue_trace,
+            rewrite=_rewritten,
         )
-        if admitted.rewrite:
-            scope = _rewritten(scope, admitted.context)
-        scope[_server.HANDLED_KEY] = True
-        if not continue_trace:  # an OpenTelemetry middleware inside: leave it for the tap
-            scope[_server.STASH_KEY] = _server.Stash(admitted.context, admitted.hop)
     except Exception:  # noqa: BLE001 - without a hop the request still runs, with no identity
         _telemetry.log_internal_error("asgi.admit")
         await app(scope, receive, send)
@@ -120,14 +102,14 @@ async def call_asgi(
 
     async def hop_send(message: Message) -> None:
         if not hop.settled and message.get("type") in _RESPONSE_START:
-            _settle(hop)
+            _server.settle(hop)
         await send(message)
 
     token = otel_context.attach(admitted.context)
     try:
         await app(scope, receive, hop_send)
     finally:
-        _settle(hop)
+        _server.settle(hop)
         otel_context.detach(token)
 
 

@@ -18,10 +18,11 @@ things are specific to HTTP servers and live here:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import Context
@@ -216,6 +217,60 @@ def admit(
         if hop.authenticated:
             stamp(local, ctx)
     return Admitted(ctx, hop, rewrite)
+
+
+R = TypeVar("R", bound="MutableMapping[str, Any]")
+
+
+def enter(
+    request: R,
+    getter: Getter[R],
+    *,
+    route: str | None,
+    auth: Sequence[AuthSource],
+    view: Callable[[], RequestView],
+    continue_trace: bool,
+    rewrite: Callable[[R, Context], R],
+) -> tuple[R, Admitted, Stash | None]:
+    """The WSGI/ASGI-independent start of a request's hop.
+
+    ``request`` is the environ or scope: it is returned rewritten when policy changed the
+    baggage, marked as handled (a mounted sub-application does not hop again), and, with an
+    OpenTelemetry middleware inside (``continue_trace=False``), holding the stash its tap
+    restores our context from.
+    """
+    admitted = admit(
+        request,
+        getter,
+        otel_context.get_current(),
+        route=route,
+        auth=auth,
+        view=view,
+        continue_trace=continue_trace,
+    )
+    if admitted.rewrite:
+        request = rewrite(request, admitted.context)
+    request[HANDLED_KEY] = True
+    stash = None
+    if not continue_trace:
+        stash = Stash(admitted.context, admitted.hop)
+        request[STASH_KEY] = stash
+    return request, admitted, stash
+
+
+def settle(hop: ServerHop, present: bool | None = None) -> None:
+    """The app has answered (its response started, or it failed): count the hop with its
+    final outcome and decide ``identity.missing``. Never raises into the response."""
+    try:
+        if present is None:
+            present = oi.get_identity() is not None
+        hop.account(present)
+        if not hop.waiting:
+            hop.settled = True
+            return
+        hop.settle(present)
+    except Exception:  # noqa: BLE001 - never break the response
+        _telemetry.log_internal_error("http settle")
 
 
 _TRACE_CONTEXT = frozenset({"traceparent", "tracestate"})

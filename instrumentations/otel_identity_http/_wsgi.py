@@ -19,7 +19,6 @@ from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.propagators.textmap import Getter
 
-import otel_identity as oi
 from otel_identity import _telemetry
 from otel_identity_http import _server
 from otel_identity_http._server import AuthSource, RequestView
@@ -106,7 +105,7 @@ class _HopIterable:
             if close is not None:
                 close()
         finally:
-            _settle(self._hop, None)
+            _server.settle(self._hop)
             otel_context.detach(token)
 
     def __enter__(self) -> _HopIterable:
@@ -121,19 +120,6 @@ class _HopIterable:
         self.close()
 
 
-def _settle(hop: _server.ServerHop, present: bool | None) -> None:
-    try:
-        if present is None:
-            present = oi.get_identity() is not None
-        hop.account(present)
-        if not hop.waiting:
-            hop.settled = True
-            return
-        hop.settle(present)
-    except Exception:  # noqa: BLE001 - never break the response
-        _telemetry.log_internal_error("wsgi.settle")
-
-
 def call_wsgi(
     app: WSGIApp,
     environ: Environ,
@@ -146,21 +132,15 @@ def call_wsgi(
     """Run one WSGI request of ``app`` as an ``http.server`` hop (the middleware's body)."""
     try:
         route = route_of(environ)
-        admitted = _server.admit(
+        environ, admitted, stash = _server.enter(
             environ,
             environ_getter,
-            otel_context.get_current(),
             route=route,
             auth=auth,
             view=lambda: RequestView(route or "", environ, lambda name: _header(environ, name)),
             continue_trace=continue_trace,
+            rewrite=_rewritten,
         )
-        if admitted.rewrite:
-            environ = _rewritten(environ, admitted.context)
-        environ[_server.HANDLED_KEY] = True
-        stash = None
-        if not continue_trace:  # an OpenTelemetry middleware inside: leave it for the tap
-            stash = environ[_server.STASH_KEY] = _server.Stash(admitted.context, admitted.hop)
     except Exception:  # noqa: BLE001 - without a hop the request still runs, with no identity
         _telemetry.log_internal_error("wsgi.admit")
         return app(environ, start_response)
@@ -168,19 +148,19 @@ def call_wsgi(
     hop = admitted.hop
 
     def hop_start_response(*args: Any, **kwargs: Any) -> Any:
-        _settle(hop, None)
+        _server.settle(hop)
         return start_response(*args, **kwargs)
 
     token = otel_context.attach(admitted.context)
     try:
         result = app(environ, hop_start_response)
     except BaseException:
-        _settle(hop, None)
+        _server.settle(hop)
         raise
     finally:
         otel_context.detach(token)
     if isinstance(result, (list, tuple)):  # nothing of the app runs while it is sent
-        _settle(hop, None)
+        _server.settle(hop)
         return result
     if stash is not None and stash.used:
         return result  # the tap inside produces the body under the hop's context already
