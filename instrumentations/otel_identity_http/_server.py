@@ -261,6 +261,8 @@ def enter(
 def settle(hop: ServerHop, present: bool | None = None) -> None:
     """The app has answered (its response started, or it failed): count the hop with its
     final outcome and decide ``identity.missing``. Never raises into the response."""
+    if hop.accounted and hop.settled:
+        return  # the response started already; closing it changes nothing
     try:
         if present is None:
             present = oi.get_identity() is not None
