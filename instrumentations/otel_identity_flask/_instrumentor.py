@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import threading
 from collections.abc import Collection
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
@@ -13,6 +15,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
+from otel_identity._telemetry import logger
 from otel_identity_flask import _hooks
 from otel_identity_flask._hooks import REGISTRY, AppConfig, TenantOf
 from otel_identity_flask.package import _instruments
@@ -50,6 +53,40 @@ def _sync_hooks() -> None:
             _installed = False
 
 
+TENANT_OF_ENV = "OTEL_IDENTITY_FLASK_TENANT_OF"
+
+
+def tenant_of_from_environment() -> TenantOf | None:
+    """``tenant_of`` for ``opentelemetry-instrument``, which passes no arguments.
+
+    ``OTEL_IDENTITY_FLASK_TENANT_OF`` is ``module:function`` (called with the user) or
+    ``attr:name`` (the user's attribute). Read when instrumenting, never at import; a value
+    that cannot be used is logged and ignored, so the app still starts.
+    """
+    spec = os.environ.get(TENANT_OF_ENV, "").strip()
+    if not spec:
+        return None
+    if spec.startswith("attr:"):
+        name = spec[len("attr:") :].strip()
+        if name.isidentifier():
+            return lambda user: getattr(user, name, None)
+    else:
+        module_name, _, attr = spec.partition(":")
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                target = getattr(target, part)
+        except Exception as exc:  # noqa: BLE001 - a bad setting must not stop the app
+            logger.error("otel-identity: %s=%r cannot be loaded (%s)", TENANT_OF_ENV, spec, exc)
+            return None
+        if callable(target):
+            return cast("TenantOf", target)
+    logger.error(
+        "otel-identity: %s=%r is neither module:function nor attr:name", TENANT_OF_ENV, spec
+    )
+    return None
+
+
 class FlaskIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """``instrument(tenant_of=None)`` for every app, or ``instrument_app(app)`` for one.
 
@@ -61,7 +98,8 @@ class FlaskIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return _instruments
 
     def _instrument(self, **kwargs: Any) -> None:
-        REGISTRY.global_config = AppConfig(tenant_of=kwargs.get("tenant_of"))
+        tenant_of = kwargs.get("tenant_of") or tenant_of_from_environment()
+        REGISTRY.global_config = AppConfig(tenant_of=tenant_of)
         _sync_hooks()
 
     def _uninstrument(self, **kwargs: Any) -> None:

@@ -312,3 +312,41 @@ def test_request_context_copied_into_a_thread_restores_each_thread_on_its_own(
     assert seen == ["1"]
     assert oi.get_identity() is None
     assert "Failed to detach context" not in caplog.text
+
+
+class _Member:
+    current_tenant = "acme"
+
+
+def tenant_by_function(user: object) -> str:
+    return "from-function"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("attr:current_tenant", "acme"),
+        (f"{__name__}:tenant_by_function", "from-function"),
+    ],
+)
+def test_tenant_of_comes_from_the_environment_under_auto_instrumentation(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: str
+) -> None:
+    from otel_identity_flask._instrumentor import tenant_of_from_environment
+
+    monkeypatch.setenv("OTEL_IDENTITY_FLASK_TENANT_OF", value)
+    tenant_of = tenant_of_from_environment()
+    assert tenant_of is not None
+    assert tenant_of(_Member()) == expected
+
+
+@pytest.mark.parametrize("value", ["no.such.module:fn", "attr:not an identifier", "garbage"])
+def test_an_unusable_tenant_of_setting_is_logged_and_ignored(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, value: str
+) -> None:
+    from otel_identity_flask._instrumentor import tenant_of_from_environment
+
+    caplog.set_level("ERROR", logger="otel_identity")
+    monkeypatch.setenv("OTEL_IDENTITY_FLASK_TENANT_OF", value)
+    assert tenant_of_from_environment() is None
+    assert "OTEL_IDENTITY_FLASK_TENANT_OF" in caplog.text
