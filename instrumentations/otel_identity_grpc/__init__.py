@@ -56,7 +56,7 @@ def client_interceptor(target: str | None = None) -> _client.ClientInterceptor:
     return _client.ClientInterceptor(target, managed=False)
 
 
-def aio_client_interceptor(target: str | None = None) -> list[_client._AioBase]:
+def aio_client_interceptor(target: str | None = None) -> _client.AioClientInterceptors:
     """The interceptors for ``grpc.aio.*_channel(..., interceptors=...)``: a list, one per
     call shape, because grpc.aio files each interceptor object under a single shape."""
     return _client.aio_interceptors(target, managed=False)

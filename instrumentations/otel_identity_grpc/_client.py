@@ -214,8 +214,24 @@ class AioStreamStream(_AioBase, grpc.aio.StreamStreamClientInterceptor):  # type
 AIO_CLASSES = (AioUnaryUnary, AioUnaryStream, AioStreamUnary, AioStreamStream)
 
 
-def aio_interceptors(target: str | None, *, managed: bool) -> list[_AioBase]:
-    return [cls(target, managed=managed) for cls in AIO_CLASSES]
+class AioClientInterceptors(list[_AioBase], grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """The four per-shape interceptors, as a list: ``interceptors=aio_client_interceptor(t)``,
+    or spliced into a list of one's own with ``*``.
+
+    grpc.aio files each interceptor object under the first call shape it matches, so one
+    object cannot serve all four. Put inside another list by mistake
+    (``interceptors=[aio_client_interceptor(t)]``), this list is still a unary-unary
+    interceptor: the most common calls keep their identity instead of grpc refusing the list.
+    """
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Awaitable[Any]], details: Any, request: Any
+    ) -> Any:
+        return await self[0]._intercept(continuation, details, request)
+
+
+def aio_interceptors(target: str | None, *, managed: bool) -> AioClientInterceptors:
+    return AioClientInterceptors(cls(target, managed=managed) for cls in AIO_CLASSES)
 
 
 # -- the sync channel the instrumentor hands out -------------------------------------------

@@ -177,3 +177,15 @@ def test_without_a_target_the_interceptor_applies_no_egress_filter() -> None:
         channel = grpc.intercept_channel(grpc.insecure_channel(b), oi_grpc.client_interceptor())
         with channel, oi.use_identity(user_id="u-1", tenant_id="acme"):
             assert call(channel, "UnaryUnary")[0]["user"] == "u-1"
+
+
+def test_aio_interceptors_nested_in_a_list_by_mistake_still_carry_unary_calls(
+    spans: InMemorySpanExporter, tracer: Tracer
+) -> None:
+    def nested(target: str) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(
+            target, interceptors=[oi_grpc.aio_client_interceptor(target)]
+        )
+
+    _run_aio(nested, "UnaryUnary", tracer)
+    assert _stripped(spans) == [OUTSIDE]
