@@ -19,6 +19,7 @@ import fnmatch
 import functools
 import logging
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, cast
 
 from opentelemetry import context as otel_context
@@ -198,10 +199,8 @@ def _extract(
     settings = _config.get_settings()
     remote, oversize = _propagation.extract(carrier, getter, _keep_keys(settings))
     baggage = cast("dict[str, object]", remote.get(_BAGGAGE_KEY) or {})
-    keys = settings.identity_keys
-    identity, reason = _policy.admit(
-        baggage, _codec.raw_values(baggage, keys), _policy.policy_for(hop, settings), settings
-    )
+    raw = _codec.raw_values(baggage, settings.identity_keys)
+    identity, reason = _policy.admit(baggage, raw, _policy.policy_for(hop, settings), settings)
     if oversize and identity is None:
         reason = names.REASON_OVERSIZE
     events: list[tuple[str, dict[str, Any]]] = []
@@ -237,7 +236,7 @@ def _extract(
     values[_BAGGAGE_KEY] = baggage
     values[HOP_KEY] = state
     if identity is not None:
-        values[_STATE_KEY] = IdentityState(_codec.raw_values(baggage, keys), identity, baggage)
+        values[_STATE_KEY] = IdentityState(raw, identity, baggage)
         values[_SLOT_KEY] = UserSlot(hop, identity)
     else:
         values.pop(_STATE_KEY, None)
@@ -313,17 +312,21 @@ def continue_from(
         if state is not None and state.reason is not None:
             raise IdentityRejectedError(state.reason)
         raise MissingIdentityError(f"no identity arrived on this {hop} hop")
-    token = otel_context.attach(ctx)
-    try:
-        yield identity
-    finally:
-        otel_context.detach(token)
+    with attached(ctx) as admitted:
+        yield admitted
+
+
+def continue_context(context: Context, *, hop: str) -> AbstractContextManager[Identity | None]:
+    """``receive`` and attach for the block: the in-process twin of ``continue_from``."""
+    return attached(receive(context, hop=hop))
 
 
 @contextlib.contextmanager
-def continue_context(context: Context, *, hop: str) -> Iterator[Identity | None]:
-    """``receive`` and attach for the block: the in-process twin of ``continue_from``."""
-    ctx = receive(context, hop=hop)
+def attached(ctx: Context) -> Iterator[Identity | None]:
+    """Attach a hop's context for the block (yielding its identity) and detach after.
+
+    The last step of every receiving hop; transports whose messages carry their own
+    extraction (``message_context``) use it directly."""
     token = otel_context.attach(ctx)
     try:
         yield get_identity(ctx)

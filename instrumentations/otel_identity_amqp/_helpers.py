@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar, cast
-
-from opentelemetry import context as otel_context
 
 import otel_identity as oi
 from otel_identity import _telemetry, names
 from otel_identity._carriers import headers_getter
+from otel_identity._hops import attached
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,15 +34,11 @@ def delivery_context(message: Any, route: str | None = None) -> Any:
     )
 
 
-@contextlib.contextmanager
-def continue_message(message: Any, *, route: str | None = None) -> Iterator[oi.Identity | None]:
+def continue_message(
+    message: Any, *, route: str | None = None
+) -> AbstractContextManager[oi.Identity | None]:
     """Run the block under the identity the delivery was published with (or none)."""
-    ctx = delivery_context(message, route)
-    token = otel_context.attach(ctx)
-    try:
-        yield oi.get_identity(ctx)
-    finally:
-        otel_context.detach(token)
+    return attached(delivery_context(message, route))
 
 
 def _carrier_of(args: tuple[Any, ...]) -> Any:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar, cast
 
 import otel_identity as oi
 from otel_identity import _telemetry, names
 from otel_identity._carriers import bytes_headers_setter, headers_getter
+from otel_identity._hops import attached
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,17 +44,9 @@ def message_context(message: Any) -> Any:
     )
 
 
-@contextlib.contextmanager
-def continue_message(message: Any) -> Iterator[oi.Identity | None]:
+def continue_message(message: Any) -> AbstractContextManager[oi.Identity | None]:
     """Run the block under the identity ``message`` was produced with (or none at all)."""
-    from opentelemetry import context as otel_context
-
-    ctx = message_context(message)
-    token = otel_context.attach(ctx)
-    try:
-        yield oi.get_identity(ctx)
-    finally:
-        otel_context.detach(token)
+    return attached(message_context(message))
 
 
 def _find_message(args: tuple[Any, ...]) -> Any:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar, cast
 
 import wrapt
-from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
@@ -17,6 +16,7 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 import otel_identity as oi
 from otel_identity import _telemetry, names
 from otel_identity._carriers import headers_getter, hold, release, text_headers_setter
+from otel_identity._hops import attached
 from otel_identity_nats.package import _instruments
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,15 +43,11 @@ def message_context(msg: Any, route: str | None = None) -> Any:
     )
 
 
-@contextlib.contextmanager
-def continue_message(msg: Any, *, route: str | None = None) -> Iterator[oi.Identity | None]:
+def continue_message(
+    msg: Any, *, route: str | None = None
+) -> AbstractContextManager[oi.Identity | None]:
     """Run the block under the identity ``msg`` was published with (or none at all)."""
-    ctx = message_context(msg, route)
-    token = otel_context.attach(ctx)
-    try:
-        yield oi.get_identity(ctx)
-    finally:
-        otel_context.detach(token)
+    return attached(message_context(msg, route))
 
 
 def message_handler(fn: F) -> F:
