@@ -14,14 +14,14 @@ hook has injected, whatever their load order:
 
 from __future__ import annotations
 
+import abc
 import contextvars
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Generic, TypeVar, cast
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.baggage import _BAGGAGE_KEY
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.propagators.textmap import Getter, Setter
@@ -30,7 +30,7 @@ import otel_identity as oi
 from otel_identity import _egress, _propagation, _telemetry, names
 from otel_identity._context import all_identity_keys, state_of
 from otel_identity._hops import outgoing_context, strip_for_egress
-from otel_identity_http._server import baggage_fields
+from otel_identity_http._server import baggage_fields, encoded_baggage, propagator_fields
 
 HOP = names.HOP_HTTP_CLIENT
 H = TypeVar("H")
@@ -40,24 +40,13 @@ handled: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "otel_identity_http_handled", default=False
 )
 
-_fields_cache: tuple[int, tuple[str, ...]] = (0, ())
-
-
-def _propagator_fields() -> tuple[str, ...]:
-    global _fields_cache
-    textmap = propagate.get_global_textmap()
-    cached_id, fields = _fields_cache
-    if cached_id != id(textmap):
-        fields = tuple(sorted(textmap.fields))
-        _fields_cache = (id(textmap), fields)
-    return fields
-
 
 class Headers(Getter[H], Setter[H], Generic[H]):
     """Getter, setter and remover for one library's headers object."""
 
+    @abc.abstractmethod
     def remove(self, carrier: H, key: str) -> None:
-        raise NotImplementedError
+        """Remove every value of header ``key``."""
 
 
 class MappingHeaders(Headers[Any]):
@@ -124,7 +113,7 @@ def apply_policy(headers: H, access: Headers[H], host: str) -> None:
 
 def _apply_policy(headers: H, access: Headers[H], host: str) -> None:
     ctx = otel_context.get_current()
-    if not any(access.get(headers, field) for field in _propagator_fields()):
+    if not any(access.get(headers, field) for field in propagator_fields()):
         oi.inject(headers, access, destination=host, hop=HOP, context=ctx)
         return
     fields = baggage_fields()
@@ -140,20 +129,16 @@ def _apply_policy(headers: H, access: Headers[H], host: str) -> None:
     # and re-encoded even when nothing was stripped: a member the propagator could not decode
     # is never forwarded to an outside destination as is.
     sent, _oversize = _propagation.extract(headers, access, frozenset(all_identity_keys()))
-    filtered = strip_for_egress(sent, host, hop=HOP, settings=settings, span=_span(ctx))
+    span = trace.get_current_span(ctx)
+    filtered = strip_for_egress(sent, host, hop=HOP, settings=settings, span=span)
     _replace_baggage(headers, access, fields, filtered)
-
-
-def _span(ctx: Context) -> trace.Span:
-    return trace.get_current_span(ctx)
 
 
 def _replace_baggage(headers: H, access: Headers[H], fields: Iterable[str], ctx: Context) -> None:
     for field in fields:
         access.remove(headers, field)
-    baggage = cast("Mapping[str, object]", ctx.get(_BAGGAGE_KEY) or {})
-    if baggage:
-        _propagation.inject(headers, Context({_BAGGAGE_KEY: baggage}), access)
+    for field, value in encoded_baggage(ctx).items():
+        access.set(headers, field, value)
 
 
 def _drop_identity(headers: Any, access: Headers[Any]) -> None:

@@ -332,20 +332,28 @@ def _reject(ctx: Context, hop: ServerHop, reason: str) -> Context:
     return oi.clear_identity(ctx)
 
 
-_baggage_fields_cache: tuple[int, tuple[str, ...]] = (0, ())
+# (id of the global propagator, all its fields, the fields that carry baggage)
+_fields_cache: tuple[int, tuple[str, ...], tuple[str, ...]] = (0, (), ())
+
+
+def _fields() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    global _fields_cache
+    textmap = propagate.get_global_textmap()
+    if _fields_cache[0] != id(textmap):
+        probe: dict[str, str] = {}
+        propagate.inject(probe, context=Context({_BAGGAGE_KEY: {"otel-identity": "1"}}))
+        _fields_cache = (id(textmap), tuple(sorted(textmap.fields)), tuple(probe))
+    return _fields_cache[1], _fields_cache[2]
+
+
+def propagator_fields() -> tuple[str, ...]:
+    """Every header name the global propagator writes."""
+    return _fields()[0]
 
 
 def baggage_fields() -> tuple[str, ...]:
     """The header names the global propagator uses for baggage (``baggage`` for W3C)."""
-    global _baggage_fields_cache
-    textmap = propagate.get_global_textmap()
-    cached_id, fields = _baggage_fields_cache
-    if cached_id != id(textmap):
-        probe: dict[str, str] = {}
-        propagate.inject(probe, context=Context({_BAGGAGE_KEY: {"otel-identity": "1"}}))
-        fields = tuple(probe)
-        _baggage_fields_cache = (id(textmap), fields)
-    return fields
+    return _fields()[1]
 
 
 def encoded_baggage(ctx: Context) -> dict[str, str]:
