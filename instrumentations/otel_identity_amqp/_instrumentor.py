@@ -16,11 +16,11 @@ from collections.abc import Collection
 from typing import Any
 
 import wrapt
+from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
-from packaging.requirements import Requirement
 
 import otel_identity as oi
 from otel_identity import _telemetry, names
@@ -177,14 +177,6 @@ async def _aio_close(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any
     return await wrapped(*args, **kwargs)
 
 
-def _installed(requirement: str) -> bool:
-    req = Requirement(requirement)
-    try:
-        return req.specifier.contains(importlib.metadata.version(req.name))
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
 _TARGETS = {
     "pika": (
         ("pika.channel", "Channel.basic_publish", _pika_publish),
@@ -205,7 +197,7 @@ class AmqpIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Identity in the headers of every published message, current in every consumer."""
 
     def instrumentation_dependencies(self) -> Collection[str]:
-        present = [r for r in _instruments if _installed(r)]
+        present = [r for r in _instruments if get_dependency_conflicts([r]) is None]
         return present or _instruments
 
     def _instrument(self, **kwargs: Any) -> None:

@@ -20,11 +20,11 @@ from collections.abc import Collection
 from typing import Any
 
 import wrapt
+from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
-from packaging.requirements import Requirement
 
 from otel_identity import _telemetry
 from otel_identity._carriers import hold, release
@@ -84,14 +84,6 @@ _WRAPPERS: dict[str, Any] = {
 }
 
 
-def _installed(requirement: str) -> bool:
-    req = Requirement(requirement)
-    try:
-        return req.specifier.contains(importlib.metadata.version(req.name))
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
 def _confluent_classes() -> tuple[type, type]:
     import confluent_kafka.cimpl
 
@@ -125,7 +117,7 @@ class KafkaIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def instrumentation_dependencies(self) -> Collection[str]:
         # Any one client is enough; with none installed, report all (a conflict).
-        present = [r for r in _instruments_any if _installed(r)]
+        present = [r for r in _instruments_any if get_dependency_conflicts([r]) is None]
         return present or _instruments_any
 
     def _instrument(self, **kwargs: Any) -> None:
