@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import importlib
 import ipaddress
 import os
 import threading
@@ -227,6 +228,19 @@ def _parse(name: str, value: Any) -> Any:
             raise ConfigurationError(f"span_attributes must be id, hash or none, got {text!r}")
         return text
     raise ConfigurationError(f"unknown setting {name!r}")  # pragma: no cover - guarded above
+
+
+def import_object(spec: str) -> Any:
+    """The object named ``module:attribute.path`` (what ``OTEL_IDENTITY_*`` callables name).
+
+    Raises whatever importing or looking up raises; callers decide how loud a bad setting is.
+    """
+    module_name, _, attr = spec.partition(":")
+    target: Any = importlib.import_module(module_name.strip())
+    for part in attr.strip().split("."):
+        if part:
+            target = getattr(target, part)
+    return target
 
 
 def _parse_keys(value: Any) -> dict[str, bytes]:

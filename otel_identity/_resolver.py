@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import importlib
 import inspect
 import logging
 import threading
@@ -186,11 +185,8 @@ def get_resolver() -> Resolver | None:
 def _load(spec: str | Callable[..., Any] | None) -> Resolver | None:
     if spec is None or callable(spec):
         return spec
-    module_name, _, attr = spec.partition(":")
     try:
-        target: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
+        target = _config.import_object(spec)
     except Exception as exc:  # noqa: BLE001 - a bad setting must not break the app
         _telemetry.logger.error(
             "otel-identity: cannot load resolver %r (%s); current_user stays None",

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import threading
 from collections.abc import Collection
@@ -15,6 +14,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
+from otel_identity._config import import_object
 from otel_identity._telemetry import logger
 from otel_identity_flask import _hooks
 from otel_identity_flask._hooks import REGISTRY, AppConfig, TenantOf
@@ -71,11 +71,8 @@ def tenant_of_from_environment() -> TenantOf | None:
         if name.isidentifier():
             return lambda user: getattr(user, name, None)
     else:
-        module_name, _, attr = spec.partition(":")
         try:
-            target: Any = importlib.import_module(module_name)
-            for part in attr.split("."):
-                target = getattr(target, part)
+            target = import_object(spec)
         except Exception as exc:  # noqa: BLE001 - a bad setting must not stop the app
             logger.error("otel-identity: %s=%r cannot be loaded (%s)", TENANT_OF_ENV, spec, exc)
             return None
