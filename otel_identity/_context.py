@@ -29,6 +29,8 @@ from opentelemetry.util.types import AttributeValue
 from otel_identity import _codec, _config, _memo, _policy, names
 from otel_identity._errors import MissingIdentityError
 from otel_identity._identity import Identity
+from otel_identity._telemetry import ThreadState
+from otel_identity._telemetry import local as _per_thread
 
 _STATE_KEY = create_key("otel_identity.state")
 _SLOT_KEY = create_key("otel_identity.user_slot")
@@ -113,7 +115,13 @@ def _span_attributes(identity: Identity, verified: bool, mode: str) -> dict[str,
 class UserSlot:
     """Where ``current_user`` is resolved, once, for one identity on one hop in one thread."""
 
-    __slots__ = ("done", "hop", "identity", "pending", "thread", "user")
+    # Defaults on the class: a slot pays only for what it sets (a pool task is one, see Handoff).
+    done = False
+    user: object = None
+    pending: object = None  # an in-flight async resolution, shared by its awaiters
+    hop: str | None = None
+    identity: Identity | None = None
+    thread = 0
 
     def __init__(self, hop: str | None, identity: Identity) -> None:
         self.hop = hop
@@ -121,9 +129,58 @@ class UserSlot:
         # The slot belongs to the thread that entered the hop; a context copied into another
         # thread by hand must not hand that thread this thread's (session-bound) user object.
         self.thread = threading.get_ident()
-        self.done = False
-        self.user: object = None
-        self.pending: object = None  # an in-flight async resolution, shared by its awaiters
+
+
+class Handoff(UserSlot):
+    """An in-process hop that owns its thread while it runs: a thread's ``run``, a pool task.
+
+    The hop runs on exactly the Context the sender captured; what makes it a hop of its own,
+    its ``state`` (a HopState) and its own ``current_user`` slot (this object), is kept for
+    the thread (see ``_hops.enter``) instead of in a copy of the Context with two more keys:
+    copying an OTel Context costs more than all the rest of a thread hop. Since the hop owns
+    the thread, whatever runs there meanwhile is part of it. It applies to every context that
+    still carries the captured context's hop entry (a span started inside, say), and is their
+    user slot while they also carry its slot entry; an identity set inside gets a slot of its
+    own, as anywhere. A pool's work item is itself a Handoff, so a pool hop allocates nothing.
+    """
+
+    __slots__ = ("outer", "source", "state", "thread_state")
+    outer: Handoff | None  # the hand-off this one interrupted in the same thread
+    source: Context  # None on a pool task that is not a hop (see otel_identity_threading)
+    state: Any  # the hop's HopState, set when it is entered
+    thread_state: ThreadState
+
+    def __init__(self, source: Context) -> None:
+        self.source = source  # the context the sender captured at hand-off
+
+    # What a slot is asked, derived rather than stored: entering a hop stays three stores.
+    @property
+    def hop(self) -> str | None:  # type: ignore[override]
+        return getattr(self.state, "hop", None)
+
+    @property
+    def identity(self) -> Identity | None:  # type: ignore[override]
+        state = state_of(self.source)
+        return None if state is None else state.identity
+
+    @property
+    def thread(self) -> int:  # type: ignore[override]
+        return self.thread_state.ident
+
+
+def current_handoff() -> Handoff | None:
+    """The hand-off this thread is running, if any."""
+    state = getattr(_per_thread, "state", None)
+    return None if state is None else cast("Handoff | None", state.handoff)
+
+
+def hop_of(ctx: Context) -> object:
+    """The hop state of ``ctx``: its own entry, or that of the hand-off it runs in."""
+    hop = ctx.get(HOP_KEY)
+    handoff = current_handoff()
+    if handoff is not None and hop is handoff.source.get(HOP_KEY):
+        return handoff.state
+    return hop
 
 
 def state_of(ctx: Context) -> IdentityState | None:
@@ -264,8 +321,7 @@ def set_identity(
     """
     ident = build_identity(identity, user_id, tenant_id, session_id, roles)
     ctx = context if context is not None else otel_context.get_current()
-    hop = ctx.get(HOP_KEY)
-    return with_identity(ctx, ident, slot_hop=getattr(hop, "hop", None))
+    return with_identity(ctx, ident, slot_hop=getattr(hop_of(ctx), "hop", None))
 
 
 def clear_identity(context: Context | None = None) -> Context:
@@ -275,7 +331,14 @@ def clear_identity(context: Context | None = None) -> Context:
 
 
 def user_slot(ctx: Context) -> UserSlot | None:
-    return cast("UserSlot | None", ctx.get(_SLOT_KEY))
+    """The user slot of ``ctx``: its own, or the hand-off's it runs in (see Handoff)."""
+    slot = cast("UserSlot | None", ctx.get(_SLOT_KEY))
+    handoff = current_handoff()
+    if handoff is not None:
+        source = handoff.source
+        if slot is source.get(_SLOT_KEY) and ctx.get(HOP_KEY) is source.get(HOP_KEY):
+            return handoff
+    return slot
 
 
 class use_identity:  # noqa: N801 - reads as a verb, like contextlib.suppress
@@ -308,9 +371,8 @@ class use_identity:  # noqa: N801 - reads as a verb, like contextlib.suppress
 
     def _attach(self) -> object:
         ctx = otel_context.get_current()
-        hop = ctx.get(HOP_KEY)
         return otel_context.attach(
-            with_identity(ctx, self._identity, slot_hop=getattr(hop, "hop", None))
+            with_identity(ctx, self._identity, slot_hop=getattr(hop_of(ctx), "hop", None))
         )
 
     def __enter__(self) -> Identity | None:

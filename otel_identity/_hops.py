@@ -18,7 +18,7 @@ import contextlib
 import fnmatch
 import functools
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, cast
 
@@ -26,6 +26,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import Context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.propagators.textmap import (
     CarrierT,
     Getter,
@@ -50,15 +51,18 @@ from otel_identity._context import (
     _SLOT_KEY,
     _STATE_KEY,
     HOP_KEY,
+    Handoff,
     IdentityState,
     UserSlot,
     all_identity_keys,
     get_identity,
+    hop_of,
     identity_keys,
     state_of,
 )
 from otel_identity._errors import IdentityRejectedError, MissingIdentityError
 from otel_identity._identity import Identity
+from otel_identity._telemetry import local as _per_thread
 
 # The span kind an instrumentation gives the receiving side of each hop kind.
 _HOP_SPAN_KIND = {
@@ -71,11 +75,12 @@ _HOP_SPAN_KIND = {
 class HopState:
     """What happened on one receiving hop; events wait here until a span can take them."""
 
-    __slots__ = ("hop", "outcome", "pending", "reason", "route")
+    __slots__ = ("hop", "key", "outcome", "pending", "reason", "route")
 
     def __init__(self, hop: str, outcome: str, reason: str | None, route: str | None) -> None:
         self.hop = hop
         self.outcome = outcome
+        self.key = (hop, outcome)  # what the hop counter counts it under
         self.reason = reason
         self.route = route
         self.pending: list[tuple[str, dict[str, Any]]] = []
@@ -105,7 +110,7 @@ def _quiet_state(hop: str, outcome: str) -> HopState:
 def hop_state(context: Context | None = None) -> HopState | None:
     """The state of the receiving hop ``context`` belongs to, if any."""
     ctx = context if context is not None else otel_context.get_current()
-    return cast("HopState | None", ctx.get(HOP_KEY))
+    return cast("HopState | None", hop_of(ctx))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -272,18 +277,12 @@ def receive(context: Context, *, hop: str) -> Context:
         state = state_of(context)
         values: dict[str, object] = dict(context)
         if state is not None:
-            _telemetry.count_hop(hop, names.OUTCOME_PRESENT)
-            values[HOP_KEY] = _quiet_state(hop, names.OUTCOME_PRESENT)
+            hop_state = _present.get(hop) or _present_state(hop)
             values[_SLOT_KEY] = UserSlot(hop, state.identity)
         else:
-            _telemetry.count_hop(hop, names.OUTCOME_MISSING)
-            settings = _config.get_settings()
-            if hop in settings.required_hops:
-                hop_state = HopState(hop, names.OUTCOME_MISSING, None, None)
-                hop_state.pending.append(missing_event(hop, settings))
-                values[HOP_KEY] = hop_state
-            else:
-                values[HOP_KEY] = _quiet_state(hop, names.OUTCOME_MISSING)
+            hop_state = _missing_state(hop)
+        _telemetry.count(hop_state.key)
+        values[HOP_KEY] = hop_state
         return Context(values)
     except Exception:  # noqa: BLE001
         _telemetry.log_internal_error("receive")
@@ -319,6 +318,77 @@ def continue_from(
 def continue_context(context: Context, *, hop: str) -> AbstractContextManager[Identity | None]:
     """``receive`` and attach for the block: the in-process twin of ``continue_from``."""
     return attached(receive(context, hop=hop))
+
+
+# Attaching a Context is setting OTel's ContextVar. Through the API that is two more calls
+# each way, a noticeable share of a thread hop; so with the default runtime context (the only
+# one OpenTelemetry Python ships) hops set the variable itself, with the same semantics.
+_runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+current_context: Callable[[], Context] = otel_context.get_current
+_attach_raw: Callable[[Context], Any] = otel_context.attach
+_detach_raw: Callable[[Any], None] = otel_context.detach
+if type(_runtime) is ContextVarsRuntimeContext:
+    current_context = _runtime._current_context.get
+    _attach_raw = _runtime._current_context.set
+    _detach_raw = _runtime._current_context.reset
+
+
+def enter(handoff: Handoff, hop: str) -> Any:
+    """Start ``handoff``, a hop that owns this thread while it runs; ``leave`` ends it.
+
+    ``handoff.source`` (the context the sender captured) is attached as it is, no copy, and
+    ``handoff`` is kept for the thread: the hop is counted, gets ``handoff`` as its own
+    ``current_user`` slot, and a ``HopState`` (with ``identity.missing`` pending for its first
+    span where required). For hops that run synchronously to their end in the thread (a
+    thread's ``run``, a pool task); everything else, async code included, uses
+    ``continue_context``. Never raises: on an internal error the hop runs on the captured
+    context with no hop of its own. Returns the token for ``leave``.
+    """
+    captured = handoff.source
+    try:
+        here = _per_thread.state
+    except AttributeError:
+        here = _telemetry.thread_state()
+    handoff.thread_state = here
+    handoff.outer = here.handoff
+    try:
+        state = cast("IdentityState | None", captured.get(_STATE_KEY))
+        if state is None or state.baggage is not captured.get(_BAGGAGE_KEY):
+            state = state_of(captured)  # baggage set by others, or no identity
+        if state is not None:
+            hop_state = _present.get(hop) or _present_state(hop)
+        else:
+            hop_state = _missing_state(hop)
+        counts, key = here.counts, hop_state.key  # _telemetry.count, inlined: every hop
+        counts[key] = counts.get(key, 0) + 1
+        handoff.state = hop_state
+        here.handoff = handoff
+    except Exception:  # noqa: BLE001
+        _telemetry.log_internal_error("enter")
+    return _attach_raw(captured)
+
+
+def leave(handoff: Handoff, token: Any) -> None:
+    """End the hop ``enter`` started (in the same thread, innermost first)."""
+    handoff.thread_state.handoff = handoff.outer
+    _detach_raw(token)
+
+
+_present: dict[str, HopState] = {}
+
+
+def _present_state(hop: str) -> HopState:
+    return _present.setdefault(hop, _quiet_state(hop, names.OUTCOME_PRESENT))
+
+
+def _missing_state(hop: str) -> HopState:
+    """The state of a hop that arrived without identity (not counted yet)."""
+    settings = _config.get_settings()
+    if hop not in settings.required_hops:
+        return _quiet_state(hop, names.OUTCOME_MISSING)
+    state = HopState(hop, names.OUTCOME_MISSING, None, None)
+    state.pending.append(missing_event(hop, settings))
+    return state
 
 
 @contextlib.contextmanager

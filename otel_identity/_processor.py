@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind
 
 from otel_identity import _config, _telemetry, names
 from otel_identity._config import AttributeMode
-from otel_identity._context import HOP_KEY, state_of
+from otel_identity._context import hop_of, state_of
 from otel_identity._hops import HopState, is_anonymous_route, missing_event
 
 _ROUTE_ATTRIBUTES = ("http.route", "url.path", "http.target", "messaging.destination.name")
@@ -67,7 +67,7 @@ class IdentitySpanProcessor(SpanProcessor):
             return
         try:
             ctx = parent_context if parent_context is not None else otel_context.get_current()
-            hop = ctx.get(HOP_KEY)
+            hop = hop_of(ctx)
             if hop is not None and hop.pending:  # type: ignore[attr-defined]
                 hop.flush(span)  # type: ignore[attr-defined]
             state = state_of(ctx)

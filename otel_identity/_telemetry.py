@@ -26,19 +26,39 @@ _lock = threading.Lock()
 _instruments: Any = None  # (observable counter, histogram), created at first use
 
 Counts = dict[tuple[str, str], int]
-_local = threading.local()
+
+
+class ThreadState:
+    """What the core keeps for each thread, written by that thread only: its hop counts, and
+    the hand-off (``_context.Handoff``) it is running."""
+
+    __slots__ = ("counts", "handoff", "ident")
+
+    def __init__(self) -> None:
+        self.counts: Counts = {}
+        self.handoff: Any = None
+        self.ident = threading.get_ident()
+
+
+local = threading.local()  # .state: this thread's ThreadState
 # Every thread's own table, with a weak reference to its thread; the tables of threads that
 # have ended are folded into _retired at collection, so thread churn does not grow memory.
 _tables: list[tuple[weakref.ref[threading.Thread], Counts]] = []
 _retired: Counts = {}
 
 
-def _own_table() -> Counts:
-    table: Counts = {}
-    _local.counts = table
+def thread_state() -> ThreadState:
+    """This thread's ThreadState (made on first use)."""
+    try:
+        return local.state  # type: ignore[no-any-return]
+    except AttributeError:
+        pass
+    _ensure_instruments()
+    state = ThreadState()
+    local.state = state
     with _lock:
-        _tables.append((weakref.ref(threading.current_thread()), table))
-    return table
+        _tables.append((weakref.ref(threading.current_thread()), state.counts))
+    return state
 
 
 def hop_counts() -> Counts:
@@ -90,13 +110,15 @@ def _ensure_instruments() -> Any:
 
 def count_hop(hop: str, outcome: str) -> None:
     """Account one hop; the observable counter reports the running totals."""
-    if _instruments is None:
-        _ensure_instruments()
+    count((hop, outcome))
+
+
+def count(key: tuple[str, str]) -> None:
+    """``count_hop`` for a ``(hop, outcome)`` key the caller keeps (a HopState's)."""
     try:
-        table: Counts = _local.counts
+        table: Counts = local.state.counts
     except AttributeError:
-        table = _own_table()
-    key = (hop, outcome)
+        table = thread_state().counts
     table[key] = table.get(key, 0) + 1
 
 
