@@ -10,7 +10,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 
 from otel_identity import _telemetry
-from otel_identity_threading import _patching, _processes, _threads, _workers
+from otel_identity_threading import _patching, _pool, _processes, _threads, _workers
 from otel_identity_threading.package import _instruments
 
 _TARGETS = _threads.TARGETS + _processes.TARGETS
@@ -30,8 +30,10 @@ class ThreadingIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         _workers.worker_loops()
         for owner, name, wrapper in _TARGETS:
             _patching.wrap_beneath(owner, name, wrapper)
+        _pool.install()
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        _pool.uninstall()
         for owner, name, wrapper in _TARGETS:
             if not _patching.unwrap_ours(owner, name, wrapper):
                 _telemetry.log_once(

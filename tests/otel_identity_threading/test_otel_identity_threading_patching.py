@@ -7,26 +7,35 @@ import itertools
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import thread as futures_thread
 from multiprocessing import process
 from typing import Any
 
 import pytest
 from opentelemetry.instrumentation.threading import ThreadingInstrumentor
-from otel_identity_threading import ThreadingIdentityInstrumentor, _patching, _processes, _threads
+from otel_identity_threading import (
+    ThreadingIdentityInstrumentor,
+    _patching,
+    _pool,
+    _processes,
+    _threads,
+)
 
 import otel_identity as oi
 from otel_identity import _telemetry, names
+from otel_identity._context import current_handoff
 from tests.otel_identity_threading.probes import load_user
 
 PATCHED = [
     (threading.Thread, "start"),
     (threading.Thread, "run"),
     (threading.Timer, "run"),
-    (ThreadPoolExecutor, "submit"),
     (ProcessPoolExecutor, "submit"),
     (process.BaseProcess, "start"),
 ]
 ORIGINAL = {(owner, name): owner.__dict__[name] for owner, name in PATCHED}
+ORIGINAL_WORK_ITEM = futures_thread._WorkItem
+ORIGINAL_SUBMIT = ThreadPoolExecutor.__dict__["submit"]
 OURS = {(o, n): w for o, n, w in _threads.TARGETS + _processes.TARGETS}
 
 
@@ -44,6 +53,7 @@ def _all_off() -> Iterator[None]:
         assert owner.__dict__[name] is ORIGINAL[(owner, name)], (
             f"{owner.__name__}.{name} left patched"
         )
+    assert futures_thread._WorkItem is ORIGINAL_WORK_ITEM
 
 
 def _ours_in_chain(owner: type, name: str) -> int:
@@ -102,9 +112,12 @@ def test_instrument_and_uninstrument_restore_the_exact_originals() -> None:
     for owner, name in PATCHED:
         assert owner.__dict__[name] is not ORIGINAL[(owner, name)]
         assert _ours_in_chain(owner, name) == 1
+    assert futures_thread._WorkItem is _pool.WORK_ITEM
+    assert ThreadPoolExecutor.__dict__["submit"] is ORIGINAL_SUBMIT  # pools: no wrapper at all
     instrumentor.uninstrument()
     for owner, name in PATCHED:
         assert owner.__dict__[name] is ORIGINAL[(owner, name)]
+    assert futures_thread._WorkItem is ORIGINAL_WORK_ITEM
     assert _views() == [(None, None, False)] * 3  # nothing carried any more
 
 
@@ -129,38 +142,27 @@ def test_wrappers_keep_the_patched_functions_names() -> None:
     assert threading.Thread.start.__qualname__ == "Thread.start"
     assert threading.Thread.run.__qualname__ == "Thread.run"
     assert threading.Timer.run.__qualname__ == "Timer.run"
-    assert ThreadPoolExecutor.submit.__qualname__ == "ThreadPoolExecutor.submit"
     assert ProcessPoolExecutor.submit.__qualname__ == "ProcessPoolExecutor.submit"
     assert process.BaseProcess.start.__qualname__ == "BaseProcess.start"
     assert threading.Thread.__dict__["start"].__wrapped__ is ORIGINAL[(threading.Thread, "start")]
 
 
-def test_submitted_callable_is_wrapped_once_with_the_original_reachable() -> None:
+def test_a_pool_task_is_the_hop_itself_with_the_callable_untouched() -> None:
     ThreadingIdentityInstrumentor().instrument()
-    seen: list[Any] = []
+    items: list[Any] = []
 
     class Pool(ThreadPoolExecutor):
         pass
 
-    def fn() -> None: ...
+    def fn() -> None:
+        items.append(current_handoff())
 
-    original_submit = ORIGINAL[(ThreadPoolExecutor, "submit")]
-
-    def spy(self: Any, task: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(task)
-        return original_submit(self, task, *args, **kwargs)
-
-    # What reaches the real submit: our hop wrapper around the user's function.
-    chain_top = ThreadPoolExecutor.__dict__["submit"]
-    chain_top.__wrapped__ = spy
-    try:
-        with Pool(1) as pool:
-            pool.submit(fn).result()
-    finally:
-        chain_top.__wrapped__ = original_submit
-    assert len(seen) == 1
-    assert seen[0].__name__ == "otel_identity_hop"
-    assert seen[0].__wrapped__ is fn
+    with Pool(1) as pool, oi.use_identity(user_id="u-item"):
+        pool.submit(fn).result()
+    assert type(items[0]) is _pool.WORK_ITEM
+    if _pool.WORK_ITEM is _pool.HopWorkItem:  # before 3.14
+        assert items[0].fn is fn  # no wrapper around the user's callable
+    assert items[0].identity == oi.Identity(user_id="u-item")  # the item was the hop's slot
 
 
 @pytest.mark.parametrize("ours_first", [True, False], ids=["ours-first", "contrib-first"])
