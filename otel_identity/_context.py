@@ -29,7 +29,7 @@ from opentelemetry.util.types import AttributeValue
 from otel_identity import _codec, _config, _memo, _policy, names
 from otel_identity._errors import MissingIdentityError
 from otel_identity._identity import Identity
-from otel_identity._telemetry import ThreadState
+from otel_identity._telemetry import ThreadState, thread_state
 from otel_identity._telemetry import local as _per_thread
 
 _STATE_KEY = create_key("otel_identity.state")
@@ -71,7 +71,7 @@ def all_identity_keys() -> tuple[str, ...]:
 class IdentityState:
     """The decoded identity of a context, valid while baggage still holds the same values."""
 
-    __slots__ = ("baggage", "identity", "raw")
+    __slots__ = ("attributes", "baggage", "identity", "raw")
 
     def __init__(self, raw: tuple[object, ...], identity: Identity, baggage: object = None) -> None:
         self.raw = raw
@@ -79,11 +79,18 @@ class IdentityState:
         # The baggage mapping this was decoded from: OTel never mutates one (set_baggage
         # copies), so while a context holds the same object the values are the same.
         self.baggage = baggage
+        self.attributes: tuple[str, dict[str, AttributeValue]] | None = None  # (mode, attrs)
 
     def span_attributes(self, mode: str) -> dict[str, AttributeValue]:
+        """The span attributes of this identity (shared: callers must not mutate them)."""
+        memo = self.attributes  # every span under this state asks: one lookup, no hashing
+        if memo is not None and memo[0] == mode:
+            return memo[1]
         identity = self.identity
         # ``verified`` is not part of Identity equality, so it is part of the key.
-        return _span_attributes(identity, identity.verified, mode)
+        attributes = _span_attributes(identity, identity.verified, mode)
+        self.attributes = (mode, attributes)
+        return attributes
 
 
 @functools.lru_cache(maxsize=4096)
@@ -170,8 +177,11 @@ class Handoff(UserSlot):
 
 def current_handoff() -> Handoff | None:
     """The hand-off this thread is running, if any."""
-    state = getattr(_per_thread, "state", None)
-    return None if state is None else cast("Handoff | None", state.handoff)
+    try:
+        state = _per_thread.state
+    except AttributeError:  # this thread's first call (a missing attribute is slow every time)
+        state = thread_state()
+    return cast("Handoff | None", state.handoff)
 
 
 def hop_of(ctx: Context) -> object:

@@ -14,10 +14,14 @@ started under it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from opentelemetry import context as otel_context
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 
 from otel_identity import _config, _telemetry, names
 from otel_identity._config import AttributeMode
@@ -49,6 +53,32 @@ def _route_of(span: Span) -> str | None:
     return span.name
 
 
+def _stamp(span: Span, attributes: Mapping[str, AttributeValue]) -> None:
+    """``span.set_attributes(attributes)``, without re-validating what is already valid.
+
+    The SDK cleans every value it is given (about 2 us for our three to five attributes, on
+    every span). Ours are validated once per identity and shared: strings, a bool and a tuple
+    of strings. So where the span is the SDK's own, still starting (``on_start`` runs before
+    anyone else holds it), with room for them all and no value-length limit, they go straight
+    into its attribute store; in any other case (a limit, another SDK version, another span
+    type) through ``set_attributes``, as before. ``tests/core/test_processor.py`` checks that
+    the installed SDK takes the direct path and that both give the same span.
+    """
+    bounded = getattr(span, "_attributes", None)
+    store = getattr(bounded, "_dict", None)
+    if (
+        type(bounded) is BoundedAttributes
+        and type(store) is dict
+        and getattr(span, "_end_time", True) is None
+        and bounded._immutable is False  # type: ignore[union-attr]
+        and bounded.max_value_len is None  # type: ignore[union-attr]
+        and (bounded.maxlen is None or len(store) + len(attributes) <= bounded.maxlen)  # type: ignore[union-attr]
+    ):
+        store.update(attributes)
+    else:
+        span.set_attributes(attributes)
+
+
 class IdentitySpanProcessor(SpanProcessor):
     """Stamps identity attributes and records ``identity.missing`` at span start.
 
@@ -75,7 +105,7 @@ class IdentitySpanProcessor(SpanProcessor):
             if state is not None:
                 attributes = state.span_attributes(self._mode or settings.span_attributes)
                 if attributes:
-                    span.set_attributes(attributes)
+                    _stamp(span, attributes)
             elif span.kind in (SpanKind.SERVER, SpanKind.CONSUMER) and not isinstance(
                 hop, HopState
             ):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk import trace as sdk_trace
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -158,3 +162,64 @@ def test_disabled_processor_does_nothing() -> None:
         pass
     (span,) = exporter.get_finished_spans()
     assert not span.attributes
+
+
+# --- the direct attribute path --------------------------------------------------------------
+
+
+def _identity_span(provider: TracerProvider, **attributes: object) -> ReadableSpan:
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(oi.IdentitySpanProcessor())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with oi.use_identity(user_id="u-direct-" + "x" * 40, tenant_id="t1", roles=["a", "b"]):
+        provider.get_tracer("t").start_span("s", attributes=attributes).end()  # type: ignore[arg-type]
+    (span,) = exporter.get_finished_spans()
+    return span
+
+
+def _as_public_api_would(provider: TracerProvider, **attributes: object) -> ReadableSpan:
+    """The same span, its identity attributes given through ``set_attributes``."""
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    identity = oi.Identity(user_id="u-direct-" + "x" * 40, tenant_id="t1", roles=("a", "b"))
+    span = provider.get_tracer("t").start_span("s", attributes=attributes)  # type: ignore[arg-type]
+    span.set_attributes(
+        {
+            "user.id": identity.user_id,
+            "tenant.id": identity.tenant_id,
+            "user.roles": identity.roles,
+            "identity.verified": False,
+        }
+    )
+    span.end()
+    (exported,) = exporter.get_finished_spans()
+    return exported
+
+
+def test_the_installed_sdk_takes_the_direct_attribute_path(monkeypatch: Any) -> None:
+    # If an SDK release changes its span internals, this fails (and spans fall back to
+    # set_attributes, correct but slower): time to look at _processor._stamp again.
+    def refuse(self: Any, attributes: Any) -> None:
+        raise AssertionError("set_attributes was called")
+
+    monkeypatch.setattr(sdk_trace.Span, "set_attributes", refuse)
+    span = _identity_span(TracerProvider(), given="kept")
+    assert span.attributes is not None
+    assert span.attributes["tenant.id"] == "t1"
+    assert span.attributes["given"] == "kept"
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        SpanLimits(),
+        SpanLimits(max_span_attributes=3),  # no room: the SDK drops the oldest
+        SpanLimits(max_attribute_length=12),  # values cut to length by the SDK
+    ],
+    ids=["no-limit", "attribute-count-limit", "value-length-limit"],
+)
+def test_direct_and_public_attribute_paths_give_the_same_span(limits: SpanLimits) -> None:
+    ours = _identity_span(TracerProvider(span_limits=limits), given="kept")
+    public = _as_public_api_would(TracerProvider(span_limits=limits), given="kept")
+    assert dict(ours.attributes or {}) == dict(public.attributes or {})
+    assert ours.dropped_attributes == public.dropped_attributes
