@@ -101,7 +101,7 @@ class HopWorkItem(Handoff, _WorkItem):  # type: ignore[misc]
             future.set_result(result)
 
 
-def task_hop_item(base: type) -> type:
+def task_hop_item(base: Any) -> type:
     """A pool task that is a ``thread`` hop, for the work item of Python 3.14+ (``base``).
 
     There the item holds the executor's resolved task, ``(fn, args, kwargs)`` for threads;
@@ -109,7 +109,7 @@ def task_hop_item(base: type) -> type:
     callbacks run after the hop. A task of any other shape is left as it is: no hop.
     """
 
-    class WrappingHopWorkItem(Handoff, base):  # type: ignore[misc,valid-type]
+    class WrappingHopWorkItem(Handoff, base):  # type: ignore[misc]
         def __init__(self, future: Any, *task: Any, **kwargs: Any) -> None:
             self.source = None  # type: ignore[assignment] # None: not a hop
             resolved = task[0] if len(task) == 1 else None
