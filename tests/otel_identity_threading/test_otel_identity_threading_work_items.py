@@ -39,7 +39,7 @@ class _Item314:
         fn, args, kwargs = self.task
         try:
             result = fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - as the stdlib's run
+        except BaseException as exc:
             self.future.set_exception(exc)
         else:
             self.future.set_result(result)
@@ -103,7 +103,7 @@ def test_the_worker_holds_no_hand_off_between_tasks(work_item: type) -> None:
     with ThreadPoolExecutor(1) as pool:
         with oi.use_identity(user_id="u-between"):
             inside = pool.submit(current_handoff).result()
-        between = pool.submit(lambda: _view()).result()
+        between = pool.submit(_view).result()
         after = pool.submit(current_handoff).result()
     assert isinstance(inside, work_item)
     assert between == (None, names.HOP_THREAD, None, False)
