@@ -84,12 +84,20 @@ async def call_asgi(
     """Run one ASGI request of ``app`` as an ``http.server`` hop (the middleware's body)."""
     try:
         route = route_of(scope)
-        scope, admitted, _ = _server.enter(
+        view: Callable[[], RequestView] | None = None
+        if auth:
+            request = scope
+
+            def view() -> RequestView:
+                return RequestView(route or "", request, lambda name: _first(request, name))
+
+        scope, stash = _server.enter(
             scope,
             scope_getter,
+            otel_context.get_current(),
             route=route,
             auth=auth,
-            view=lambda: RequestView(route or "", scope, lambda name: _first(scope, name)),
+            view=view,
             continue_trace=continue_trace,
             rewrite=_rewritten,
         )
@@ -98,14 +106,14 @@ async def call_asgi(
         await app(scope, receive, send)
         return
 
-    hop = admitted.hop
+    hop = stash.hop
 
     async def hop_send(message: Message) -> None:
         if not hop.settled and message.get("type") in _RESPONSE_START:
             _server.settle(hop)
         await send(message)
 
-    token = otel_context.attach(admitted.context)
+    token = otel_context.attach(stash.context)
     try:
         await app(scope, receive, hop_send)
     finally:

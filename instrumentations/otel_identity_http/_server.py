@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequenc
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import Context
@@ -80,7 +79,12 @@ class ServerHop(HopState):
     __slots__ = ("accounted", "authenticated", "settled", "span")
 
     def __init__(self, state: HopState) -> None:
-        super().__init__(state.hop, state.outcome, state.reason, state.route)
+        # The fields of the core's state, assigned directly (this runs on every request).
+        self.hop = state.hop
+        self.outcome = state.outcome
+        self.key = state.key
+        self.reason = state.reason
+        self.route = state.route
         self.pending = list(state.pending)
         self.span: trace.Span | None = None
         self.authenticated = False
@@ -101,11 +105,6 @@ class ServerHop(HopState):
         elif self.outcome not in (names.OUTCOME_REJECTED, names.OUTCOME_ANONYMOUS):
             self.outcome = names.OUTCOME_MISSING
         _telemetry.count_hop(self.hop, self.outcome)
-
-    @property
-    def waiting(self) -> bool:
-        """Whether ``identity.missing`` is still held for ``settle`` to decide."""
-        return not self.settled and any(e[0] == names.EVENT_MISSING for e in self.pending)
 
     def flush(self, span: trace.Span) -> None:
         if self.span is None:
@@ -166,96 +165,73 @@ def mark_authenticated() -> None:
         hop.note_authenticated()
 
 
-@dataclass(slots=True)
-class Admitted:
-    """The outcome of ``admit``: the context to attach, and whether headers must be rewritten."""
-
-    context: Context
-    hop: ServerHop
-    rewrite: bool
-
-
-def admit(
-    carrier: CarrierT,
-    getter: Getter[CarrierT],
-    base: Context,
-    *,
-    route: str | None,
-    auth: Sequence[AuthSource],
-    view: Callable[[], RequestView],
-    continue_trace: bool,
-) -> Admitted:
-    """Extract the hop (policy, accounting), then apply the app's header-based auth sources."""
-    local = trace.get_current_span(base)
-    inner = local.get_span_context().is_valid and getattr(local, "kind", None) is SpanKind.SERVER
-    # Without the hop's own span in the base, extract keeps every event pending, so "missing"
-    # can wait for the app; an inner middleware's server span is hidden from it for that.
-    probe = Context({**base, _SPAN_KEY: INVALID_SPAN}) if inner else base
-    if inner or not continue_trace:
-        # The sender's span is not used (an OpenTelemetry server span is, or will be, the
-        # hop's span): skip parsing the trace context twice.
-        getter = _WithoutTraceContext(getter)
-    ctx = oi.extract(carrier, getter, hop=HOP, context=probe, route=route, account=False)
-    state = oi.hop_state(ctx)
-    hop = ServerHop(
-        state if state is not None else HopState(HOP, names.OUTCOME_MISSING, None, route)
-    )
-    values = dict(ctx)
-    values[HOP_KEY] = hop
-    if inner:
-        values[_SPAN_KEY] = local
-    elif not continue_trace:
-        # An OpenTelemetry server middleware inside makes the SERVER span from the headers.
-        values[_SPAN_KEY] = trace.get_current_span(base)
-    ctx = Context(values)
-    rewrite = hop.outcome == names.OUTCOME_REJECTED
-    if auth:
-        ctx, changed = _authenticate(ctx, hop, auth, view())
-        rewrite = rewrite or changed
-    if inner:
-        hop.flush(local)
-        if hop.authenticated:
-            stamp(local, ctx)
-    return Admitted(ctx, hop, rewrite)
-
-
 R = TypeVar("R", bound="MutableMapping[str, Any]")
 
 
 def enter(
     request: R,
     getter: Getter[R],
+    base: Context,
     *,
     route: str | None,
     auth: Sequence[AuthSource],
-    view: Callable[[], RequestView],
+    view: Callable[[], RequestView] | None,
     continue_trace: bool,
     rewrite: Callable[[R, Context], R],
-) -> tuple[R, Admitted, Stash | None]:
-    """The WSGI/ASGI-independent start of a request's hop.
+) -> tuple[R, Stash]:
+    """The WSGI/ASGI-independent start of a request's hop, on top of ``base`` (the current
+    context): the core's extract (policy, limits), then the app's header-based ``auth``
+    sources (``view`` is called only when there are some).
 
-    ``request`` is the environ or scope: it is returned rewritten when policy changed the
-    baggage, marked as handled (a mounted sub-application does not hop again), and, with an
-    OpenTelemetry middleware inside (``continue_trace=False``), holding the stash its tap
-    restores our context from.
+    ``request`` is the environ or scope: it is returned rewritten when policy or the app's
+    authentication changed the baggage, marked as handled (a mounted sub-application does not
+    hop again), and, with an OpenTelemetry middleware inside (``continue_trace=False``),
+    holding the stash its tap restores our context from. Runs on every request.
     """
-    admitted = admit(
-        request,
-        getter,
-        otel_context.get_current(),
-        route=route,
-        auth=auth,
-        view=view,
-        continue_trace=continue_trace,
+    local = base.get(_SPAN_KEY)
+    inner = (
+        local is not None
+        and getattr(local, "kind", None) is SpanKind.SERVER
+        and cast("trace.Span", local).get_span_context().is_valid
     )
-    if admitted.rewrite:
-        request = rewrite(request, admitted.context)
+    probe = base
+    if inner:
+        # Without the hop's own span in the base, extract keeps every event pending, so
+        # "missing" can wait for the app; an inner middleware's server span is hidden from it.
+        probe = Context({**base, _SPAN_KEY: INVALID_SPAN})
+    own_span = inner or not continue_trace
+    if own_span:
+        # The sender's span is not used (an OpenTelemetry server span is, or will be, the
+        # hop's span): skip parsing the trace context twice.
+        getter = _untraced(getter)
+    ctx = oi.extract(request, getter, hop=HOP, context=probe, route=route, account=False)
+    state = ctx.get(HOP_KEY)
+    hop = ServerHop(
+        state if isinstance(state, HopState) else HopState(HOP, names.OUTCOME_MISSING, None, route)
+    )
+    values = dict(ctx)
+    values[HOP_KEY] = hop
+    if own_span:
+        # The hop's span is the inner middleware's server span, or (an OpenTelemetry server
+        # middleware inside makes the SERVER span from the headers) whatever the base had.
+        values[_SPAN_KEY] = local if local is not None else INVALID_SPAN
+    ctx = Context(values)
+    changed = hop.outcome == names.OUTCOME_REJECTED
+    if auth and view is not None:
+        ctx, authenticated = _authenticate(ctx, hop, auth, view())
+        changed = changed or authenticated
+    if inner:
+        span = cast("trace.Span", local)
+        hop.flush(span)
+        if hop.authenticated:
+            stamp(span, ctx)
+    if changed:
+        request = rewrite(request, ctx)
     request[HANDLED_KEY] = True
-    stash = None
+    stash = Stash(ctx, hop)
     if not continue_trace:
-        stash = Stash(admitted.context, admitted.hop)
         request[STASH_KEY] = stash
-    return request, admitted, stash
+    return request, stash
 
 
 def settle(hop: ServerHop, present: bool | None = None) -> None:
@@ -267,10 +243,10 @@ def settle(hop: ServerHop, present: bool | None = None) -> None:
         if present is None:
             present = oi.get_identity() is not None
         hop.account(present)
-        if not hop.waiting:
+        if hop.pending:
+            hop.settle(present)  # decides a held "missing"; nothing else is pending long
+        else:
             hop.settled = True
-            return
-        hop.settle(present)
     except Exception:  # noqa: BLE001 - never break the response
         _telemetry.log_internal_error("http settle")
 
@@ -289,6 +265,20 @@ class _WithoutTraceContext(Getter[CarrierT]):
 
     def keys(self, carrier: CarrierT) -> list[str]:
         return self.inner.keys(carrier)
+
+
+# One trace-context-hiding wrapper per getter (the middlewares use one getter each).
+_untraced_getters: dict[int, tuple[Getter[Any], _WithoutTraceContext[Any]]] = {}
+
+
+def _untraced(getter: Getter[CarrierT]) -> Getter[CarrierT]:
+    entry = _untraced_getters.get(id(getter))
+    if entry is not None and entry[0] is getter:
+        return cast("Getter[CarrierT]", entry[1])
+    wrapper = _WithoutTraceContext(getter)
+    if len(_untraced_getters) < 64:
+        _untraced_getters[id(getter)] = (getter, wrapper)
+    return wrapper
 
 
 def _authenticate(
@@ -376,11 +366,20 @@ STASH_KEY = "otel_identity.admitted"
 HANDLED_KEY = "otel_identity.hop"
 
 
-@dataclass(slots=True)
 class Stash:
-    context: Context
-    hop: ServerHop
-    used: bool = False  # a tap attached it (and keeps it attached while the body is produced)
+    """One request's hop: the admitted context and its state (also what the tap restores)."""
+
+    __slots__ = ("context", "hop", "used")
+
+    def __init__(self, context: Context, hop: ServerHop) -> None:
+        self.context = context
+        self.hop = hop
+        self.used = False  # a tap attached it (and keeps it attached while the body runs)
+
+
+# The entries of an admitted context that a re-attach tap puts back.
+_RESTORED_KEYS = (_BAGGAGE_KEY, _STATE_KEY, _SLOT_KEY, HOP_KEY)
+_ABSENT = object()
 
 
 def restored(inside: Context, stash: Stash) -> Context:
@@ -390,18 +389,26 @@ def restored(inside: Context, stash: Stash) -> Context:
     baggage): the span is kept, identity, baggage and hop state are ours again.
     """
     stash.used = True
+    ours = stash.context
     values = dict(inside)
-    for key in (_BAGGAGE_KEY, _STATE_KEY, _SLOT_KEY, HOP_KEY):
-        if key in stash.context:
-            values[key] = stash.context[key]
-        else:
+    for key in _RESTORED_KEYS:
+        value = ours.get(key, _ABSENT)
+        if value is _ABSENT:
             values.pop(key, None)
-    span = trace.get_current_span(inside)
-    if span.is_recording() and getattr(span, "kind", None) is SpanKind.SERVER:
-        stash.hop.span = span
-        stash.hop.flush(span)
-        if stash.hop.authenticated:
-            stamp(span, stash.context)
+        else:
+            values[key] = value
+    span = values.get(_SPAN_KEY)
+    if (
+        span is not None
+        and getattr(span, "kind", None) is SpanKind.SERVER
+        and cast("trace.Span", span).is_recording()
+    ):
+        hop = stash.hop
+        hop.span = cast("trace.Span", span)
+        if hop.pending:
+            hop.flush(hop.span)
+        if hop.authenticated:
+            stamp(hop.span, ours)
     return Context(values)
 
 

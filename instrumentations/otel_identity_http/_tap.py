@@ -79,6 +79,16 @@ def _flask_teardown(_exc: BaseException | None) -> None:
         otel_context.detach(token)
 
 
+def tap_inside(app: object) -> bool:
+    """Whether ``app`` is OpenTelemetry's WSGI middleware itself with our tap right inside."""
+    cls = type(app)
+    return (
+        cls.__name__ == "OpenTelemetryMiddleware"
+        and cls.__module__ == "opentelemetry.instrumentation.wsgi"
+        and isinstance(getattr(app, "wsgi", None), ReattachWSGI)
+    )
+
+
 def install(app: object) -> bool:
     """Put a tap inside the OpenTelemetry server instrumentation found in ``app`` (once).
 

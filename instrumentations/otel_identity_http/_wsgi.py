@@ -18,7 +18,10 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import INVALID_SPAN
+from opentelemetry.trace.propagation import _SPAN_KEY
 
+import otel_identity as oi
 from otel_identity import _telemetry
 from otel_identity_http import _server
 from otel_identity_http._server import AuthSource, RequestView
@@ -128,16 +131,32 @@ def call_wsgi(
     auth: Sequence[AuthSource] = (),
     route_of: RouteOf = default_route,
     continue_trace: bool = True,
+    tapped: bool = False,
 ) -> Iterable[bytes]:
-    """Run one WSGI request of ``app`` as an ``http.server`` hop (the middleware's body)."""
+    """Run one WSGI request of ``app`` as an ``http.server`` hop (the middleware's body).
+
+    ``tapped``: ``app`` is OpenTelemetry's WSGI middleware itself, with our re-attach tap
+    right inside it. That middleware attaches a context of its own, built from the headers
+    alone, before anything else runs, and the tap puts ours back on top of it; so ours is not
+    attached around the call. (Attaching it there would also leave it behind: OpenTelemetry
+    detaches its own context only once the body is sent, back to whatever it replaced.)
+    """
     try:
         route = route_of(environ)
-        environ, admitted, stash = _server.enter(
+        view: Callable[[], RequestView] | None = None
+        if auth:
+            request = environ
+
+            def view() -> RequestView:
+                return RequestView(route or "", request, lambda name: _header(request, name))
+
+        environ, stash = _server.enter(
             environ,
             environ_getter,
+            otel_context.get_current(),
             route=route,
             auth=auth,
-            view=lambda: RequestView(route or "", environ, lambda name: _header(environ, name)),
+            view=view,
             continue_trace=continue_trace,
             rewrite=_rewritten,
         )
@@ -145,26 +164,36 @@ def call_wsgi(
         _telemetry.log_internal_error("wsgi.admit")
         return app(environ, start_response)
 
-    hop = admitted.hop
+    hop = stash.hop
 
     def hop_start_response(*args: Any, **kwargs: Any) -> Any:
-        _server.settle(hop)
+        if not hop.settled:
+            _server.settle(hop)
         return start_response(*args, **kwargs)
 
-    token = otel_context.attach(admitted.context)
-    try:
-        result = app(environ, hop_start_response)
-    except BaseException:
-        _server.settle(hop)
-        raise
-    finally:
-        otel_context.detach(token)
+    if tapped and not continue_trace and stash.context.get(_SPAN_KEY) is INVALID_SPAN:
+        # No span is current, so OpenTelemetry's middleware starts the SERVER span from the
+        # headers, in a context of its own; the tap restores ours inside it.
+        try:
+            result = app(environ, hop_start_response)
+        except BaseException:
+            _server.settle(hop, oi.get_identity(stash.context) is not None)
+            raise
+    else:
+        token = otel_context.attach(stash.context)
+        try:
+            result = app(environ, hop_start_response)
+        except BaseException:
+            _server.settle(hop)
+            raise
+        finally:
+            otel_context.detach(token)
     if isinstance(result, (list, tuple)):  # nothing of the app runs while it is sent
         _server.settle(hop)
         return result
-    if stash is not None and stash.used:
+    if stash.used:
         return result  # the tap inside produces the body under the hop's context already
-    return _HopIterable(result, admitted.context, hop)
+    return _HopIterable(result, stash.context, hop)
 
 
 class IdentityWSGIMiddleware:
@@ -192,6 +221,7 @@ class IdentityWSGIMiddleware:
         self.hop_route = hop_route or default_route
         self.continue_trace = continue_trace
         self._tapped = False
+        self._tap_inside = False  # self.app is OpenTelemetry's middleware, our tap inside it
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if not is_instrumentation_enabled() or _server.HANDLED_KEY in environ:
@@ -202,6 +232,7 @@ class IdentityWSGIMiddleware:
             found = _tap.install(self.app)
             if self.continue_trace is None:
                 self.continue_trace = not found
+            self._tap_inside = _tap.tap_inside(self.app)
             self._tapped = True
         return call_wsgi(
             self.app,
@@ -210,4 +241,5 @@ class IdentityWSGIMiddleware:
             auth=self.auth,
             route_of=self.hop_route,
             continue_trace=self.continue_trace is not False,
+            tapped=self._tap_inside,
         )

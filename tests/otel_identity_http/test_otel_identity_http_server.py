@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import requests
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as OtelASGI
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as OtelWSGI
@@ -289,3 +290,69 @@ def test_starlette_streaming_response_produces_every_chunk_under_the_identity(
     handle = asgi_server(IdentityASGIMiddleware(Starlette(routes=[Route("/s", stream)])))
     response = requests.get(handle.url("/s"), headers={"baggage": "user.id=u-1"}, timeout=10)
     assert response.text == "u-1;u-1;u-1;"
+
+
+def _environ(baggage: str | None) -> dict[str, Any]:
+    from wsgiref.util import setup_testing_defaults
+
+    environ: dict[str, Any] = {"HTTP_TRACEPARENT": TRACEPARENT, "PATH_INFO": "/orders"}
+    if baggage is not None:
+        environ["HTTP_BAGGAGE"] = baggage
+    setup_testing_defaults(environ)
+    return environ
+
+
+def _http_hops() -> dict[str, int]:
+    from otel_identity import _telemetry
+
+    return {k[1]: v for k, v in _telemetry.hop_counts().items() if k[0] == "http.server"}
+
+
+def _grown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+
+@pytest.mark.parametrize("app_returns", ["list", "stream"])
+def test_stacked_wsgi_request_leaves_nothing_on_the_thread(spans: Any, app_returns: str) -> None:
+    # OpenTelemetry's middleware detaches its context once the body is sent, back to what it
+    # replaced: that must be the server's own context, never the request's identity.
+    oi.configure(inbound="trust")
+
+    def listing(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [])
+        return [json.dumps(_seen()).encode()]
+
+    app = wsgi_app if app_returns == "stream" else listing
+    stacked = IdentityWSGIMiddleware(OtelWSGI(app))
+    before = _http_hops()
+    for _ in range(2):
+        result = stacked(_environ(IDENTITY_BAGGAGE), lambda *a: None)
+        body = json.loads(b"".join(result))
+        result.close()  # type: ignore[attr-defined]
+        seen = body["during"] if app_returns == "stream" else body
+        assert seen["user"] == "u-1"
+        assert oi.get_identity() is None
+        assert not trace.get_current_span().get_span_context().is_valid
+        assert dict(otel_context.get_current()) == {}
+    assert _grown(before, _http_hops()) == {names.OUTCOME_PRESENT: 2}
+    server = [s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert len(server) == 2
+    assert all(s.attributes and s.attributes.get("user.id") == "u-1" for s in server)
+
+
+@pytest.mark.parametrize("baggage", [IDENTITY_BAGGAGE, None])
+def test_stacked_wsgi_app_that_raises_counts_its_hop_once(spans: Any, baggage: str | None) -> None:
+    oi.configure(inbound="trust")
+
+    def failing(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        raise RuntimeError("boom")
+
+    stacked = IdentityWSGIMiddleware(OtelWSGI(failing))
+    before = _http_hops()
+    with pytest.raises(RuntimeError):
+        stacked(_environ(baggage), lambda *a: None)
+    outcome = names.OUTCOME_PRESENT if baggage else names.OUTCOME_MISSING
+    assert _grown(before, _http_hops()) == {outcome: 1}
+    assert dict(otel_context.get_current()) == {}
+    (server,) = [s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert len(_events(server, names.EVENT_MISSING)) == (0 if baggage else 1)
