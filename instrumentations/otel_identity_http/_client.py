@@ -10,6 +10,12 @@ hook has injected, whatever their load order:
 * something injected already: it is not injected twice; for a destination outside
   ``egress_allow`` the baggage it wrote is decoded with the global propagator, identity (or all
   baggage) is removed, an ``identity.stripped`` event is recorded, and the rest re-encoded.
+
+This runs on every request, so the common cases cost a few dict lookups: the host of a URL is
+kept per scheme and authority, the egress decision per host, and (with W3C baggage, the
+OpenTelemetry default) what is left of a baggage header for an outside destination per header
+value, all for the current settings and global propagator. A destination inside
+``egress_allow`` with baggage injected already is left untouched: no decoding, no re-encoding.
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator, default_getter
 
 import otel_identity as oi
-from otel_identity import _egress, _propagation, _telemetry, names
+from otel_identity import _config, _egress, _memo, _propagation, _telemetry, names
 from otel_identity._context import all_identity_keys, state_of
 from otel_identity._hops import outgoing_context, strip_for_egress
 from otel_identity_http._server import baggage_fields, encoded_baggage, propagator_fields
@@ -40,6 +48,8 @@ handled: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "otel_identity_http_handled", default=False
 )
 
+_BAGGAGE = "baggage"
+
 
 class Headers(Getter[H], Setter[H], Generic[H]):
     """Getter, setter and remover for one library's headers object."""
@@ -47,6 +57,10 @@ class Headers(Getter[H], Setter[H], Generic[H]):
     @abc.abstractmethod
     def remove(self, carrier: H, key: str) -> None:
         """Remove every value of header ``key``."""
+
+    @abc.abstractmethod
+    def first(self, carrier: H, key: str) -> str | None:
+        """The value of header ``key`` (lower case) as ``get`` gives it first, or None."""
 
 
 class MappingHeaders(Headers[Any]):
@@ -56,6 +70,9 @@ class MappingHeaders(Headers[Any]):
     def get(self, carrier: Any, key: str) -> list[str] | None:
         value = carrier.get(key)
         return None if value is None else [value]
+
+    def first(self, carrier: Any, key: str) -> str | None:
+        return carrier.get(key)  # type: ignore[no-any-return]
 
     def keys(self, carrier: Any) -> list[str]:
         return list(carrier.keys())
@@ -71,13 +88,47 @@ class MappingHeaders(Headers[Any]):
             carrier.pop(key, None)
 
 
+class RequestsHeaders(MappingHeaders):
+    """requests' ``CaseInsensitiveDict``, read through its store of lower-cased names: its
+    ``get`` answers a missing name by raising and catching ``KeyError``, on every request."""
+
+    def first(self, carrier: Any, key: str) -> str | None:
+        entry = carrier._store.get(key)  # key is lower case (see Headers.first)
+        return None if entry is None else entry[1]  # type: ignore[no-any-return]
+
+
+class Urllib3Headers(MappingHeaders):
+    """urllib3's ``HTTPHeaderDict`` (or a dict): ``in`` answers a missing name without the
+    ``KeyError`` that ``get`` raises and catches."""
+
+    def first(self, carrier: Any, key: str) -> str | None:
+        return carrier.get(key) if key in carrier else None  # type: ignore[no-any-return]
+
+
+_ascii_names: dict[str, bytes] = {}
+
+
+def _ascii_name(key: str) -> bytes:
+    name = _ascii_names.get(key)
+    if name is None:
+        name = _memo.remember(_ascii_names, key, key.lower().encode("ascii"), limit=256)
+    return name
+
+
 class HttpcoreHeaders(Headers[list[tuple[bytes, bytes]]]):
     """httpcore's request headers: a list of ``(name, value)`` byte pairs."""
 
     def get(self, carrier: list[tuple[bytes, bytes]], key: str) -> list[str] | None:
-        wanted = key.lower().encode("ascii")
+        wanted = _ascii_name(key)
         values = [v.decode("latin-1") for n, v in carrier if n.lower() == wanted]
         return values or None
+
+    def first(self, carrier: list[tuple[bytes, bytes]], key: str) -> str | None:
+        wanted = _ascii_name(key)
+        for n, v in carrier:
+            if n.lower() == wanted:
+                return v.decode("latin-1")
+        return None
 
     def keys(self, carrier: list[tuple[bytes, bytes]]) -> list[str]:
         return [n.decode("latin-1").lower() for n, _ in carrier]
@@ -87,51 +138,236 @@ class HttpcoreHeaders(Headers[list[tuple[bytes, bytes]]]):
         carrier.append((key.encode("ascii"), value.encode("latin-1")))
 
     def remove(self, carrier: list[tuple[bytes, bytes]], key: str) -> None:
-        wanted = key.lower().encode("ascii")
+        wanted = _ascii_name(key)
         carrier[:] = [(n, v) for n, v in carrier if n.lower() != wanted]
 
 
 mapping_headers = MappingHeaders()
+requests_headers = RequestsHeaders()
+urllib3_headers = Urllib3Headers()
 httpcore_headers = HttpcoreHeaders()
 
 
-def host_of_url(url: str) -> str:
+# --- where a request goes ----------------------------------------------------------------------
+
+_hosts: dict[str, str] = {}  # scheme and authority of a URL (its text up to them) -> host
+
+
+def _host_of(url: str) -> str:
     try:
         return (urlsplit(url).hostname or "").lower()
     except ValueError:
         return ""
 
 
+def host_of_url(url: str) -> str:
+    """The host of ``url``, lower case ("" when it has none), as ``urlsplit`` finds it.
+
+    Remembered per URL prefix up to the end of the authority: the part that alone decides the
+    host (``urlsplit`` finds the authority between the first ``//`` after the scheme and the
+    next ``/``, ``?`` or ``#``), so paths and query strings never miss the table.
+    """
+    start = url.find("://")
+    if start < 0:
+        return _host_of(url)
+    end = url.find("/", start + 3)
+    prefix = url if end < 0 else url[:end]
+    if "?" in prefix or "#" in prefix:
+        prefix = prefix[: min(i for i in (prefix.find("?"), prefix.find("#")) if i >= 0)]
+    host = _hosts.get(prefix)
+    if host is None:
+        host = _memo.remember(_hosts, prefix, _host_of(prefix))
+    return host
+
+
+# --- what the global propagator and the settings decide, remembered --------------------------
+
+# Propagators known to read and write no baggage: next to one W3C baggage propagator they leave
+# the baggage header to it alone, so a header's fate is a pure function of its value.
+# Bounds of the table of filtered baggage headers (whose keys are headers from elsewhere).
+_FILTERED_LIMIT = 1024
+_FILTERED_MAX_CHARS = 2048
+
+_NO_BAGGAGE_MODULES = frozenset(
+    {"opentelemetry.trace.propagation.tracecontext", "opentelemetry.propagators.b3"}
+)
+
+
+class _Policy:
+    """Egress decisions under one settings object and one global propagator."""
+
+    __slots__ = (
+        "baggage_fields",
+        "fields",
+        "filtered",
+        "keep",
+        "others",
+        "routes",
+        "settings",
+        "textmap",
+        "w3c",
+    )
+
+    def __init__(self, settings: _config.Settings, textmap: TextMapPropagator) -> None:
+        self.settings = settings
+        self.textmap = textmap
+        # Lower case, as Headers.first wants them (header names are case-insensitive).
+        self.fields = tuple(f.lower() for f in propagator_fields())
+        self.baggage_fields = tuple(f.lower() for f in baggage_fields())
+        parts: Iterable[object] = (
+            getattr(textmap, "_propagators", ())
+            if type(textmap) is CompositePropagator
+            else (textmap,)
+        )
+        w3c = [p for p in parts if type(p) is W3CBaggagePropagator]
+        others = [p for p in parts if type(p) is not W3CBaggagePropagator]
+        # Baggage is W3C's alone: a header's fate outside egress_allow depends on its value only.
+        self.w3c = (
+            len(w3c) == 1
+            and self.baggage_fields == (_BAGGAGE,)
+            and all(type(p).__module__ in _NO_BAGGAGE_MODULES for p in others)
+        )
+        self.others = tuple(f for f in self.fields if f != _BAGGAGE)
+        self.keep = frozenset(all_identity_keys())
+        self.routes: dict[str, tuple[bool, str]] = {}  # host -> (allowed, server.address)
+        # a W3C baggage header -> (the header to send outside egress_allow, identity removed)
+        self.filtered: dict[str, tuple[str | None, bool]] = {}
+
+    def route(self, host: str) -> tuple[bool, str]:
+        allowed = _egress.is_allowed(host, self.settings.egress_allow)
+        return _memo.remember(self.routes, host, (allowed, _egress.host_of(host)))
+
+    def filter(self, header: str, host: str) -> tuple[str | None, bool]:
+        """What of ``header`` may go outside ``egress_allow``, and whether identity was removed.
+
+        Exactly the general path (the global propagator decodes, ``strip_for_egress`` removes,
+        the propagator re-encodes) run once per header value; the event is left to the caller.
+        """
+        found = self.filtered.get(header)
+        if found is None:
+            sent, _oversize = _propagation.extract({_BAGGAGE: header}, default_getter, self.keep)
+            kept = strip_for_egress(
+                sent, host, hop=HOP, settings=self.settings, span=trace.INVALID_SPAN
+            )
+            found = (encoded_baggage(kept).get(_BAGGAGE), kept is not sent)
+            if len(header) <= _FILTERED_MAX_CHARS:  # identity baggage is short; floods are not
+                _memo.remember(self.filtered, header, found, limit=_FILTERED_LIMIT)
+        return found
+
+
+_policy: _Policy | None = None
+
+
+def _new_policy() -> _Policy:
+    global _policy
+    _policy = policy = _Policy(oi.get_settings(), propagate.get_global_textmap())
+    return policy
+
+
+# --- the policy on one request -----------------------------------------------------------------
+
+# What a request's headers need (None: nothing at all).
+_INJECT = 0  # (_INJECT,): nothing injected yet, inject everything
+_SIGN = 1  # (_SIGN,): allowed; replace OpenTelemetry's unsigned baggage with signed baggage
+_SEND = 2  # (_SEND, header or None, stripped, address): outside; send this baggage header
+_FILTER = 3  # (_FILTER,): outside, a propagator of unknown shape: decode, strip, re-encode
+_DROP = 4  # (_DROP,): deciding failed; send no baggage (identity fails closed)
+Plan = tuple[Any, ...]
+
+
+def plan_policy(headers: H, access: Headers[H], host: str) -> Plan | None:
+    """What ``headers`` need to carry what the identity policy allows for ``host``.
+
+    Reads ``headers`` only; None when they are right as they are (the common case: a
+    destination inside ``egress_allow`` and OpenTelemetry's baggage injected already)."""
+    policy = _policy
+    if (
+        policy is None
+        or policy.settings is not _config.get_settings()
+        or policy.textmap is not propagate.get_global_textmap()
+    ):
+        policy = _new_policy()
+    header: str | None = None
+    if policy.w3c:
+        header = access.first(headers, _BAGGAGE)
+        if header is None:
+            for field in policy.others:
+                if access.first(headers, field) is not None:
+                    return None  # injected already, without baggage
+            return (_INJECT,)
+    else:
+        if all(access.first(headers, field) is None for field in policy.fields):
+            return (_INJECT,)
+        if all(access.first(headers, field) is None for field in policy.baggage_fields):
+            return None
+    route = policy.routes.get(host)
+    if route is None:
+        route = policy.route(host)
+    if route[0]:
+        if policy.settings.signing_keys and state_of(otel_context.get_current()) is not None:
+            return (_SIGN,)  # plain OpenTelemetry injected unsigned identity; verifiers need ours
+        return None
+    if header is None:
+        return (_FILTER,)
+    out, stripped = policy.filter(header, host)
+    return (_SEND, out, stripped, route[1])
+
+
+def carry_out(plan: Plan, headers: H, access: Headers[H], host: str) -> None:
+    """Change ``headers`` as ``plan_policy`` found they need."""
+    kind = plan[0]
+    if kind == _SEND:
+        _kind, out, stripped, address = plan
+        if stripped:
+            _telemetry.add_event(
+                trace.get_current_span(),
+                names.EVENT_STRIPPED,
+                {names.ATTR_HOP: HOP, names.ATTR_SERVER_ADDRESS: address},
+            )
+        # Set even when unchanged: every value of the header goes, not just the one decoded.
+        if out is None:
+            access.remove(headers, _BAGGAGE)
+        else:
+            access.set(headers, _BAGGAGE, out)
+        return
+    ctx = otel_context.get_current()
+    if kind == _INJECT:
+        oi.inject(headers, access, destination=host, hop=HOP, context=ctx)
+    elif kind == _SIGN:
+        _replace_baggage(headers, access, baggage_fields(), outgoing_context(ctx, destination=host))
+    elif kind == _FILTER:
+        _filter(headers, access, host, ctx)
+    else:
+        _drop_identity(headers, access)
+
+
 def apply_policy(headers: H, access: Headers[H], host: str) -> None:
     """Make ``headers`` carry what the identity policy allows for ``host`` (never raises)."""
     try:
-        _apply_policy(headers, access, host)
+        plan = plan_policy(headers, access, host)
+    except Exception:  # noqa: BLE001 - the request goes out; identity fails closed below
+        _telemetry.log_internal_error("http.client")
+        plan = (_DROP,)
+    if plan is not None:
+        _carry_out_safely(plan, headers, access, host)
+
+
+def _carry_out_safely(plan: Plan, headers: H, access: Headers[H], host: str) -> None:
+    try:
+        carry_out(plan, headers, access, host)
     except Exception:  # noqa: BLE001 - the request goes out; identity fails closed below
         _telemetry.log_internal_error("http.client")
         _drop_identity(headers, access)
 
 
-def _apply_policy(headers: H, access: Headers[H], host: str) -> None:
-    ctx = otel_context.get_current()
-    if not any(access.get(headers, field) for field in propagator_fields()):
-        oi.inject(headers, access, destination=host, hop=HOP, context=ctx)
-        return
-    fields = baggage_fields()
-    if not any(access.get(headers, field) for field in fields):
-        return
-    settings = oi.get_settings()
-    if _egress.is_allowed(host, settings.egress_allow):
-        if settings.signing_keys and state_of(ctx) is not None:
-            # Plain OpenTelemetry injected unsigned identity; receivers that verify need ours.
-            _replace_baggage(headers, access, fields, outgoing_context(ctx, destination=host))
-        return
+def _filter(headers: H, access: Headers[H], host: str, ctx: Context) -> None:
     # Limited like every inbound hop, so an oversize header still shows its identity members;
     # and re-encoded even when nothing was stripped: a member the propagator could not decode
     # is never forwarded to an outside destination as is.
     sent, _oversize = _propagation.extract(headers, access, frozenset(all_identity_keys()))
     span = trace.get_current_span(ctx)
-    filtered = strip_for_egress(sent, host, hop=HOP, settings=settings, span=span)
-    _replace_baggage(headers, access, fields, filtered)
+    filtered = strip_for_egress(sent, host, hop=HOP, span=span)
+    _replace_baggage(headers, access, baggage_fields(), filtered)
 
 
 def _replace_baggage(headers: H, access: Headers[H], fields: Iterable[str], ctx: Context) -> None:
@@ -154,12 +390,42 @@ def _drop_identity(headers: Any, access: Headers[Any]) -> None:
 Wrapped = Callable[..., Any]
 
 
+_requests_dict: type | None = None
+
+
+def _case_insensitive_dict() -> type:
+    """requests' ``CaseInsensitiveDict``, if ``RequestsHeaders`` can read it (else a type no
+    headers object has, so they are read as any mapping)."""
+    global _requests_dict
+    found = _requests_dict
+    if found is None:
+        from requests.structures import CaseInsensitiveDict
+
+        try:  # its private store, as RequestsHeaders reads it
+            readable = requests_headers.first(CaseInsensitiveDict({"Baggage": "x"}), _BAGGAGE)
+        except Exception:  # noqa: BLE001 - another requests: read it as any mapping
+            readable = None
+        found = _requests_dict = CaseInsensitiveDict if readable == "x" else _Unreadable
+    return found
+
+
+class _Unreadable:
+    pass
+
+
 def wrap_requests_send(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
     if not is_instrumentation_enabled():
         return wrapped(*args, **kwargs)
     request = args[0] if args else kwargs.get("request")
-    if request is not None and getattr(request, "headers", None) is not None:
-        apply_policy(request.headers, mapping_headers, host_of_url(str(request.url)))
+    if request is not None:
+        headers = getattr(request, "headers", None)
+        if headers is not None:
+            url = request.url
+            host = host_of_url(url if type(url) is str else str(url))
+            if type(headers) is _case_insensitive_dict():
+                apply_policy(headers, requests_headers, host)
+            else:
+                apply_policy(headers, mapping_headers, host)
     token = handled.set(True)
     try:
         return wrapped(*args, **kwargs)
@@ -167,20 +433,43 @@ def wrap_requests_send(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) 
         handled.reset(token)
 
 
+def _urllib3_view(original: Any) -> Any:
+    """``original`` headers as a case-insensitive mapping to read (a copy only when needed)."""
+    from urllib3._collections import HTTPHeaderDict  # the same class in urllib3 1.x and 2.x
+
+    if original is None:
+        return {}
+    if isinstance(original, HTTPHeaderDict):
+        return original
+    if type(original) is dict:
+        lowered = {str(k).lower(): v for k, v in original.items()}
+        if len(lowered) == len(original):  # no name twice in different case
+            return lowered
+    return HTTPHeaderDict(original)
+
+
 def wrap_urllib3_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
     if handled.get() or not is_instrumentation_enabled():
         return wrapped(*args, **kwargs)
-    from urllib3._collections import HTTPHeaderDict  # the same class in urllib3 1.x and 2.x
+    from urllib3._collections import HTTPHeaderDict
 
     url = args[1] if len(args) > 1 else kwargs.get("url", "")
     original = args[3] if len(args) > 3 else kwargs.get("headers")
-    # urllib3 may pass the pool's shared default headers: work on a copy, never on those.
-    headers = HTTPHeaderDict(original or {})
     url_text = str(url)
     host = host_of_url(url_text) if "://" in url_text else ""
     if not host:
         host = str(getattr(instance, "_tunnel_host", None) or getattr(instance, "host", ""))
-    apply_policy(headers, mapping_headers, host.lower())
+    host = host.lower()
+    try:
+        plan = plan_policy(_urllib3_view(original), urllib3_headers, host)
+    except Exception:  # noqa: BLE001 - the request goes out; identity fails closed below
+        _telemetry.log_internal_error("http.client")
+        plan = (_DROP,)
+    if plan is None:
+        return wrapped(*args, **kwargs)  # right as they are: passed on untouched
+    # urllib3 may pass the pool's shared default headers: change a copy, never those.
+    headers = HTTPHeaderDict(original or {})
+    _carry_out_safely(plan, headers, mapping_headers, host)
     if len(args) > 3:
         args = (*args[:3], headers, *args[4:])
     else:

@@ -16,10 +16,21 @@ import httpx
 import pytest
 import requests
 import urllib3
-from opentelemetry import baggage, trace
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import (
+    Getter,
+    Setter,
+    TextMapPropagator,
+    default_getter,
+    default_setter,
+)
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from otel_identity_http import HttpClientIdentityInstrumentor
 
 import otel_identity as oi
@@ -286,3 +297,155 @@ def test_signed_identity_crosses_http_even_when_otel_injected_the_unsigned_bagga
     finally:
         ours.uninstrument()
         otel.uninstrument()
+
+
+@pytest.mark.parametrize("client", list(CLIENTS))
+def test_egress_decisions_follow_a_settings_change_between_requests(
+    echo_servers: tuple[Server, Server],
+    instrumented: Callable[[str], bool],
+    tracer: trace.Tracer,
+    spans: Any,
+    client: str,
+) -> None:
+    """Decisions are remembered per settings: new settings decide the very next request."""
+    instrumented(client)
+    inside, _ = echo_servers
+    fetch = CLIENTS[client]
+    oi.configure(egress_allow="127.0.0.1")
+    assert _members(_call_under_identity(tracer, fetch, inside.url())["baggage"])["user.id"]
+    oi.configure(egress_allow="10.0.0.0/8")
+    got = _members(_call_under_identity(tracer, fetch, inside.url())["baggage"])
+    assert "user.id" not in got
+    assert got.get("other") == "kept"
+    assert len(_stripped(spans)) == 1
+    oi.configure(egress_allow="127.0.0.1", egress_strip_all_baggage=True)
+    assert _call_under_identity(tracer, fetch, inside.url())["baggage"] is not None
+    oi.configure(egress_allow="10.0.0.0/8", egress_strip_all_baggage=True)
+    assert _call_under_identity(tracer, fetch, inside.url())["baggage"] is None
+
+
+class _OtherPropagator(TextMapPropagator):
+    """A propagator of a shape the client does not know: the general path handles its headers."""
+
+    def extract(
+        self, carrier: Any, context: Context | None = None, getter: Getter[Any] = default_getter
+    ) -> Context:
+        return context if context is not None else Context()
+
+    def inject(
+        self, carrier: Any, context: Context | None = None, setter: Setter[Any] = default_setter
+    ) -> None:
+        setter.set(carrier, "x-other", "1")
+
+    @property
+    def fields(self) -> set[str]:
+        return {"x-other"}
+
+
+@pytest.mark.parametrize("client", ["requests", "httpx", "urllib3"])
+@pytest.mark.parametrize("shape", ["unknown_composite", "no_baggage"])
+def test_a_global_propagator_change_is_seen_by_the_next_request(
+    echo_servers: tuple[Server, Server],
+    instrumented: Callable[[str], bool],
+    tracer: trace.Tracer,
+    spans: Any,
+    client: str,
+    shape: str,
+) -> None:
+    instrumented(client)
+    oi.configure(egress_allow="127.0.0.1")
+    inside, outside = echo_servers
+    fetch = CLIENTS[client]
+    assert "user.id" not in _members(_call_under_identity(tracer, fetch, outside.url())["baggage"])
+    previous = propagate.get_global_textmap()
+    if shape == "unknown_composite":
+        propagate.set_global_textmap(
+            CompositePropagator(
+                [TraceContextTextMapPropagator(), W3CBaggagePropagator(), _OtherPropagator()]
+            )
+        )
+    else:
+        propagate.set_global_textmap(TraceContextTextMapPropagator())
+    try:
+        spans.clear()
+        got_outside = _members(_call_under_identity(tracer, fetch, outside.url())["baggage"])
+        got_inside = _members(_call_under_identity(tracer, fetch, inside.url())["baggage"])
+    finally:
+        propagate.set_global_textmap(previous)
+    assert "user.id" not in got_outside
+    if shape == "unknown_composite":
+        assert got_outside.get("other") == "kept"
+        assert len(_stripped(spans)) == 1
+        assert got_inside.get("user.id") == "u-1"
+    else:
+        assert got_outside == got_inside == {}  # this propagator carries no baggage at all
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/x",
+        "HTTP://Billing.SVC:80/a/b?c=d",
+        "http://user:pw@Host.Example:80/p?q#f",
+        "http://host?x=/y",
+        "http://host#a/b",
+        "http://host:80?x=1",
+        "http://[::1]:8080/x",
+        "http://[fe80::1%25eth0]/",
+        "http://[bad/x",
+        "http:/\t/evil.example/x?u=http://good.example/",
+        "http://good.example\t.evil/x",
+        " http://lead.example/",
+        "https://xn--bcher-kva.example/",
+        "mailto:someone@example.com",
+        "/relative/path",
+        "",
+    ],
+)
+def test_host_of_url_remembered_per_authority_agrees_with_urlsplit(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    from otel_identity_http import _client
+
+    try:
+        expected = (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        expected = ""
+    assert _client.host_of_url(url) == expected
+    assert _client.host_of_url(url) == expected  # from the table the second time
+    assert _client.host_of_url(url + "/more?and=more") == _client.host_of_url(url + "/more")
+
+
+def test_every_baggage_header_is_replaced_outside_egress_allow(tracer: trace.Tracer) -> None:
+    """httpcore's headers may hold the name twice: identity goes from all of them."""
+    from otel_identity_http import _client
+
+    oi.configure(egress_allow="127.0.0.1")
+    headers = [
+        (b"Host", b"outside.example"),
+        (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        (b"baggage", b"other=kept"),
+        (b"Baggage", b"user.id=u-1,tenant.id=acme"),
+    ]
+    with tracer.start_as_current_span("caller"):
+        _client.apply_policy(headers, _client.httpcore_headers, "outside.example")
+    assert [v for n, v in headers if n.lower() == b"baggage"] == [b"other=kept"]
+
+
+def test_urllib3_shared_pool_headers_are_never_changed(
+    echo_servers: tuple[Server, Server], tracer: trace.Tracer
+) -> None:
+    oi.configure(egress_allow="127.0.0.1")
+    inside, outside = echo_servers
+    shared = {"Baggage": "user.id=u-9,other=kept", "Accept": "*/*"}
+    ours = HttpClientIdentityInstrumentor()
+    ours.instrument()
+    try:
+        with urllib3.PoolManager(headers=shared) as pool:
+            got_outside = json.loads(pool.request("GET", outside.url(), timeout=10).data)
+            got_inside = json.loads(pool.request("GET", inside.url(), timeout=10).data)
+    finally:
+        ours.uninstrument()
+    assert _members(got_outside["baggage"]) == {"other": "kept"}
+    assert _members(got_inside["baggage"]).get("user.id") == "u-9"
+    assert shared == {"Baggage": "user.id=u-9,other=kept", "Accept": "*/*"}
