@@ -45,10 +45,11 @@ def hop_context(servicer_context: Any, route: str | None) -> Context:
     """The receiving hop's context for one RPC (never raises: ``extract`` fails closed)."""
     read = getattr(servicer_context, "invocation_metadata", None)
     metadata = read() if read is not None else None
-    span = trace.get_current_span()
+    ctx = otel_context.get_current()
+    span = trace.get_current_span(ctx)
     own_span = getattr(span, "kind", None) is SpanKind.SERVER and span.get_span_context().is_valid
     getter = _metadata.without_trace_context if own_span else _metadata.getter
-    return oi.extract(metadata or (), getter, hop=names.HOP_GRPC_SERVER, route=route)
+    return oi.extract(metadata or (), getter, hop=names.HOP_GRPC_SERVER, context=ctx, route=route)
 
 
 def _route_of(details: grpc.HandlerCallDetails) -> str | None:
