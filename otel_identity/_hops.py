@@ -346,12 +346,12 @@ def enter(handoff: Handoff, hop: str) -> Any:
     """
     captured = handoff.source
     try:
-        here = _per_thread.state
-    except AttributeError:
-        here = _telemetry.thread_state()
-    handoff.thread_state = here
-    handoff.outer = here.handoff
-    try:
+        try:
+            here = _per_thread.state
+        except AttributeError:
+            here = _telemetry.thread_state()
+        handoff.thread_state = here
+        handoff.outer = here.handoff
         state = cast("IdentityState | None", captured.get(_STATE_KEY))
         if state is None or state.baggage is not captured.get(_BAGGAGE_KEY):
             state = state_of(captured)  # baggage set by others, or no identity
@@ -370,10 +370,15 @@ def enter(handoff: Handoff, hop: str) -> Any:
 
 def leave(handoff: Handoff, token: Any) -> None:
     """End the hop ``enter`` started (in the same thread, innermost first)."""
-    handoff.thread_state.handoff = handoff.outer
+    try:  # noqa: SIM105 - contextlib.suppress would cost a context manager on every hop
+        handoff.thread_state.handoff = handoff.outer
+    except AttributeError:  # enter failed before it kept the hand-off for the thread
+        pass
     _detach_raw(token)
 
 
+# The shared states of hops that arrived with identity, by hop kind (the same objects as
+# _quiet_state's): one dict lookup on every in-process hop.
 _present: dict[str, HopState] = {}
 
 

@@ -211,3 +211,30 @@ def test_hand_offs_nest_in_one_thread_and_unwind_in_order() -> None:
     leave(outer, outer_token)
     assert current_handoff() is None
     assert oi.get_identity() is None
+
+
+def test_a_failing_enter_still_runs_the_task_on_the_captured_context(
+    monkeypatch: pytest.MonkeyPatch, work_item: type
+) -> None:
+    from otel_identity import _hops
+
+    def broken() -> Any:
+        raise RuntimeError("no thread state")
+
+    monkeypatch.setattr(_hops._telemetry, "thread_state", broken)
+    internal: list[str] = []
+    monkeypatch.setattr(_hops._telemetry, "log_internal_error", internal.append)
+    hop = Handoff(oi.set_identity(user_id="u-enter-fails"))
+    result: list[Any] = []
+
+    def in_fresh_thread() -> None:
+        token = enter(hop, names.HOP_THREAD)
+        result.append(oi.get_identity())
+        leave(hop, token)
+        result.append(oi.get_identity())
+
+    thread = threading.Thread(target=in_fresh_thread)  # a thread with no ThreadState yet
+    thread.start()
+    thread.join()
+    assert result == [oi.Identity(user_id="u-enter-fails"), None]
+    assert set(internal) == {"enter"}  # logged (the new thread's own hop fails alike)
