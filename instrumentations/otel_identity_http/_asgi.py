@@ -18,7 +18,7 @@ from opentelemetry.propagators.textmap import Getter
 
 from otel_identity import _telemetry
 from otel_identity_http import _server
-from otel_identity_http._server import AuthSource, RequestView
+from otel_identity_http._server import AuthSource
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -84,20 +84,13 @@ async def call_asgi(
     """Run one ASGI request of ``app`` as an ``http.server`` hop (the middleware's body)."""
     try:
         route = route_of(scope)
-        view: Callable[[], RequestView] | None = None
-        if auth:
-            request = scope
-
-            def view() -> RequestView:
-                return RequestView(route or "", request, lambda name: _first(request, name))
-
         scope, stash = _server.enter(
             scope,
             scope_getter,
             otel_context.get_current(),
             route=route,
             auth=auth,
-            view=view,
+            header=_first,
             continue_trace=continue_trace,
             rewrite=_rewritten,
         )

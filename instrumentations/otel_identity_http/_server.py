@@ -175,13 +175,13 @@ def enter(
     *,
     route: str | None,
     auth: Sequence[AuthSource],
-    view: Callable[[], RequestView] | None,
+    header: Callable[[R, str], str | None],
     continue_trace: bool,
     rewrite: Callable[[R, Context], R],
 ) -> tuple[R, Stash]:
     """The WSGI/ASGI-independent start of a request's hop, on top of ``base`` (the current
     context): the core's extract (policy, limits), then the app's header-based ``auth``
-    sources (``view`` is called only when there are some).
+    sources, which read the request through a ``RequestView`` (``header`` gives one header).
 
     ``request`` is the environ or scope: it is returned rewritten when policy or the app's
     authentication changed the baggage, marked as handled (a mounted sub-application does not
@@ -217,8 +217,10 @@ def enter(
         values[_SPAN_KEY] = local if local is not None else INVALID_SPAN
     ctx = Context(values)
     changed = hop.outcome == names.OUTCOME_REJECTED
-    if auth and view is not None:
-        ctx, authenticated = _authenticate(ctx, hop, auth, view())
+    if auth:
+        original = request
+        view = RequestView(route or "", original, lambda name: header(original, name))
+        ctx, authenticated = _authenticate(ctx, hop, auth, view)
         changed = changed or authenticated
     if inner:
         span = cast("trace.Span", local)

@@ -24,7 +24,7 @@ from opentelemetry.trace.propagation import _SPAN_KEY
 import otel_identity as oi
 from otel_identity import _telemetry
 from otel_identity_http import _server
-from otel_identity_http._server import AuthSource, RequestView
+from otel_identity_http._server import AuthSource
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -143,20 +143,13 @@ def call_wsgi(
     """
     try:
         route = route_of(environ)
-        view: Callable[[], RequestView] | None = None
-        if auth:
-            request = environ
-
-            def view() -> RequestView:
-                return RequestView(route or "", request, lambda name: _header(request, name))
-
         environ, stash = _server.enter(
             environ,
             environ_getter,
             otel_context.get_current(),
             route=route,
             auth=auth,
-            view=view,
+            header=_header,
             continue_trace=continue_trace,
             rewrite=_rewritten,
         )
