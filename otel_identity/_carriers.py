@@ -38,7 +38,7 @@ from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter
 
 from otel_identity import _telemetry, names
-from otel_identity._hops import receive
+from otel_identity._hops import extract, receive
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -193,6 +193,28 @@ headers_getter = HeadersGetter()
 headers_setter = HeadersSetter()
 text_headers_setter = HeadersSetter("str")
 bytes_headers_setter = HeadersSetter("bytes")
+
+
+def delivery_context(
+    message: object, read: Callable[[Any], tuple[object, object]], *, where: str
+) -> Context:
+    """The ``queue.consume`` hop of one delivered message, through ``extract``.
+
+    ``read(message)`` gives its headers (any shape above) and its route (queue, topic or
+    subject, for the anonymous-route rule). A message it cannot read is logged as ``where``
+    and hops without identity: an odd message object never breaks the consumer.
+    """
+    try:
+        headers, route = read(message)
+    except Exception:  # noqa: BLE001
+        _telemetry.log_internal_error(where)
+        headers, route = None, None
+    return extract(
+        headers if headers is not None else (),
+        headers_getter,
+        hop=names.HOP_QUEUE_CONSUME,
+        route=route if isinstance(route, str) else None,
+    )
 
 
 # -- poll loops --------------------------------------------------------------------------------

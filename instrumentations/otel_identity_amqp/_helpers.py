@@ -9,8 +9,7 @@ from contextlib import AbstractContextManager
 from typing import Any, TypeVar, cast
 
 import otel_identity as oi
-from otel_identity import _telemetry, names
-from otel_identity._carriers import headers_getter
+from otel_identity import _carriers
 from otel_identity._hops import attached
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -19,19 +18,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 def delivery_context(message: Any, route: str | None = None) -> Any:
     """The context for one delivery: ``message`` is pika ``BasicProperties`` or an aio-pika
     message (anything with ``headers``); ``route`` the queue, for the anonymous-route rule."""
-    try:
-        headers = getattr(message, "headers", None)
-        if route is None:
-            route = getattr(message, "routing_key", None)
-    except Exception:  # noqa: BLE001 - an odd message object must not break the consumer
-        _telemetry.log_internal_error("amqp delivery_context")
-        headers = None
-    return oi.extract(
-        headers if headers is not None else {},
-        headers_getter,
-        hop=names.HOP_QUEUE_CONSUME,
-        route=route if isinstance(route, str) else None,
-    )
+
+    def read(delivered: Any) -> tuple[Any, Any]:
+        queue = route if route is not None else getattr(delivered, "routing_key", None)
+        return getattr(delivered, "headers", None), queue
+
+    return _carriers.delivery_context(message, read, where="amqp delivery_context")
 
 
 def continue_message(

@@ -9,8 +9,8 @@ from contextlib import AbstractContextManager
 from typing import Any, TypeVar, cast
 
 import otel_identity as oi
-from otel_identity import _telemetry, names
-from otel_identity._carriers import bytes_headers_setter, headers_getter
+from otel_identity import names
+from otel_identity._carriers import bytes_headers_setter, delivery_context
 from otel_identity._hops import attached
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,19 +29,13 @@ def _topic(message: Any) -> str | None:
     return topic if isinstance(topic, str) else None
 
 
+def _headers_and_topic(message: Any) -> tuple[Any, str | None]:
+    return message_headers(message), _topic(message)
+
+
 def message_context(message: Any) -> Any:
     """The context to process ``message`` in: its identity after inbound policy, or none."""
-    try:
-        headers, topic = message_headers(message), _topic(message)
-    except Exception:  # noqa: BLE001 - an odd message object must not break the consumer
-        _telemetry.log_internal_error("kafka message_context")
-        headers, topic = None, None
-    return oi.extract(
-        headers if headers is not None else (),
-        headers_getter,
-        hop=names.HOP_QUEUE_CONSUME,
-        route=topic,
-    )
+    return delivery_context(message, _headers_and_topic, where="kafka message_context")
 
 
 def continue_message(message: Any) -> AbstractContextManager[oi.Identity | None]:

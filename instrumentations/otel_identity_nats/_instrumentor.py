@@ -15,7 +15,7 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 
 import otel_identity as oi
 from otel_identity import _telemetry, names
-from otel_identity._carriers import headers_getter, hold, release, text_headers_setter
+from otel_identity._carriers import delivery_context, hold, release, text_headers_setter
 from otel_identity._hops import attached
 from otel_identity_nats.package import _instruments
 
@@ -27,20 +27,13 @@ _CONTROL_PREFIXES = ("$JS.ACK.", "$JS.FC.", "$JS.API.CONSUMER.MSG.NEXT.")
 
 def message_context(msg: Any, route: str | None = None) -> Any:
     """The context to handle ``msg`` in: its identity after inbound policy, or none."""
-    try:
-        headers = getattr(msg, "headers", None)
-        if route is None:
-            subject = getattr(msg, "subject", None)
-            route = subject if isinstance(subject, str) else None
-    except Exception:  # noqa: BLE001 - an odd message object must not break the handler
-        _telemetry.log_internal_error("nats message_context")
-        headers = None
-    return oi.extract(
-        headers if headers is not None else {},
-        headers_getter,
-        hop=names.HOP_QUEUE_CONSUME,
-        route=route,
-    )
+
+    def read(delivered: Any) -> tuple[Any, Any]:
+        return getattr(delivered, "headers", None), (
+            route if route is not None else getattr(delivered, "subject", None)
+        )
+
+    return delivery_context(msg, read, where="nats message_context")
 
 
 def continue_message(
