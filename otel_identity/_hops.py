@@ -95,15 +95,22 @@ class HopState:
             _telemetry.add_event(span, name, attributes)
 
 
-_quiet: dict[tuple[str, str], HopState] = {}
+# Shared states by outcome, then hop kind.
+_quiet: dict[str, dict[str, HopState]] = {
+    names.OUTCOME_PRESENT: {},
+    names.OUTCOME_MISSING: {},
+}
+# Read directly on every in-process hop that arrives with identity: one dict lookup.
+_present = _quiet[names.OUTCOME_PRESENT]
 
 
 def _quiet_state(hop: str, outcome: str) -> HopState:
     """A shared state for in-process hops with no events to deliver. It is never mutated:
     pending events only ever go into a hop's own new state."""
-    state = _quiet.get((hop, outcome))
+    states = _quiet.setdefault(outcome, {})
+    state = states.get(hop)
     if state is None:
-        state = _quiet.setdefault((hop, outcome), HopState(hop, outcome, None, None))
+        state = states.setdefault(hop, HopState(hop, outcome, None, None))
     return state
 
 
@@ -277,7 +284,7 @@ def receive(context: Context, *, hop: str) -> Context:
         state = state_of(context)
         values: dict[str, object] = dict(context)
         if state is not None:
-            hop_state = _present.get(hop) or _present_state(hop)
+            hop_state = _present.get(hop) or _quiet_state(hop, names.OUTCOME_PRESENT)
             values[_SLOT_KEY] = UserSlot(hop, state.identity)
         else:
             hop_state = _missing_state(hop)
@@ -356,7 +363,7 @@ def enter(handoff: Handoff, hop: str) -> Any:
         if state is None or state.baggage is not captured.get(_BAGGAGE_KEY):
             state = state_of(captured)  # baggage set by others, or no identity
         if state is not None:
-            hop_state = _present.get(hop) or _present_state(hop)
+            hop_state = _present.get(hop) or _quiet_state(hop, names.OUTCOME_PRESENT)
         else:
             hop_state = _missing_state(hop)
         counts, key = here.counts, hop_state.key  # _telemetry.count, inlined: every hop
@@ -375,15 +382,6 @@ def leave(handoff: Handoff, token: Any) -> None:
     except AttributeError:  # enter failed before it kept the hand-off for the thread
         pass
     _detach_raw(token)
-
-
-# The shared states of hops that arrived with identity, by hop kind (the same objects as
-# _quiet_state's): one dict lookup on every in-process hop.
-_present: dict[str, HopState] = {}
-
-
-def _present_state(hop: str) -> HopState:
-    return _present.setdefault(hop, _quiet_state(hop, names.OUTCOME_PRESENT))
 
 
 def _missing_state(hop: str) -> HopState:
