@@ -79,12 +79,7 @@ class ServerHop(HopState):
     __slots__ = ("accounted", "authenticated", "settled", "span")
 
     def __init__(self, state: HopState) -> None:
-        # The fields of the core's state, assigned directly (this runs on every request).
-        self.hop = state.hop
-        self.outcome = state.outcome
-        self.key = state.key
-        self.reason = state.reason
-        self.route = state.route
+        super().__init__(state.hop, state.outcome, state.reason, state.route)
         self.pending = list(state.pending)
         self.span: trace.Span | None = None
         self.authenticated = False
