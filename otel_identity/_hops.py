@@ -361,7 +361,7 @@ def enter(handoff: Handoff, hop: str) -> Any:
         handoff.outer = here.handoff
         state = cast("IdentityState | None", captured.get(_STATE_KEY))
         if state is None or state.baggage is not captured.get(_BAGGAGE_KEY):
-            state = state_of(captured)  # baggage set by others, or no identity
+            state = state_of(captured)  # (its own first check, inlined above: every hop)
         if state is not None:
             hop_state = _present.get(hop) or _quiet_state(hop, names.OUTCOME_PRESENT)
         else:
