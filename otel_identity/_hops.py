@@ -23,10 +23,11 @@ from contextlib import AbstractContextManager
 from typing import Any, cast
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.baggage import _BAGGAGE_KEY
-from opentelemetry.context import Context
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, Context
 from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
 from opentelemetry.propagators.textmap import (
     CarrierT,
     Getter,
@@ -41,6 +42,7 @@ from otel_identity import (
     _codec,
     _config,
     _egress,
+    _memo,
     _policy,
     _propagation,
     _signing,
@@ -70,6 +72,29 @@ _HOP_SPAN_KIND = {
     names.HOP_GRPC_SERVER: SpanKind.SERVER,
     names.HOP_QUEUE_CONSUME: SpanKind.CONSUMER,
 }
+
+
+# Attaching a Context is setting OTel's ContextVar. Through the API that is two more calls
+# each way, a noticeable share of a thread hop; so with the default runtime context (the only
+# one OpenTelemetry Python ships) hops set the variable itself, with the same semantics, as
+# long as the detach happens in the same thread or task as the attach (``detach_raw`` raises
+# where OpenTelemetry's ``detach`` would log).
+_runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+current_context: Callable[[], Context] = otel_context.get_current
+attach_raw: Callable[[Context], Any] = otel_context.attach
+detach_raw: Callable[[Any], None] = otel_context.detach
+if type(_runtime) is ContextVarsRuntimeContext:
+    current_context = _runtime._current_context.get
+    attach_raw = _runtime._current_context.set
+    detach_raw = _runtime._current_context.reset
+
+
+def suppressed(ctx: Context) -> bool:
+    """Whether ``ctx`` suppresses instrumentation: ``is_instrumentation_enabled`` for a
+    context already at hand, without looking the current one up again."""
+    return bool(
+        ctx.get(_SUPPRESS_INSTRUMENTATION_KEY) or ctx.get(_SUPPRESS_INSTRUMENTATION_KEY_PLAIN)
+    )
 
 
 class HopState:
@@ -151,23 +176,105 @@ def _keep_keys(settings: _config.Settings) -> frozenset[str]:
     return _keep[1]
 
 
-def _choose_span(base: Context, remote: Context, hop: str) -> tuple[trace.Span, bool]:
-    """The span the hop continues, and whether it is the hop's own span.
+class Arrival:
+    """What one baggage arriving on one kind of hop means under one settings object.
 
-    The hop's own span is a local one an instrumentation already started for it (its
-    children stay under it, and it takes the hop's events); otherwise the sender's remote
-    span, or, without one, whatever local span was current.
+    A pure function of those three (signatures aside, see ``cacheable``), so the same header
+    on the next request of a session is a dict lookup: decoding, policy, the identity state
+    and its span attributes are shared by every hop it arrives on. Never mutated once built.
     """
-    local = trace.get_current_span(base)
-    expected = _HOP_SPAN_KIND.get(hop)
-    if (
-        expected is not None
-        and getattr(local, "kind", None) is expected
-        and local.get_span_context().is_valid
-    ):
-        return local, True
-    sent = trace.get_current_span(remote)
-    return (sent if sent.get_span_context().is_valid else local), False
+
+    __slots__ = (
+        "baggage",
+        "cacheable",
+        "events",
+        "if_missing",
+        "outcome",
+        "reason",
+        "settings",
+        "state",
+    )
+
+    def __init__(
+        self,
+        baggage: Mapping[str, object],
+        oversize: bool,
+        hop: str,
+        settings: _config.Settings,
+    ) -> None:
+        self.settings = settings
+        raw = _codec.raw_values(baggage, settings.identity_keys)
+        policy = _policy.policy_for(hop, settings)
+        identity, reason = _policy.admit(baggage, raw, policy, settings)
+        if oversize and identity is None:
+            reason = names.REASON_OVERSIZE
+        required = hop in settings.required_hops
+        self.if_missing = (missing_event(hop, settings),) if required else ()
+        self.events: tuple[tuple[str, dict[str, Any]], ...] = ()
+        # The outcome, or None when it depends on the route (missing, or anonymous).
+        self.outcome: str | None = None
+        if reason is not None:
+            self.outcome = names.OUTCOME_REJECTED
+            drop = set(all_identity_keys())
+            baggage = {k: v for k, v in baggage.items() if k not in drop}
+            rejected = (
+                names.EVENT_REJECTED,
+                {names.ATTR_HOP: hop, names.ATTR_REJECT_REASON: reason},
+            )
+            self.events = (rejected, *self.if_missing)
+            _telemetry.log_once(
+                logging.WARNING,
+                ("rejected", hop, reason),
+                "otel-identity: inbound identity rejected on %s hop (%s); it was removed",
+                hop,
+                reason,
+            )
+        elif identity is not None:
+            self.outcome = names.OUTCOME_PRESENT
+        self.baggage = baggage
+        self.reason = reason
+        self.state = None if identity is None else IdentityState(raw, identity, baggage)
+        # A verified identity holds only until its signature expires: decide it every time.
+        self.cacheable = policy != "verify" or raw == (None, None, None, None)
+
+
+# (baggage header, hop kind) -> what it means; validated against the settings on every hit.
+_arrivals: dict[tuple[str | None, str], Arrival] = {}
+_NO_BAGGAGE: Mapping[str, object] = {}
+
+
+def _arrival(header: str | None, hop: str, settings: _config.Settings) -> Arrival:
+    arrival = _arrivals.get((header, hop))
+    if arrival is not None and arrival.settings is settings:
+        return arrival
+    baggage: Mapping[str, object] = _NO_BAGGAGE
+    oversize = False
+    if header:
+        baggage, oversize = _propagation.decode_baggage(header, _keep_keys(settings))
+    arrival = Arrival(baggage, oversize, hop, settings)
+    if arrival.cacheable:
+        _memo.remember(_arrivals, (header, hop), arrival)
+    return arrival
+
+
+def _arrival_from_propagator(
+    carrier: CarrierT,
+    getter: Getter[CarrierT],
+    base: Context,
+    own: trace.Span | None,
+    *,
+    hop: str,
+    settings: _config.Settings,
+) -> tuple[trace.Span, Arrival]:
+    """The general case of ``extract``: the whole global propagator runs, whatever its shape,
+    and the hop continues its own span, else the sender's, else whatever ``base`` had."""
+    remote, oversize = _propagation.extract(carrier, getter, _keep_keys(settings))
+    span = own
+    if span is None:
+        sent = trace.get_current_span(remote)
+        span = sent if sent.get_span_context().is_valid else trace.get_current_span(base)
+    baggage: Mapping[str, object] = remote.get(_BAGGAGE_KEY) or _NO_BAGGAGE  # type: ignore[assignment]
+    return span, Arrival(baggage, oversize, hop, settings)
 
 
 def extract(
@@ -189,78 +296,72 @@ def extract(
     request itself). Never raises: on an internal error the result carries no identity (fail
     closed) and the error is logged.
     """
-    base = context if context is not None else otel_context.get_current()
+    # Every request of every service runs this: the steps that would each be a small
+    # function are written out here, since a Python call is a measurable share of a hop.
+    base = context if context is not None else current_context()
     try:
-        return _extract(
-            carrier, getter or default_getter, hop=hop, base=base, route=route, account=account
-        )
+        settings = _config.get_settings()
+        getter = getter or default_getter
+        # The hop's own span is one an instrumentation already started for it, current in
+        # ``base``: the hop keeps it (its children stay under it and it takes the hop's
+        # events). Without one, the hop continues the sender's remote span.
+        own: Any = base.get(_SPAN_KEY)
+        if own is not None and not (
+            getattr(own, "kind", None) is _HOP_SPAN_KIND.get(hop, False)
+            and own.get_span_context().is_valid
+        ):
+            own = None
+        shape = None
+        if own is not None:
+            textmap = propagate.get_global_textmap()
+            known, shape = _propagation.shape  # baggage_only()'s memo, read in place
+            if known is not textmap:
+                shape = _propagation.baggage_only(textmap)
+        if shape is not None:
+            # The propagator reads nothing but the trace context (not needed: the span is
+            # known) and the baggage header: the header alone decides the hop.
+            header = _propagation.first(getter.get(carrier, "baggage")) if shape else None
+            arrival = _arrivals.get((header, hop))
+            if arrival is None or arrival.settings is not settings:
+                arrival = _arrival(header, hop, settings)
+            span = own
+        else:
+            span, arrival = _arrival_from_propagator(
+                carrier, getter, base, own, hop=hop, settings=settings
+            )
+
+        outcome, events = arrival.outcome, arrival.events
+        if outcome is None:
+            if is_anonymous_route(route, settings):
+                outcome = names.OUTCOME_ANONYMOUS
+            else:
+                outcome, events = names.OUTCOME_MISSING, arrival.if_missing
+        if account:
+            _telemetry.count((hop, outcome))
+
+        state = HopState(hop, outcome, arrival.reason, route)
+        values: dict[str, object] = dict(base)
+        values[_SPAN_KEY] = span
+        values[_BAGGAGE_KEY] = arrival.baggage
+        values[HOP_KEY] = state
+        identity = arrival.state
+        if identity is not None:
+            values[_STATE_KEY] = identity
+            values[_SLOT_KEY] = UserSlot(hop, identity.identity)
+        else:
+            values.pop(_STATE_KEY, None)
+            values.pop(_SLOT_KEY, None)
+        if events:
+            if own is not None and own.is_recording():
+                for name, attributes in events:
+                    if not (name == names.EVENT_MISSING and _telemetry.has_event(own, name)):
+                        _telemetry.add_event(own, name, attributes)
+            else:
+                state.pending.extend(events)
+        return Context(values)
     except Exception:  # noqa: BLE001 - never break the host's request path
         _telemetry.log_internal_error("extract")
         return _without_identity(base)
-
-
-def _extract(
-    carrier: CarrierT,
-    getter: Getter[CarrierT],
-    *,
-    hop: str,
-    base: Context,
-    route: str | None,
-    account: bool,
-) -> Context:
-    settings = _config.get_settings()
-    remote, oversize = _propagation.extract(carrier, getter, _keep_keys(settings))
-    baggage = cast("dict[str, object]", remote.get(_BAGGAGE_KEY) or {})
-    raw = _codec.raw_values(baggage, settings.identity_keys)
-    identity, reason = _policy.admit(baggage, raw, _policy.policy_for(hop, settings), settings)
-    if oversize and identity is None:
-        reason = names.REASON_OVERSIZE
-    events: list[tuple[str, dict[str, Any]]] = []
-    if reason is not None:
-        outcome = names.OUTCOME_REJECTED
-        drop = set(all_identity_keys())
-        baggage = {k: v for k, v in baggage.items() if k not in drop}
-        events.append(
-            (names.EVENT_REJECTED, {names.ATTR_HOP: hop, names.ATTR_REJECT_REASON: reason})
-        )
-        _telemetry.log_once(
-            logging.WARNING,
-            ("rejected", hop, reason),
-            "otel-identity: inbound identity rejected on %s hop (%s); it was removed",
-            hop,
-            reason,
-        )
-    elif identity is not None:
-        outcome = names.OUTCOME_PRESENT
-    elif is_anonymous_route(route, settings):
-        outcome = names.OUTCOME_ANONYMOUS
-    else:
-        outcome = names.OUTCOME_MISSING
-    if identity is None and outcome != names.OUTCOME_ANONYMOUS and hop in settings.required_hops:
-        events.append(missing_event(hop, settings))
-    if account:
-        _telemetry.count_hop(hop, outcome)
-
-    span, own_span = _choose_span(base, remote, hop)
-    state = HopState(hop, outcome, reason, route)
-    values: dict[str, object] = dict(base)
-    values[_SPAN_KEY] = span
-    values[_BAGGAGE_KEY] = baggage
-    values[HOP_KEY] = state
-    if identity is not None:
-        values[_STATE_KEY] = IdentityState(raw, identity, baggage)
-        values[_SLOT_KEY] = UserSlot(hop, identity)
-    else:
-        values.pop(_STATE_KEY, None)
-        values.pop(_SLOT_KEY, None)
-    if events:
-        if own_span and span.is_recording():
-            for name, attributes in events:
-                if not (name == names.EVENT_MISSING and _telemetry.has_event(span, name)):
-                    _telemetry.add_event(span, name, attributes)
-        else:
-            state.pending.extend(events)
-    return Context(values)
 
 
 def _without_identity(ctx: Context) -> Context:
@@ -327,19 +428,6 @@ def continue_context(context: Context, *, hop: str) -> AbstractContextManager[Id
     return attached(receive(context, hop=hop))
 
 
-# Attaching a Context is setting OTel's ContextVar. Through the API that is two more calls
-# each way, a noticeable share of a thread hop; so with the default runtime context (the only
-# one OpenTelemetry Python ships) hops set the variable itself, with the same semantics.
-_runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
-current_context: Callable[[], Context] = otel_context.get_current
-_attach_raw: Callable[[Context], Any] = otel_context.attach
-_detach_raw: Callable[[Any], None] = otel_context.detach
-if type(_runtime) is ContextVarsRuntimeContext:
-    current_context = _runtime._current_context.get
-    _attach_raw = _runtime._current_context.set
-    _detach_raw = _runtime._current_context.reset
-
-
 def enter(handoff: Handoff, hop: str) -> Any:
     """Start ``handoff``, a hop that owns this thread while it runs; ``leave`` ends it.
 
@@ -372,7 +460,7 @@ def enter(handoff: Handoff, hop: str) -> Any:
         here.handoff = handoff
     except Exception:  # noqa: BLE001
         _telemetry.log_internal_error("enter")
-    return _attach_raw(captured)
+    return attach_raw(captured)
 
 
 def leave(handoff: Handoff, token: Any) -> None:
@@ -381,7 +469,7 @@ def leave(handoff: Handoff, token: Any) -> None:
         handoff.thread_state.handoff = handoff.outer
     except AttributeError:  # enter failed before it kept the hand-off for the thread
         pass
-    _detach_raw(token)
+    detach_raw(token)
 
 
 def _missing_state(hop: str) -> HopState:
@@ -436,7 +524,7 @@ def outgoing_context(
     ctx: Context, *, destination: str | None = None, hop: str | None = None
 ) -> Context:
     """The context as it may leave this process: egress policy, signature, W3C limits."""
-    baggage = cast("Mapping[str, object] | None", ctx.get(_BAGGAGE_KEY))
+    baggage: Mapping[str, object] | None = ctx.get(_BAGGAGE_KEY)  # type: ignore[assignment]
     if not baggage:
         return ctx
     settings = _config.get_settings()
@@ -449,7 +537,7 @@ def outgoing_context(
             token = _signing.sign(state.identity, settings.signing_keys, settings.token_ttl)
             if baggage.get(settings.sig_key) != token:
                 new_baggage = {**baggage, settings.sig_key: token}
-    fitted = _codec.fit(new_baggage or baggage, identity_keys())
+    fitted = _fit(new_baggage or baggage)
     if fitted is not None:
         new_baggage = fitted
     if new_baggage is None:
@@ -457,6 +545,22 @@ def outgoing_context(
     values = dict(ctx)
     values[_BAGGAGE_KEY] = new_baggage
     return Context(values)
+
+
+_fitted: tuple[object, object, dict[str, object] | None] = (None, None, None)
+
+
+def _fit(baggage: Mapping[str, object]) -> dict[str, object] | None:
+    """``_codec.fit`` for the identity keys, remembered for the last baggage mapping: the
+    calls a request makes all send its one mapping (OTel never mutates one)."""
+    global _fitted
+    keys = identity_keys()
+    last, last_keys, result = _fitted
+    if last is baggage and last_keys is keys:
+        return result
+    result = _codec.fit(baggage, keys)
+    _fitted = (baggage, keys, result)
+    return result
 
 
 def strip_for_egress(

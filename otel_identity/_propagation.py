@@ -24,12 +24,14 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import CarrierT, Getter, Setter, TextMapPropagator
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_identity import _codec, _memo
 
 _HEADER = "baggage"
 _W3C = W3CBaggagePropagator()
-_decoded: dict[str, tuple[dict[str, object], bool]] = {}
+# (header, members kept first when trimming) -> (members, oversize)
+_decoded: dict[tuple[str, frozenset[str]], tuple[dict[str, object], bool]] = {}
 _encoded: dict[tuple[tuple[str, object], ...], str | None] = {}
 
 
@@ -37,7 +39,38 @@ def _parts(propagator: TextMapPropagator) -> tuple[TextMapPropagator, ...] | Non
     """The steps of the global propagator when we know its shape, else None (opaque)."""
     if type(propagator) is CompositePropagator:
         return tuple(cast("Any", propagator)._propagators)
+    if isinstance(propagator, CompositePropagator):
+        return None  # a subclass may combine its steps its own way
     return (propagator,)
+
+
+# (the last propagator baggage_only was asked about, its answer)
+shape: tuple[object, bool | None] = (None, None)
+
+
+def baggage_only(propagator: TextMapPropagator) -> bool | None:
+    """Whether all ``propagator`` reads, besides the W3C trace context, is the W3C baggage
+    header (True), or nothing at all (False); None for any other propagator.
+
+    A receiving hop whose span an instrumentation already started does not need the sender's
+    trace context: for the first two shapes (the default ``tracecontext,baggage`` is the
+    first), the baggage header alone then decides the hop. Remembered for the last
+    propagator asked about.
+    """
+    global shape
+    known, answer = shape
+    if known is propagator:
+        return answer
+    parts = _parts(propagator)
+    answer = None
+    if parts is not None:
+        kinds = {type(part) for part in parts}
+        if kinds <= {TraceContextTextMapPropagator, W3CBaggagePropagator} and len(kinds) == len(
+            parts
+        ):
+            answer = W3CBaggagePropagator in kinds
+    shape = (propagator, answer)
+    return answer
 
 
 def trim_header(header: str, keep: frozenset[str]) -> tuple[str, bool]:
@@ -68,7 +101,7 @@ def trim_header(header: str, keep: frozenset[str]) -> tuple[str, bool]:
 
 def decode_baggage(header: str, keep: frozenset[str]) -> tuple[dict[str, object], bool]:
     """Members of a baggage header, as OpenTelemetry's propagator decodes them (memoized)."""
-    cached = _decoded.get(header)
+    cached = _decoded.get((header, keep))
     if cached is not None:
         return cached
     trimmed, oversize = trim_header(header, keep)
@@ -77,7 +110,7 @@ def decode_baggage(header: str, keep: frozenset[str]) -> tuple[dict[str, object]
     if len(members) > _codec.MAX_MEMBERS:
         members = cast("dict[str, object]", _codec.fit(members, keep))
     result = (members, oversize)
-    _memo.remember(_decoded, header, result)
+    _memo.remember(_decoded, (header, keep), result)
     return result
 
 
@@ -101,7 +134,8 @@ class _TrimmingGetter(Getter[CarrierT]):
         return self.inner.keys(carrier)
 
 
-def _first(values: Any) -> str | None:
+def first(values: Any) -> str | None:
+    """The first text value a getter returned (a getter may return a string or a list)."""
     if not values:
         return None
     value = values if isinstance(values, str) else next(iter(values), None)
@@ -114,7 +148,7 @@ def extract(
     """The sender's context from ``carrier`` (on an empty base), and whether it was oversize."""
     propagator = propagate.get_global_textmap()
     parts = _parts(propagator)
-    if parts is None:  # pragma: no cover - only for composite subclasses we do not know
+    if parts is None:
         trimming = _TrimmingGetter(getter, keep)
         return propagator.extract(carrier, context=Context(), getter=trimming), trimming.oversize
     ctx = Context()
@@ -123,7 +157,7 @@ def extract(
         if type(part) is not W3CBaggagePropagator:
             ctx = part.extract(carrier, context=ctx, getter=getter)
             continue
-        header = _first(getter.get(carrier, _HEADER))
+        header = first(getter.get(carrier, _HEADER))
         if not header:
             continue
         members, too_big = decode_baggage(header, keep)
@@ -159,7 +193,7 @@ def inject(carrier: CarrierT, ctx: Context, setter: Setter[CarrierT]) -> None:
     """Run the global propagator's inject, the W3C baggage step from the memo."""
     propagator = propagate.get_global_textmap()
     parts = _parts(propagator)
-    if parts is None:  # pragma: no cover
+    if parts is None:
         propagator.inject(carrier, context=ctx, setter=setter)
         return
     for part in parts:

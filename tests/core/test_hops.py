@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 
 import pytest
-from opentelemetry import baggage, context, trace
+from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -359,3 +360,104 @@ def test_hop_counts_from_many_threads_add_up_also_after_the_threads_end() -> Non
     assert delta(before, "thread", "present") == 2000
     assert delta(before, "thread", "present") == 2000  # folded tables are not counted twice
     assert len(_telemetry._tables) <= threading.active_count() + 1
+
+
+_REPEATED_CASES: dict[str, Callable[[], dict[str, str]]] = {
+    "present": lambda: carrier_for(user_id="u", tenant_id="t", roles=["a"]),
+    "missing": dict,
+    "anonymous": dict,
+    "malformed": lambda: {"baggage": "user.id=%00bad,other=1"},
+    "oversize": lambda: {"baggage": "user.id=" + "u" * 9000},
+    "other baggage": lambda: {"baggage": "colour=blue"},
+}
+
+
+class TestRepeatedHeaders:
+    """A hop whose span is already started decides from the baggage header alone, and
+    remembers what each header means; these pin that it means exactly what the general path
+    (the whole propagator, every time) says."""
+
+    @staticmethod
+    def _general_path(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+        """A global propagator the memo does not know, so the general path runs: the same
+        steps plus one of no known type, or (``opaque``) a composite subclass, run whole."""
+        from opentelemetry.propagators.composite import CompositePropagator
+        from opentelemetry.propagators.textmap import TextMapPropagator
+
+        class Nothing(TextMapPropagator):
+            def extract(
+                self, carrier: object, context: Context | None = None, getter: object = None
+            ) -> Context:
+                return context if context is not None else Context()
+
+            def inject(
+                self, carrier: object, context: object = None, setter: object = None
+            ) -> None:
+                return None
+
+            @property
+            def fields(self) -> set[str]:
+                return set()
+
+        class Opaque(CompositePropagator):
+            pass
+
+        steps = list(propagate.get_global_textmap()._propagators)  # type: ignore[attr-defined]
+        textmap = Opaque(steps) if kind == "opaque" else CompositePropagator([*steps, Nothing()])
+        monkeypatch.setattr(propagate, "get_global_textmap", lambda: textmap)
+
+    @staticmethod
+    def _hop(
+        tracer: trace.Tracer, carrier: dict[str, str], route: str = "/x"
+    ) -> tuple[object, ...]:
+        with tracer.start_as_current_span("server", kind=SpanKind.SERVER) as span:
+            ctx = oi.extract(carrier, hop="http.server", route=route)
+        state = oi.hop_state(ctx)
+        assert state is not None
+        events = [(e.name, dict(e.attributes or {})) for e in span.events]  # type: ignore[attr-defined]
+        return (
+            oi.get_identity(ctx),
+            (state.outcome, state.reason, state.route),
+            dict(baggage.get_all(ctx)),
+            events,
+        )
+
+    @pytest.mark.parametrize("general", ["steps", "opaque"])
+    @pytest.mark.parametrize("case", sorted(_REPEATED_CASES))
+    def test_the_remembered_decision_is_the_general_one(
+        self, case: str, general: str, tracer: trace.Tracer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        oi.configure(anonymous_routes="/public")
+        route = "/public" if case == "anonymous" else "/x"
+        carrier = _REPEATED_CASES[case]()
+        fast = [self._hop(tracer, carrier, route) for _ in range(2)]  # a miss, then a hit
+        self._general_path(monkeypatch, general)
+        assert fast[0] == fast[1] == self._hop(tracer, carrier, route)
+
+    def test_repeats_share_the_identity_but_not_the_user_slot(self, tracer: trace.Tracer) -> None:
+        from otel_identity._context import _SLOT_KEY, _STATE_KEY
+
+        carrier = carrier_for(user_id="u", tenant_id="t")
+        with tracer.start_as_current_span("server", kind=SpanKind.SERVER):
+            first = oi.extract(carrier, hop="grpc.server")
+            second = oi.extract(dict(carrier), hop="grpc.server")
+        assert first[_STATE_KEY] is second[_STATE_KEY]
+        assert first[_SLOT_KEY] is not second[_SLOT_KEY]  # current_user resolves per hop
+        assert oi.hop_state(first) is not oi.hop_state(second)
+
+    def test_a_settings_change_applies_to_a_header_seen_before(self, tracer: trace.Tracer) -> None:
+        carrier = carrier_for(user_id="u")
+        assert self._hop(tracer, carrier)[1] == ("present", None, "/x")
+        oi.configure(inbound="strip")
+        identity, outcome, _, _ = self._hop(tracer, carrier)
+        assert identity is None and outcome == ("rejected", "untrusted", "/x")
+
+    def test_a_verified_identity_is_checked_again_once_its_signature_expires(
+        self, tracer: trace.Tracer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        oi.configure(signing_keys=f"k1:{KEY_A}", token_ttl=60)
+        carrier = carrier_for(user_id="u")
+        assert self._hop(tracer, carrier)[0] == oi.Identity(user_id="u", verified=True)
+        monkeypatch.setattr(_signing, "_now_minutes", lambda: 10**9)
+        identity, outcome, _, _ = self._hop(tracer, carrier)
+        assert identity is None and outcome == ("rejected", "expired", "/x")
