@@ -19,7 +19,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from otel_identity._errors import ConfigurationError
 
@@ -99,12 +99,12 @@ _listeners: list[Callable[[Settings | None], None]] = []
 def get_settings() -> Settings:
     """The effective settings; the environment is read on the first call."""
     settings = _settings
-    if settings is None:
-        with _lock:
-            if _settings is None:
-                _install(_from_environment(os.environ))
-            settings = _settings
-    return cast("Settings", settings)
+    if settings is not None:
+        return settings
+    with _lock:
+        if _settings is None:
+            _install(_from_environment(os.environ))
+        return _settings  # type: ignore[return-value]  # _install set it
 
 
 def configure(**settings: Any) -> Settings:

@@ -43,8 +43,12 @@ _keys: tuple[str, str, str, str] | None = None
 _sig_key = "identity.sig"
 
 
+_settings_now: _config.Settings | None = None  # the settings the two above come from
+
+
 def _on_settings(settings: _config.Settings | None) -> None:
-    global _keys, _sig_key
+    global _keys, _sig_key, _settings_now
+    _settings_now = settings
     if settings is None:
         _keys = None
         return
@@ -181,13 +185,16 @@ def current_handoff() -> Handoff | None:
         state = _per_thread.state
     except AttributeError:  # this thread's first call (a missing attribute is slow every time)
         state = thread_state()
-    return cast("Handoff | None", state.handoff)
+    return state.handoff  # type: ignore[no-any-return]
 
 
 def hop_of(ctx: Context) -> object:
     """The hop state of ``ctx``: its own entry, or that of the hand-off it runs in."""
     hop = ctx.get(HOP_KEY)
-    handoff = current_handoff()
+    try:  # current_handoff(), inlined: every span asks
+        handoff = _per_thread.state.handoff
+    except AttributeError:
+        handoff = thread_state().handoff
     if handoff is not None and hop is handoff.source.get(HOP_KEY):
         return handoff.state
     return hop
@@ -198,18 +205,44 @@ def state_of(ctx: Context) -> IdentityState | None:
     baggage = ctx.get(_BAGGAGE_KEY)
     if not baggage:
         return None
-    state = cast("IdentityState | None", ctx.get(_STATE_KEY))
+    state: IdentityState | None = ctx.get(_STATE_KEY)  # type: ignore[assignment]
     if state is not None and state.baggage is baggage:
         return state
     keys = _keys or identity_keys()
-    raw = _codec.raw_values(cast("Mapping[str, object]", baggage), keys)
+    get = baggage.get  # type: ignore[attr-defined]
+    raw = (get(keys[0]), get(keys[1]), get(keys[2]), get(keys[3]))  # _codec.raw_values, inlined
     if state is not None and state.raw == raw:
         return state
     if raw == (None, None, None, None):
         return None
     # Baggage set by something other than otel-identity (a plain OTel propagator, say): its
-    # provenance is unknown, so it counts only if it passes the inbound policy.
-    identity = _policy.admit_unknown(cast("Mapping[str, object]", baggage), raw)
+    # provenance is unknown, so it counts only if it passes the inbound policy. The state is
+    # shared per identity and settings (spans started under it reuse its attributes).
+    try:
+        cached = _unknown.get(raw)
+    except TypeError:  # an unhashable value put in baggage by other code: nothing to share
+        return _admitted(baggage, raw)  # type: ignore[arg-type]
+    if cached is not None and cached[0] is _settings_now:
+        return cached[1]
+    return _unknown_state(baggage, raw)  # type: ignore[arg-type]
+
+
+# raw identity values -> (settings, state) for baggage that no otel-identity hop decoded.
+_unknown: dict[tuple[object, ...], tuple[_config.Settings, IdentityState | None]] = {}
+
+
+def _unknown_state(baggage: Mapping[str, object], raw: tuple[object, ...]) -> IdentityState | None:
+    """``state_of`` for identity baggage of unknown provenance, remembered except under
+    ``verify``, where a signature's expiry is checked every time."""
+    settings = _config.get_settings()
+    state = _admitted(baggage, raw)
+    if settings.effective_inbound != "verify":
+        _memo.remember(_unknown, raw, (settings, state))
+    return state
+
+
+def _admitted(baggage: Mapping[str, object], raw: tuple[object, ...]) -> IdentityState | None:
+    identity = _policy.admit_unknown(baggage, raw)
     return None if identity is None else IdentityState(raw, identity)
 
 

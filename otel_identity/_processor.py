@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from opentelemetry import context as otel_context
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -26,7 +25,7 @@ from opentelemetry.util.types import AttributeValue
 from otel_identity import _config, _telemetry, names
 from otel_identity._config import AttributeMode
 from otel_identity._context import hop_of, state_of
-from otel_identity._hops import HopState, is_anonymous_route, missing_event
+from otel_identity._hops import HopState, current_context, is_anonymous_route, missing_event
 
 _ROUTE_ATTRIBUTES = ("http.route", "url.path", "http.target", "messaging.destination.name")
 
@@ -96,14 +95,18 @@ class IdentitySpanProcessor(SpanProcessor):
         if not self.enabled:
             return
         try:
-            ctx = parent_context if parent_context is not None else otel_context.get_current()
+            ctx = parent_context if parent_context is not None else current_context()
             hop = hop_of(ctx)
             if hop is not None and hop.pending:  # type: ignore[attr-defined]
                 hop.flush(span)  # type: ignore[attr-defined]
             state = state_of(ctx)
             settings = _config.get_settings()
             if state is not None:
-                attributes = state.span_attributes(self._mode or settings.span_attributes)
+                mode = self._mode or settings.span_attributes
+                memo = state.attributes  # state.span_attributes(mode), its hit inlined
+                attributes = memo[1] if memo is not None and memo[0] == mode else None
+                if attributes is None:
+                    attributes = state.span_attributes(mode)
                 if attributes:
                     _stamp(span, attributes)
             elif span.kind in (SpanKind.SERVER, SpanKind.CONSUMER) and not isinstance(
