@@ -1,11 +1,11 @@
 """Client side: identity into the call's metadata, within the egress allow list of the target.
 
 A client interceptor cannot see the channel it runs on, so it is bound to the channel's target
-at creation (the instrumentor does that for every channel it creates). One function, ``send``,
-does the work for every call shape and every entry point: the sync interceptor (one class for
-all four shapes), the channel wrapper the instrumentor puts on sync channels, and, as
-``asend``, the asyncio interceptors (grpc.aio files each interceptor object under the first
-shape it matches, so there are four tiny subclasses of one base).
+at creation (the instrumentor does that for every channel it creates). One function, ``carry``,
+does the work for every call shape and every sync entry point: the sync interceptor (one class
+for all four shapes, through ``send``) and the channel wrapper the instrumentor puts on sync
+channels; ``asend`` does it for the asyncio interceptors (grpc.aio files each interceptor
+object under the first shape it matches, so there are four tiny subclasses of one base).
 
 Egress holds whichever order the interceptors run in: closest to the wire, ours overwrites
 what an outer interceptor (OpenTelemetry's, say) injected; further out, the context without
@@ -23,11 +23,10 @@ import grpc.aio
 import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
 import otel_identity as oi
 from otel_identity import _telemetry, names
-from otel_identity._hops import outgoing_context
+from otel_identity._hops import current_context, outgoing_context, suppressed
 from otel_identity_grpc import _metadata, _state
 
 
@@ -48,23 +47,17 @@ def _carrying(metadata: Any, out: Context) -> list[Any]:
 
 
 def send(
-    target: str | None,
-    metadata: Any,
-    invoke: Callable[[Any], Any],
-    *,
-    streaming: bool,
-    injected_inside: bool = False,
+    target: str | None, metadata: Any, invoke: Callable[[Any], Any], *, streaming: bool
 ) -> Any:
-    """Start a sync call through ``invoke(metadata)`` with the caller's identity in it.
+    """Start a sync call through ``invoke(metadata)`` with the caller's identity in it."""
+    ctx = current_context()
+    return carry(ctx, _leaving(ctx, target), metadata, invoke, streaming=streaming)
 
-    ``injected_inside``: an OpenTelemetry interceptor between us and the wire injects the
-    current context into every call; when that context may leave as it is, injecting it here
-    too would only be overwritten.
-    """
-    ctx = otel_context.get_current()
-    out = _leaving(ctx, target)
-    if out is ctx and injected_inside:
-        return invoke(metadata)
+
+def carry(
+    ctx: Context, out: Context, metadata: Any, invoke: Callable[[Any], Any], *, streaming: bool
+) -> Any:
+    """``send``, once it is known that ``ctx`` leaves as ``out``."""
     carried = tuple(_carrying(metadata, out))
     if out is ctx:
         return invoke(carried)
@@ -143,7 +136,7 @@ class _Base:
         self._managed = managed
 
     def _enabled(self) -> bool:
-        return (_state.active or not self._managed) and is_instrumentation_enabled()
+        return (_state.active or not self._managed) and not suppressed(current_context())
 
 
 _SyncShapes: tuple[type, ...] = (
@@ -238,7 +231,8 @@ def aio_interceptors(target: str | None, *, managed: bool) -> AioClientIntercept
 
 
 class _MultiCallable(_Base):
-    """A channel's callable for one method: each call goes through ``send``.
+    """A channel's callable for one method: each call goes through ``carry``, unless it may go
+    out untouched.
 
     The same effect as ``grpc.intercept_channel`` with ``ClientInterceptor``, without its
     per-call cost (call details, continuation, a fresh inner callable per call), which is
@@ -256,25 +250,31 @@ class _MultiCallable(_Base):
     def _send(
         self, invoke: Callable[..., Any], request: Any, args: tuple[Any, ...], kwargs: Any
     ) -> Any:
-        if not self._enabled():
+        ctx = current_context()
+        if not _state.active or suppressed(ctx):
+            return invoke(request, *args, **kwargs)
+        out = _leaving(ctx, self._target)
+        if out is ctx and self._injected_inside:
+            # OpenTelemetry's interceptor between us and the wire injects the current
+            # context, and it may leave as it is: the common case, nothing to add.
             return invoke(request, *args, **kwargs)
         # (request, timeout=None, metadata=None, ...): metadata may come positionally.
         if len(args) >= 2:
             head, metadata, tail = args[:1], args[1], args[2:]
-            return send(
-                self._target,
+            return carry(
+                ctx,
+                out,
                 metadata,
                 lambda md: invoke(request, *head, md, *tail, **kwargs),
                 streaming=self._streaming,
-                injected_inside=self._injected_inside,
             )
         metadata = kwargs.pop("metadata", None)
-        return send(
-            self._target,
+        return carry(
+            ctx,
+            out,
             metadata,
             lambda md: invoke(request, *args, metadata=md, **kwargs),
             streaming=self._streaming,
-            injected_inside=self._injected_inside,
         )
 
     def __call__(self, request: Any, *args: Any, **kwargs: Any) -> Any:

@@ -24,20 +24,16 @@ def pairs(metadata: Metadata | None) -> list[Any]:
 
 
 class MetadataGetter(Getter[Metadata]):
-    """Reads text values of a key; tolerates any shape of input without raising.
-
-    ``hidden`` keys read as absent (see ``without_trace_context``).
-    """
-
-    def __init__(self, hidden: frozenset[str] = frozenset()) -> None:
-        self._hidden = hidden
+    """Reads text values of a key; tolerates any shape of input without raising."""
 
     def get(self, carrier: Metadata, key: str) -> list[str] | None:
-        if key in self._hidden:
-            return None
+        found = []
         try:
-            # grpc hands the server well-formed pairs: the common case, one pass.
-            found = [v for k, v in carrier if k == key and type(v) is str]
+            # grpc hands the server well-formed pairs: the common case, one pass (a loop, not
+            # a comprehension: that would be one more call per read before Python 3.12).
+            for k, v in carrier:
+                if k == key and type(v) is str:
+                    found.append(v)
         except (TypeError, ValueError):
             found = [
                 item[1]
@@ -72,7 +68,4 @@ class MetadataSetter(Setter[list[Any]]):
 
 
 getter = MetadataGetter()
-# For a server hop whose own span an instrumentation already started: extract keeps that span
-# and ignores the sender's, so the W3C trace context need not be parsed a second time.
-without_trace_context = MetadataGetter(frozenset({"traceparent", "tracestate"}))
 setter = MetadataSetter()

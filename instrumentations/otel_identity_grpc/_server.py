@@ -20,18 +20,17 @@ from typing import Any
 import grpc
 import grpc.aio
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.trace import SpanKind
 
 import otel_identity as oi
 from otel_identity import _telemetry, names
+from otel_identity._hops import attach_raw, current_context, detach_raw, suppressed
 from otel_identity_grpc import _metadata, _state
 
 _CACHE_LIMIT = 1024
-# (id(handler), method) -> (handler, wrapped); the handler is held so its id stays its own.
-_wrapped_handlers: dict[tuple[int, str | None], tuple[Any, Any]] = {}
+# (id(handler), method as grpc gives it) -> (handler, wrapped); the handler is held so its id
+# stays its own.
+_wrapped_handlers: dict[tuple[int, object], tuple[Any, Any]] = {}
 
 _SHAPES: dict[tuple[bool, bool], tuple[str, Callable[..., Any]]] = {
     (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
@@ -45,11 +44,7 @@ def hop_context(servicer_context: Any, route: str | None) -> Context:
     """The receiving hop's context for one RPC (never raises: ``extract`` fails closed)."""
     read = getattr(servicer_context, "invocation_metadata", None)
     metadata = read() if read is not None else None
-    ctx = otel_context.get_current()
-    span = trace.get_current_span(ctx)
-    own_span = getattr(span, "kind", None) is SpanKind.SERVER and span.get_span_context().is_valid
-    getter = _metadata.without_trace_context if own_span else _metadata.getter
-    return oi.extract(metadata or (), getter, hop=names.HOP_GRPC_SERVER, context=ctx, route=route)
+    return oi.extract(metadata or (), _metadata.getter, hop=names.HOP_GRPC_SERVER, route=route)
 
 
 def _route_of(details: grpc.HandlerCallDetails) -> str | None:
@@ -63,12 +58,11 @@ def wrap_handler(handler: Any, details: grpc.HandlerCallDetails) -> Any:
     """``handler`` with its behavior run inside the RPC's hop; None stays None."""
     if handler is None:
         return None
-    route = _route_of(details)
-    key = (id(handler), route)
+    key = (id(handler), getattr(details, "method", None))
     cached = _wrapped_handlers.get(key)
     if cached is not None and cached[0] is handler:
         return cached[1]
-    wrapped = _wrap(handler, route)
+    wrapped = _wrap(handler, _route_of(details))
     if len(_wrapped_handlers) >= _CACHE_LIMIT:
         # Handlers made afresh per call (by an interceptor inside ours) must not pile up.
         _wrapped_handlers.clear()
@@ -138,7 +132,7 @@ def _in_hop(
 
     def run(request: Any, servicer_context: Any) -> Any:
         ctx = hop_context(servicer_context, route)
-        token = otel_context.attach(ctx)
+        token = attach_raw(ctx)  # detached below, in this frame
         try:
             result = behavior(request, servicer_context)
             if response_streaming and result is not None:
@@ -146,7 +140,7 @@ def _in_hop(
                 return _IterateInContext(ctx, iter(result))
             return result
         finally:
-            otel_context.detach(token)
+            detach_raw(token)
 
     return run
 
@@ -196,7 +190,7 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self, continuation: Callable[[Any], Any], handler_call_details: Any
     ) -> Any:
         handler = continuation(handler_call_details)
-        if (self._managed and not _state.active) or not is_instrumentation_enabled():
+        if (self._managed and not _state.active) or suppressed(current_context()):
             return handler
         return wrap_handler(handler, handler_call_details)
 
@@ -211,6 +205,6 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
     ) -> Any:
         handler = await continuation(handler_call_details)
-        if (self._managed and not _state.active) or not is_instrumentation_enabled():
+        if (self._managed and not _state.active) or suppressed(current_context()):
             return handler
         return wrap_handler(handler, handler_call_details)

@@ -26,12 +26,11 @@ from collections.abc import Callable
 from concurrent.futures import thread as futures_thread
 from typing import Any
 
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, Context
-from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
+from opentelemetry.context import Context
 
 from otel_identity import _telemetry
 from otel_identity._context import Handoff
-from otel_identity._hops import current_context, enter, leave
+from otel_identity._hops import current_context, enter, leave, suppressed
 from otel_identity_threading._threads import HOP, bind, is_context_run
 
 _WorkItem: Any = futures_thread._WorkItem
@@ -69,9 +68,7 @@ class HopWorkItem(Handoff, _WorkItem):  # type: ignore[misc]
         self.kwargs = kwargs
         self.source = None  # type: ignore[assignment] # None: not a hop
         captured = current_context()
-        if captured.get(_SUPPRESS_INSTRUMENTATION_KEY) or captured.get(
-            _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
-        ):
+        if suppressed(captured):
             return
         kind = type(fn)
         if kind is functools.partial or kind is types.BuiltinMethodType:
@@ -115,10 +112,7 @@ def task_hop_item(base: Any) -> type:
             resolved = task[0] if len(task) == 1 else None
             if type(resolved) is tuple and len(resolved) == 3 and callable(resolved[0]):
                 captured = current_context()
-                if not (
-                    captured.get(_SUPPRESS_INSTRUMENTATION_KEY)
-                    or captured.get(_SUPPRESS_INSTRUMENTATION_KEY_PLAIN)
-                ):
+                if not suppressed(captured):
                     fn, args, fn_kwargs = resolved
                     inner = _inside_context_run(fn, args, captured)
                     if inner is None:
