@@ -375,7 +375,7 @@ def clear_identity(context: Context | None = None) -> Context:
 
 def user_slot(ctx: Context) -> UserSlot | None:
     """The user slot of ``ctx``: its own, or the hand-off's it runs in (see Handoff)."""
-    slot = cast("UserSlot | None", ctx.get(_SLOT_KEY))
+    slot: UserSlot | None = ctx.get(_SLOT_KEY)  # type: ignore[assignment]
     handoff = current_handoff()
     if handoff is not None:
         source = handoff.source

@@ -35,6 +35,7 @@ from opentelemetry.propagators.textmap import (
     default_getter,
     default_setter,
 )
+from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation import _SPAN_KEY  # stable since 1.0; one copy, not two
 
@@ -142,7 +143,7 @@ def _quiet_state(hop: str, outcome: str) -> HopState:
 def hop_state(context: Context | None = None) -> HopState | None:
     """The state of the receiving hop ``context`` belongs to, if any."""
     ctx = context if context is not None else otel_context.get_current()
-    return cast("HopState | None", hop_of(ctx))
+    return hop_of(ctx)  # type: ignore[return-value]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -261,18 +262,21 @@ def _arrival_from_propagator(
     carrier: CarrierT,
     getter: Getter[CarrierT],
     base: Context,
-    own: trace.Span | None,
+    own: trace.Span | bool,
     *,
     hop: str,
     settings: _config.Settings,
 ) -> tuple[trace.Span, Arrival]:
     """The general case of ``extract``: the whole global propagator runs, whatever its shape,
-    and the hop continues its own span, else the sender's, else whatever ``base`` had."""
+    and the hop continues ``own`` (its own span), else (``own`` True: the trace context is
+    wanted) the sender's, else whatever ``base`` had."""
     remote, oversize = _propagation.extract(carrier, getter, _keep_keys(settings))
-    span = own
-    if span is None:
+    if not isinstance(own, bool):
+        span = own
+    else:
         sent = trace.get_current_span(remote)
-        span = sent if sent.get_span_context().is_valid else trace.get_current_span(base)
+        valid = own and sent.get_span_context().is_valid
+        span = sent if valid else trace.get_current_span(base)
     baggage: Mapping[str, object] = remote.get(_BAGGAGE_KEY) or _NO_BAGGAGE  # type: ignore[assignment]
     return span, Arrival(baggage, oversize, hop, settings)
 
@@ -285,6 +289,7 @@ def extract(
     context: Context | None = None,
     route: str | None = None,
     account: bool = True,
+    trace_context: bool = True,
 ) -> Context:
     """The receiving hop's context: the sender's trace and baggage, identity after policy.
 
@@ -293,8 +298,10 @@ def extract(
     (``trust``/``verify``/``strip``), the hop is counted, and ``identity.missing`` /
     ``identity.rejected`` are recorded on the hop's span. ``account=False`` leaves counting
     to a caller that learns the outcome later (an HTTP edge whose app authenticates the
-    request itself). Never raises: on an internal error the result carries no identity (fail
-    closed) and the error is logged.
+    request itself). ``trace_context=False`` says the sender's trace context is not wanted
+    (the caller's instrumentation makes the hop's span from it): the hop keeps the span of
+    ``context`` and is decided from the baggage alone. Never raises: on an internal error the
+    result carries no identity (fail closed) and the error is logged.
     """
     # Every request of every service runs this: the steps that would each be a small
     # function are written out here, since a Python call is a measurable share of a hop.
@@ -308,11 +315,12 @@ def extract(
         own: Any = base.get(_SPAN_KEY)
         if own is not None and not (
             getattr(own, "kind", None) is _HOP_SPAN_KIND.get(hop, False)
-            and own.get_span_context().is_valid
+            # (the SDK gives its spans valid ids; any other span is asked)
+            and (type(own) is SdkSpan or own.get_span_context().is_valid)
         ):
             own = None
         shape = None
-        if own is not None:
+        if own is not None or not trace_context:
             textmap = propagate.get_global_textmap()
             known, shape = _propagation.shape  # baggage_only()'s memo, read in place
             if known is not textmap:
@@ -324,10 +332,15 @@ def extract(
             arrival = _arrivals.get((header, hop))
             if arrival is None or arrival.settings is not settings:
                 arrival = _arrival(header, hop, settings)
-            span = own
+            span = own if own is not None else trace.get_current_span(base)
         else:
             span, arrival = _arrival_from_propagator(
-                carrier, getter, base, own, hop=hop, settings=settings
+                carrier,
+                getter,
+                base,
+                own if own is not None else trace_context,
+                hop=hop,
+                settings=settings,
             )
 
         outcome, events = arrival.outcome, arrival.events
@@ -337,13 +350,15 @@ def extract(
             else:
                 outcome, events = names.OUTCOME_MISSING, arrival.if_missing
         if account:
-            _telemetry.count((hop, outcome))
+            try:  # _telemetry.count, inlined
+                counts = _per_thread.state.counts
+            except AttributeError:
+                counts = _telemetry.thread_state().counts
+            key = (hop, outcome)
+            counts[key] = counts.get(key, 0) + 1
 
         state = HopState(hop, outcome, arrival.reason, route)
-        values: dict[str, object] = dict(base)
-        values[_SPAN_KEY] = span
-        values[_BAGGAGE_KEY] = arrival.baggage
-        values[HOP_KEY] = state
+        values = {**base, _SPAN_KEY: span, _BAGGAGE_KEY: arrival.baggage, HOP_KEY: state}
         identity = arrival.state
         if identity is not None:
             values[_STATE_KEY] = identity
@@ -352,16 +367,21 @@ def extract(
             values.pop(_STATE_KEY, None)
             values.pop(_SLOT_KEY, None)
         if events:
-            if own is not None and own.is_recording():
-                for name, attributes in events:
-                    if not (name == names.EVENT_MISSING and _telemetry.has_event(own, name)):
-                        _telemetry.add_event(own, name, attributes)
-            else:
-                state.pending.extend(events)
+            _record(events, own, state)
         return Context(values)
     except Exception:  # noqa: BLE001 - never break the host's request path
         _telemetry.log_internal_error("extract")
         return _without_identity(base)
+
+
+def _record(events: tuple[tuple[str, dict[str, Any]], ...], own: Any, state: HopState) -> None:
+    """A hop's events: on its own span if it has one that records, else pending for its first."""
+    if own is not None and own.is_recording():
+        for name, attributes in events:
+            if not (name == names.EVENT_MISSING and _telemetry.has_event(own, name)):
+                _telemetry.add_event(own, name, attributes)
+    else:
+        state.pending.extend(events)
 
 
 def _without_identity(ctx: Context) -> Context:
@@ -447,7 +467,7 @@ def enter(handoff: Handoff, hop: str) -> Any:
             here = _telemetry.thread_state()
         handoff.thread_state = here
         handoff.outer = here.handoff
-        state = cast("IdentityState | None", captured.get(_STATE_KEY))
+        state: IdentityState | None = captured.get(_STATE_KEY)  # type: ignore[assignment]
         if state is None or state.baggage is not captured.get(_BAGGAGE_KEY):
             state = state_of(captured)  # (its own first check, inlined above: every hop)
         if state is not None:
@@ -520,10 +540,16 @@ def inject(
     _propagation.inject(carrier, outgoing, setter)
 
 
+# (baggage, identity keys, what _codec.fit said): the calls a request makes all send its one
+# baggage mapping (OpenTelemetry never mutates one), so the last answer is kept.
+_fitted: tuple[object, object, dict[str, object] | None] = (None, None, None)
+
+
 def outgoing_context(
     ctx: Context, *, destination: str | None = None, hop: str | None = None
 ) -> Context:
     """The context as it may leave this process: egress policy, signature, W3C limits."""
+    global _fitted
     baggage: Mapping[str, object] | None = ctx.get(_BAGGAGE_KEY)  # type: ignore[assignment]
     if not baggage:
         return ctx
@@ -537,7 +563,11 @@ def outgoing_context(
             token = _signing.sign(state.identity, settings.signing_keys, settings.token_ttl)
             if baggage.get(settings.sig_key) != token:
                 new_baggage = {**baggage, settings.sig_key: token}
-    fitted = _fit(new_baggage or baggage)
+    fitting, keys = new_baggage or baggage, identity_keys()
+    last, last_keys, fitted = _fitted
+    if last is not fitting or last_keys is not keys:
+        fitted = _codec.fit(fitting, keys)
+        _fitted = (fitting, keys, fitted)
     if fitted is not None:
         new_baggage = fitted
     if new_baggage is None:
@@ -545,22 +575,6 @@ def outgoing_context(
     values = dict(ctx)
     values[_BAGGAGE_KEY] = new_baggage
     return Context(values)
-
-
-_fitted: tuple[object, object, dict[str, object] | None] = (None, None, None)
-
-
-def _fit(baggage: Mapping[str, object]) -> dict[str, object] | None:
-    """``_codec.fit`` for the identity keys, remembered for the last baggage mapping: the
-    calls a request makes all send its one mapping (OTel never mutates one)."""
-    global _fitted
-    keys = identity_keys()
-    last, last_keys, result = _fitted
-    if last is baggage and last_keys is keys:
-        return result
-    result = _codec.fit(baggage, keys)
-    _fitted = (baggage, keys, result)
-    return result
 
 
 def strip_for_egress(

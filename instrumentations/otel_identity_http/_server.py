@@ -25,7 +25,7 @@ from typing import Any, TypeVar, cast
 from opentelemetry import propagate, trace
 from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import Context
-from opentelemetry.propagators.textmap import CarrierT, Getter, default_setter
+from opentelemetry.propagators.textmap import Getter, default_setter
 from opentelemetry.trace import INVALID_SPAN, SpanKind
 from opentelemetry.trace.propagation import _SPAN_KEY
 
@@ -194,12 +194,18 @@ def enter(
         # Without the hop's own span in the base, extract keeps every event pending, so
         # "missing" can wait for the app; an inner middleware's server span is hidden from it.
         probe = Context({**base, _SPAN_KEY: INVALID_SPAN})
+    # With an OpenTelemetry server span, the sender's span is not used (that span is, or will
+    # be, the hop's span): the trace context is not parsed a second time.
     own_span = inner or not continue_trace
-    if own_span:
-        # The sender's span is not used (an OpenTelemetry server span is, or will be, the
-        # hop's span): skip parsing the trace context twice.
-        getter = _untraced(getter)
-    ctx = oi.extract(request, getter, hop=HOP, context=probe, route=route, account=False)
+    ctx = oi.extract(
+        request,
+        getter,
+        hop=HOP,
+        context=probe,
+        route=route,
+        account=False,
+        trace_context=not own_span,
+    )
     state = ctx.get(HOP_KEY)
     hop = ServerHop(
         state if isinstance(state, HopState) else HopState(HOP, names.OUTCOME_MISSING, None, route)
@@ -246,36 +252,6 @@ def settle(hop: ServerHop, present: bool | None = None) -> None:
             hop.settled = True
     except Exception:  # noqa: BLE001 - never break the response
         _telemetry.log_internal_error("http settle")
-
-
-_TRACE_CONTEXT = frozenset({"traceparent", "tracestate"})
-
-
-class _WithoutTraceContext(Getter[CarrierT]):
-    __slots__ = ("inner",)
-
-    def __init__(self, inner: Getter[CarrierT]) -> None:
-        self.inner = inner
-
-    def get(self, carrier: CarrierT, key: str) -> list[str] | None:
-        return None if key in _TRACE_CONTEXT else self.inner.get(carrier, key)
-
-    def keys(self, carrier: CarrierT) -> list[str]:
-        return self.inner.keys(carrier)
-
-
-# One trace-context-hiding wrapper per getter (the middlewares use one getter each).
-_untraced_getters: dict[int, tuple[Getter[Any], _WithoutTraceContext[Any]]] = {}
-
-
-def _untraced(getter: Getter[CarrierT]) -> Getter[CarrierT]:
-    entry = _untraced_getters.get(id(getter))
-    if entry is not None and entry[0] is getter:
-        return cast("Getter[CarrierT]", entry[1])
-    wrapper = _WithoutTraceContext(getter)
-    if len(_untraced_getters) < 64:
-        _untraced_getters[id(getter)] = (getter, wrapper)
-    return wrapper
 
 
 def _authenticate(

@@ -461,3 +461,15 @@ class TestRepeatedHeaders:
         monkeypatch.setattr(_signing, "_now_minutes", lambda: 10**9)
         identity, outcome, _, _ = self._hop(tracer, carrier)
         assert identity is None and outcome == ("rejected", "expired", "/x")
+
+
+def test_extract_without_the_trace_context_keeps_the_base_span_and_the_identity(
+    tracer: trace.Tracer,
+) -> None:
+    with tracer.start_as_current_span("sender"):
+        carrier = carrier_for(user_id="u")
+        oi.inject(carrier, context=oi.set_identity(user_id="u"))
+    with tracer.start_as_current_span("local") as local:
+        ctx = oi.extract(carrier, hop="http.server", trace_context=False)
+    assert trace.get_current_span(ctx) is local
+    assert oi.get_identity(ctx) == oi.Identity(user_id="u")
