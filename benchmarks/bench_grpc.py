@@ -3,185 +3,102 @@ plus otel-identity, measured in one run, interleaved.
 
     python benchmarks/bench_grpc.py [--quick]
 
-baseline = GrpcInstrumentorServer + GrpcInstrumentorClient (opentelemetry-instrumentation-grpc),
-           SDK tracer providers on both sides, two baggage members (user.id, tenant.id) on
-           every call: plain OpenTelemetry already carries the identity, so only our added
-           work differs
-ours     = the same plus GrpcIdentityInstrumentor (client egress check, server hop extract)
-           and IdentitySpanProcessor on both sides
+baseline = opentelemetry-instrumentation-grpc on both sides (its client instrumentor, its
+           server interceptor), SDK tracer providers, two baggage members (user.id,
+           tenant.id) on every call: plain OpenTelemetry already carries the identity, so only
+           our added work differs
+ours     = the same plus GrpcIdentityInstrumentor on the client (the channel's egress check)
+           and otel-identity's server interceptor (the hop), with IdentitySpanProcessor on
+           both sides
 plain    = grpc without any instrumentation, for scale
 
-The servers run in other processes, as a service does, not in the client's: sharing one
-interpreter lock, client and server would wait for each other and every microsecond either
-side adds would count several times. Each process hosts its configuration's server (the
-baseline process also the plain one), with its own tracer provider. Two servers built alike
-still differ by a few percent on this kind of machine, more than the overhead measured, so
-every round starts fresh server processes, calls each configuration in turn (the order
-rotates), and the key figure is the median of the per-round p50 ratios. Each call is one
-blocking unary round trip; no timed assertion anywhere.
+The servers run in another process, as a service does: sharing one interpreter lock, client
+and server would wait for each other and every microsecond either side adds would count
+several times. How rounds, connections and the noise floor are handled: see _roundtrip.py.
 """
 
 from __future__ import annotations
 
 import importlib
-import multiprocessing
-import statistics
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent import futures
-from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import _roundtrip
 import grpc
 from opentelemetry import trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import TracerProvider
-from otel_identity_grpc import GrpcIdentityInstrumentor
+from otel_identity_grpc import GrpcIdentityInstrumentor, server_interceptor
 
 import otel_identity as oi
 
 METHOD = "/bench.Echo/Unary"
+PAYLOAD = b"x" * 64
 # opentelemetry-instrumentation-grpc is untyped; reach it through one Any-typed name.
 otel_grpc: Any = importlib.import_module("opentelemetry.instrumentation.grpc")
+# Captured before anything patches channel creation: the plain configuration's channels.
+_plain_channel = grpc.insecure_channel
+_OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
 
 
 def _echo(request: bytes, context: Any) -> bytes:
     return request
 
 
-def _start_server() -> tuple[grpc.Server, int]:
+def build(name: str) -> tuple[int, Callable[[], None]]:
+    """One configuration's server, in the server process (interceptors placed as the
+    instrumentors place them: OpenTelemetry's first, otel-identity's right after)."""
+    interceptors = []
+    if name != "plain":
+        provider = TracerProvider()
+        if name == "ours":
+            provider.add_span_processor(oi.IdentitySpanProcessor())
+        interceptors.append(otel_grpc.server_interceptor(tracer_provider=provider))
+        if name == "ours":
+            interceptors.append(server_interceptor())
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(_echo)}
     )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[handler])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4), handlers=[handler], interceptors=interceptors
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    return server, port
+    return port, lambda: server.stop(None).wait(5)
 
 
-def _serve(config: str, ports: Any, stop: Any) -> None:
-    """A server process: ``baseline`` (plus the plain server) or ``ours``."""
-    provider = TracerProvider()
-    if config == "ours":
-        provider.add_span_processor(oi.IdentitySpanProcessor())
-    trace.set_tracer_provider(provider)
-    found: dict[str, int] = {}
-    servers = []
-    if config == "baseline":
-        server, found["plain"] = _start_server()  # built before any instrumentation
-        servers.append(server)
-    otel_grpc.GrpcInstrumentorServer().instrument()
-    if config == "ours":
-        GrpcIdentityInstrumentor().instrument()
-    server, found[config] = _start_server()
-    servers.append(server)
-    ports.put(found)
-    stop.wait(600)  # bounded: the parent sets it; a lost parent ends it after ten minutes
-    for server in servers:
-        server.stop(None).wait(5)
-
-
-@contextmanager
-def _servers() -> Iterator[dict[str, str]]:
-    """Fresh server processes for one round: their targets by configuration."""
-    context = multiprocessing.get_context("spawn")
-    ports, stop = context.Queue(), context.Event()
-    processes = [
-        context.Process(target=_serve, args=(config, ports, stop), daemon=True)
-        for config in ("baseline", "ours")
-    ]
-    for process in processes:
-        process.start()
-    try:
-        targets: dict[str, str] = {}
-        for _ in processes:
-            for name, port in ports.get(timeout=120).items():
-                targets[name] = f"127.0.0.1:{port}"
-        yield targets
-    finally:
-        stop.set()
-        for process in processes:
-            process.join(10)
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+def connect(name: str, port: int) -> tuple[Callable[[], Any], Callable[[], None]]:
+    """A client connection of configuration ``name``: (one call, close)."""
+    target = f"127.0.0.1:{port}"
+    if name == "plain":
+        channel = _plain_channel(target, options=_OWN_CONNECTION)
+    elif name == "ours":
+        channel = grpc.insecure_channel(target, options=_OWN_CONNECTION)
+    else:
+        with suppress_instrumentation():  # otel-identity's channel patch steps aside
+            channel = grpc.insecure_channel(target, options=_OWN_CONNECTION)
+    stub = channel.unary_unary(METHOD)
+    return (lambda: stub(PAYLOAD, timeout=10)), channel.close
 
 
 def main() -> None:
     quick = "--quick" in sys.argv
-    rounds, blocks, block, warm = (4, 10, 100, 200) if quick else (10, 20, 150, 300)
-
+    settings = _roundtrip.Settings(rounds=4 if quick else 10, calls=1500, warm=100)
     provider = TracerProvider()
     identity_processor = oi.IdentitySpanProcessor()
     provider.add_span_processor(identity_processor)
     trace.set_tracer_provider(provider)
-    client_identity = GrpcIdentityInstrumentor()
-    otel_client = otel_grpc.GrpcInstrumentorClient()
-    otel_client.instrument()
-    payload = b"x" * 64
-    configs = ("baseline", "ours", "plain")
-    samples: dict[str, list[float]] = {name: [] for name in configs}
-    per_round: list[float] = []  # ours p50 / baseline p50, one per round
+    otel_grpc.GrpcInstrumentorClient().instrument()
+    GrpcIdentityInstrumentor().instrument()  # on for the whole run; see connect()
 
-    def run(stub: Callable[..., Any], name: str, count: int, record: Any) -> None:
+    def before(name: str) -> None:
         identity_processor.enabled = name == "ours"
-        for _ in range(count):
-            start = time.perf_counter_ns()
-            stub(payload, timeout=10)
-            if record is not None:
-                record((time.perf_counter_ns() - start) / 1000)
 
     with oi.use_identity(user_id="u-42", tenant_id="acme"):
-        for index in range(rounds):
-            with _servers() as targets, ExitStack() as stack:
-                # Channels keep the interceptors that were on when they were built.
-                stubs: dict[str, Callable[..., Any]] = {}
-                otel_client.uninstrument()
-                plain = stack.enter_context(grpc.insecure_channel(targets["plain"]))
-                otel_client.instrument()
-                baseline = stack.enter_context(grpc.insecure_channel(targets["baseline"]))
-                client_identity.instrument()
-                ours = stack.enter_context(grpc.insecure_channel(targets["ours"]))
-                client_identity.uninstrument()
-                for name, channel in (("plain", plain), ("baseline", baseline), ("ours", ours)):
-                    stubs[name] = channel.unary_unary(METHOD)
-                this_round: dict[str, list[float]] = {name: [] for name in configs}
-                for name in configs:
-                    run(stubs[name], name, warm, None)
-                for step in range(blocks):
-                    shift = (index + step) % len(configs)  # each goes first in turn
-                    for name in configs[shift:] + configs[:shift]:
-                        run(stubs[name], name, block, this_round[name].append)
-            for name, values in this_round.items():
-                samples[name].extend(values)
-            per_round.append(
-                statistics.median(this_round["ours"]) / statistics.median(this_round["baseline"])
-            )
-
-    stats = {}
-    for name, values in samples.items():
-        values.sort()
-        stats[name] = (statistics.median(values), _percentile(values, 0.99))
-    print(
-        f"gRPC unary round trip on loopback, server in another process, {rounds} rounds x "
-        f"{blocks * block} calls per configuration (us)"
-    )
-    print(f"{'configuration':<14}{'p50':>9}{'p99':>9}")
-    for name in ("plain", "baseline", "ours"):
-        p50, p99 = stats[name]
-        print(f"{name:<14}{p50:>9.1f}{p99:>9.1f}")
-    (b50, b99), (o50, o99) = stats["baseline"], stats["ours"]
-    paired = statistics.median(per_round)
-    print(
-        f"ours / baseline: p50 {o50 / b50:.3f} ({(o50 / b50 - 1) * 100:+.1f}%), "
-        f"p99 {o99 / b99:.3f} ({(o99 / b99 - 1) * 100:+.1f}%)"
-    )
-    print(
-        f"median of per-round p50 ratios {paired:.3f} ({(paired - 1) * 100:+.1f}%), "
-        f"rounds: {', '.join(f'{r:.3f}' for r in per_round)}"
-    )
-    print(f"goal p50 overhead <= 3%: {'met' if paired <= 1.03 else 'NOT met'} (paired figure)")
+        results = _roundtrip.measure(build, connect, settings, before)
+    _roundtrip.report("gRPC unary round trip on loopback", results, settings)
 
 
 if __name__ == "__main__":

@@ -11,22 +11,19 @@ ours     = the same plus HttpClientIdentityInstrumentor (transport egress check)
            IdentitySpanProcessor on both sides
 plain    = requests -> werkzeug without any instrumentation, for scale
 
-HTTP/1.1 keep-alive on one session, so a round trip is the request, not connection setup.
-The configurations run round-robin in small blocks, so drift hits them alike.
+HTTP/1.1 keep-alive, one session per server, so a round trip is the request, not connection
+setup. How rounds, servers and the noise floor are handled: see _roundtrip.py.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import statistics
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import _roundtrip
 import requests
 from opentelemetry import trace
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
@@ -43,57 +40,44 @@ def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
     return [b"ok"]
 
 
-def _serve(ports: Any, stop: Any) -> None:
-    """The server process: plain, baseline and ours, each on its own port."""
+def build(name: str) -> tuple[int, Callable[[], None]]:
+    """One configuration's server, in the server process."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     oi.configure(inbound="trust")
-    baseline_provider = TracerProvider()
-    ours_provider = TracerProvider()
-    ours_provider.add_span_processor(oi.IdentitySpanProcessor())
     WSGIRequestHandler.protocol_version = "HTTP/1.1"  # keep-alive
-    apps = {
-        "plain": _app,
-        "baseline": OpenTelemetryMiddleware(_app, tracer_provider=baseline_provider),
-        "ours": IdentityWSGIMiddleware(
-            OpenTelemetryMiddleware(_app, tracer_provider=ours_provider)
-        ),
-    }
-    servers = {name: make_server("127.0.0.1", 0, app, threaded=True) for name, app in apps.items()}
-    threads = [
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        for server in servers.values()
-    ]
-    for thread in threads:
-        thread.start()
-    ports.put({name: server.server_port for name, server in servers.items()})
-    stop.wait(600)  # bounded: the parent sets it; a lost parent ends it after ten minutes
-    for server in servers.values():
+    app: Any = _app
+    if name != "plain":
+        provider = TracerProvider()
+        if name == "ours":
+            provider.add_span_processor(oi.IdentitySpanProcessor())
+        app = OpenTelemetryMiddleware(_app, tracer_provider=provider)
+        if name == "ours":
+            app = IdentityWSGIMiddleware(app)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+
+    def close() -> None:
         server.shutdown()
         server.server_close()
 
-
-@contextmanager
-def _servers() -> Iterator[dict[str, str]]:
-    context = multiprocessing.get_context("spawn")
-    ports = context.Queue()
-    stop = context.Event()
-    process = context.Process(target=_serve, args=(ports, stop), daemon=True)
-    process.start()
-    try:
-        found = ports.get(timeout=60)
-        yield {name: f"http://127.0.0.1:{port}/orders" for name, port in found.items()}
-    finally:
-        stop.set()
-        process.join(10)
+    return server.server_port, close
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+def connect(name: str, port: int) -> tuple[Callable[[], Any], Callable[[], None]]:
+    """A keep-alive client session of configuration ``name``: (one request, close)."""
+    session = requests.Session()
+    if name == "plain":
+        RequestsInstrumentor().uninstrument_session(session)  # OpenTelemetry leaves it alone
+    url = f"http://127.0.0.1:{port}/orders"
+    return (lambda: session.get(url, timeout=10)), session.close
 
 
 def main() -> None:
     quick = "--quick" in sys.argv
-    rounds, block = (40, 50) if quick else (200, 50)
+    settings = _roundtrip.Settings(rounds=4 if quick else 10, calls=1500, warm=100)
     provider = TracerProvider()
     identity_processor = oi.IdentitySpanProcessor()
     provider.add_span_processor(identity_processor)
@@ -102,62 +86,18 @@ def main() -> None:
     RequestsInstrumentor().instrument()
     client_identity = HttpClientIdentityInstrumentor()
 
-    with ExitStack() as stack:
-        urls = stack.enter_context(_servers())
-        session = stack.enter_context(requests.Session())
-        plain_session = stack.enter_context(requests.Session())
-        # A session OpenTelemetry's instrumentation leaves alone, for scale.
-        RequestsInstrumentor().uninstrument_session(plain_session)
-        samples: dict[str, list[float]] = {name: [] for name in urls}
-        per_round: list[float] = []  # ours p50 / baseline p50 of the same round
+    def before(name: str) -> None:
+        # The client side of ours is on only for its own blocks (untimed switches).
+        identity_processor.enabled = name == "ours"
+        if name == "ours":
+            client_identity.instrument()
+        else:
+            client_identity.uninstrument()
 
-        def run(name: str, count: int, record: Callable[[float], None] | None) -> None:
-            if name == "ours":
-                client_identity.instrument()
-            identity_processor.enabled = name == "ours"
-            try:
-                url = urls[name]
-                get = (plain_session if name == "plain" else session).get
-                for _ in range(count):
-                    start = time.perf_counter_ns()
-                    get(url, timeout=10)
-                    if record is not None:
-                        record((time.perf_counter_ns() - start) / 1000)
-            finally:
-                if name == "ours":
-                    client_identity.uninstrument()
-
-        with oi.use_identity(user_id="u-42", tenant_id="acme"):
-            for name in urls:  # warm up connections and caches
-                run(name, 300, None)
-            for index in range(rounds):
-                # Alternate which of the two goes first, so neither always follows "plain".
-                order = (
-                    ("baseline", "ours", "plain") if index % 2 else ("ours", "baseline", "plain")
-                )
-                for name in order:
-                    run(name, block, samples[name].append)
-                base_block = sorted(samples["baseline"][-block:])
-                ours_block = sorted(samples["ours"][-block:])
-                per_round.append(statistics.median(ours_block) / statistics.median(base_block))
-
-    stats = {}
-    for name, values in samples.items():
-        values.sort()
-        stats[name] = (statistics.median(values), _percentile(values, 0.99))
-    print(f"HTTP round trip on loopback (requests -> werkzeug), {rounds * block} per configuration")
-    print(f"{'configuration':<14}{'p50 us':>10}{'p99 us':>10}")
-    for name in ("plain", "baseline", "ours"):
-        p50, p99 = stats[name]
-        print(f"{name:<14}{p50:>10.1f}{p99:>10.1f}")
-    (b50, b99), (o50, o99) = stats["baseline"], stats["ours"]
-    print(
-        f"ours / baseline: p50 {o50 / b50:.3f} ({(o50 / b50 - 1) * 100:+.1f}%), "
-        f"p99 {o99 / b99:.3f} ({(o99 / b99 - 1) * 100:+.1f}%)"
-    )
-    paired = statistics.median(per_round)
-    print(f"ours / baseline, median of per-round p50 ratios: {paired:.3f} ({(paired - 1):+.1%})")
-    print(f"goal p50 overhead <= 3%: {'met' if o50 / b50 <= 1.03 else 'NOT met'}")
+    with oi.use_identity(user_id="u-42", tenant_id="acme"):
+        results = _roundtrip.measure(build, connect, settings, before)
+    client_identity.uninstrument()
+    _roundtrip.report("HTTP round trip on loopback (requests -> werkzeug)", results, settings)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,166 @@
+"""The method shared by the loopback round-trip benchmarks (bench_grpc.py, bench_http.py).
+
+A goal of a few percent is smaller than what separates two identical setups on a small
+machine: two servers built alike differ by up to 5% for as long as they live (connections to
+one server do not differ), and a machine drifts by as much over a minute. So the figure is
+built to cancel both, and the run prints how well it did:
+
+- every round starts a fresh server process that hosts several servers of every
+  configuration, each on its own port, built in an order that changes from round to round
+  (one process: they share its interpreter, memory and scheduling; only one call is in flight
+  at a time, so they never compete);
+- the client has one connection per server; the configurations take turns in short blocks,
+  in an order shuffled for every turn (what ran just before affects a block), and each
+  block's calls rotate over its configuration's servers. Blocks, not single calls: taking
+  turns call by call would leave the code only one configuration runs (ours) colder than
+  the code all but one run (OpenTelemetry's), which is not how a service runs it;
+- ``baseline-b`` is a second, identical baseline: its ratio to ``baseline`` is the noise
+  floor of the run, printed beside the figure that matters;
+- the key figure is the median, over rounds, of each round's p50 ratio.
+
+No timed assertion anywhere: this prints figures.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+CONFIGS = ("plain", "baseline", "baseline-b", "ours")
+
+Build = Callable[[str], tuple[int, Callable[[], None]]]  # config -> (port, close)
+Connect = Callable[[str, int], tuple[Callable[[], Any], Callable[[], None]]]  # -> (call, close)
+
+
+@dataclass
+class Settings:
+    rounds: int
+    calls: int  # calls per configuration per round
+    warm: int  # calls per connection before measuring
+    block: int = 50  # calls of one configuration in a row
+    servers: int = 3  # servers (one connection each) per configuration
+
+
+@dataclass
+class Results:
+    samples: dict[str, list[float]] = field(default_factory=lambda: {c: [] for c in CONFIGS})
+    # per round: p50 of a configuration / p50 of baseline
+    ratios: dict[str, list[float]] = field(default_factory=lambda: {c: [] for c in CONFIGS})
+
+
+def _host(build: Build, order: list[str], ports: Any, stop: Any) -> None:
+    closers = []
+    found: dict[str, list[int]] = {}
+    for name in order:
+        port, close = build(name)
+        found.setdefault(name, []).append(port)
+        closers.append(close)
+    ports.put(found)
+    stop.wait(600)  # bounded: the parent sets it; a lost parent ends it after ten minutes
+    for close in closers:
+        close()
+
+
+@contextmanager
+def _server_process(build: Build, order: list[str]) -> Iterator[dict[str, list[int]]]:
+    context = multiprocessing.get_context("spawn")
+    ports, stop = context.Queue(), context.Event()
+    process = context.Process(target=_host, args=(build, order, ports, stop), daemon=True)
+    process.start()
+    try:
+        yield ports.get(timeout=120)
+    finally:
+        stop.set()
+        process.join(10)
+
+
+def measure(
+    build: Build,
+    connect: Connect,
+    settings: Settings,
+    before: Callable[[str], None],
+) -> Results:
+    """Run the rounds; ``before(name)`` runs before each block of ``name`` (untimed)."""
+    results = Results()
+    shuffle = random.Random(20261125)  # fixed seed: the same orders on every run
+    for _ in range(settings.rounds):
+        order = [name for name in CONFIGS for _ in range(settings.servers)]
+        shuffle.shuffle(order)
+        with _server_process(build, order) as ports:
+            calls: dict[str, list[Callable[[], Any]]] = {name: [] for name in CONFIGS}
+            closers = []
+            for name in order:
+                call, close = connect(name, ports[name][len(calls[name])])
+                calls[name].append(call)
+                closers.append(close)
+            try:
+                this_round = _one_round(calls, shuffle, settings, before)
+            finally:
+                for close in closers:
+                    close()
+        base = statistics.median(this_round["baseline"])
+        for name, values in this_round.items():
+            results.samples[name].extend(values)
+            results.ratios[name].append(statistics.median(values) / base)
+    return results
+
+
+def _one_round(
+    calls: dict[str, list[Callable[[], Any]]],
+    shuffle: random.Random,
+    settings: Settings,
+    before: Callable[[str], None],
+) -> dict[str, list[float]]:
+    for name, each in calls.items():
+        before(name)
+        for call in each:
+            for _ in range(settings.warm):
+                call()
+    this_round: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    clock = time.perf_counter_ns
+    order = list(CONFIGS)
+    for _ in range(settings.calls // settings.block):
+        shuffle.shuffle(order)  # what ran just before affects a block: no fixed neighbours
+        for name in order:
+            each, record = calls[name], this_round[name].append
+            before(name)
+            for step in range(settings.block):
+                call = each[step % len(each)]
+                start = clock()
+                call()
+                record((clock() - start) / 1000)
+    return this_round
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def report(title: str, results: Results, settings: Settings, goal: float = 0.03) -> None:
+    print(
+        f"{title}: {settings.rounds} rounds x {settings.calls} calls per configuration, "
+        f"over {settings.servers} servers each (us)"
+    )
+    print(f"{'configuration':<14}{'p50':>9}{'p99':>9}   median per-round p50 ratio to baseline")
+    for name in CONFIGS:
+        values = sorted(results.samples[name])
+        ratios = results.ratios[name]
+        median = statistics.median(ratios)
+        spread = f"rounds {min(ratios):.3f}..{max(ratios):.3f}" if name != "baseline" else ""
+        print(
+            f"{name:<14}{statistics.median(values):>9.1f}{_percentile(values, 0.99):>9.1f}"
+            f"   {median:.3f} ({median - 1:+.1%}) {spread}"
+        )
+    ours = statistics.median(results.ratios["ours"])
+    floor = abs(statistics.median(results.ratios["baseline-b"]) - 1)
+    verdict = "met" if ours <= 1 + goal else "NOT met"
+    print(
+        f"ours / baseline p50: {ours - 1:+.1%} (noise floor of this run: baseline-b differs by "
+        f"{floor:.1%}); goal <= {goal:.0%}: {verdict}"
+    )
