@@ -244,10 +244,8 @@ _arrivals: dict[tuple[str | None, str], Arrival] = {}
 _NO_BAGGAGE: Mapping[str, object] = {}
 
 
-def _arrival(header: str | None, hop: str, settings: _config.Settings) -> Arrival:
-    arrival = _arrivals.get((header, hop))
-    if arrival is not None and arrival.settings is settings:
-        return arrival
+def _new_arrival(header: str | None, hop: str, settings: _config.Settings) -> Arrival:
+    """What ``header`` means on ``hop``, decided afresh (and remembered where it may be)."""
     baggage: Mapping[str, object] = _NO_BAGGAGE
     oversize = False
     if header:
@@ -331,7 +329,7 @@ def extract(
             header = _propagation.first(getter.get(carrier, "baggage")) if shape else None
             arrival = _arrivals.get((header, hop))
             if arrival is None or arrival.settings is not settings:
-                arrival = _arrival(header, hop, settings)
+                arrival = _new_arrival(header, hop, settings)
             span = own if own is not None else trace.get_current_span(base)
         else:
             span, arrival = _arrival_from_propagator(
