@@ -11,8 +11,10 @@ ours     = the same plus HttpClientIdentityInstrumentor (transport egress check)
            IdentitySpanProcessor on both sides
 plain    = requests -> werkzeug without any instrumentation, for scale
 
-HTTP/1.1 keep-alive, one session per server, so a round trip is the request, not connection
-setup. How rounds, servers and the noise floor are handled: see _roundtrip.py.
+One session per server. Werkzeug 3 closes every connection after one response (its
+development server does not do keep-alive), so each round trip also opens a connection and
+starts a server thread, for every configuration alike. How rounds, servers and the noise
+floor are handled: see _roundtrip.py.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from opentelemetry.instrumentation.requests import RequestsInstrumentor
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
 from otel_identity_http import HttpClientIdentityInstrumentor, IdentityWSGIMiddleware
-from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.serving import make_server
 
 import otel_identity as oi
 
@@ -44,7 +46,6 @@ def build(name: str) -> tuple[int, Callable[[], None]]:
     """One configuration's server, in the server process."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     oi.configure(inbound="trust")
-    WSGIRequestHandler.protocol_version = "HTTP/1.1"  # keep-alive
     app: Any = _app
     if name != "plain":
         provider = TracerProvider()

@@ -13,10 +13,10 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.propagators.textmap import Getter
 
 from otel_identity import _telemetry
+from otel_identity._hops import current_context, suppressed
 from otel_identity_http import _server
 from otel_identity_http._server import AuthSource
 
@@ -87,7 +87,7 @@ async def call_asgi(
         scope, stash = _server.enter(
             scope,
             scope_getter,
-            otel_context.get_current(),
+            current_context(),
             route=route,
             auth=auth,
             header=_first,
@@ -138,7 +138,7 @@ class IdentityASGIMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope.get("type") not in _HOP_TYPES
-            or not is_instrumentation_enabled()
+            or suppressed(current_context())
             or _server.HANDLED_KEY in scope
         ):
             await self.app(scope, receive, send)

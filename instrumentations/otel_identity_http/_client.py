@@ -30,14 +30,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator, default_getter
 
 import otel_identity as oi
 from otel_identity import _config, _egress, _memo, _propagation, _telemetry, names
 from otel_identity._context import all_identity_keys, state_of
-from otel_identity._hops import outgoing_context, strip_for_egress
+from otel_identity._hops import current_context, outgoing_context, strip_for_egress, suppressed
 from otel_identity_http._server import baggage_fields, encoded_baggage, propagator_fields
 
 HOP = names.HOP_HTTP_CLIENT
@@ -414,7 +413,7 @@ class _Unreadable:
 
 
 def wrap_requests_send(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
-    if not is_instrumentation_enabled():
+    if suppressed(current_context()):
         return wrapped(*args, **kwargs)
     request = args[0] if args else kwargs.get("request")
     if request is not None:
@@ -422,7 +421,7 @@ def wrap_requests_send(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) 
         if headers is not None:
             url = request.url
             host = host_of_url(url if type(url) is str else str(url))
-            if type(headers) is _case_insensitive_dict():
+            if type(headers) is (_requests_dict or _case_insensitive_dict()):
                 apply_policy(headers, requests_headers, host)
             else:
                 apply_policy(headers, mapping_headers, host)
@@ -449,7 +448,7 @@ def _urllib3_view(original: Any) -> Any:
 
 
 def wrap_urllib3_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
-    if handled.get() or not is_instrumentation_enabled():
+    if handled.get() or suppressed(current_context()):
         return wrapped(*args, **kwargs)
     from urllib3._collections import HTTPHeaderDict
 
@@ -483,7 +482,7 @@ def _httpcore_host(request: Any) -> str:
 
 
 def wrap_httpcore_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
-    if is_instrumentation_enabled():
+    if not suppressed(current_context()):
         request = args[0] if args else kwargs.get("request")
         if request is not None and isinstance(request.headers, list):
             apply_policy(request.headers, httpcore_headers, _httpcore_host(request))
@@ -491,7 +490,7 @@ def wrap_httpcore_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: An
 
 
 def wrap_aiohttp_send(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
-    if is_instrumentation_enabled():
+    if not suppressed(current_context()):
         headers = getattr(instance, "headers", None)
         if headers is not None:
             apply_policy(headers, mapping_headers, str(instance.url.host or "").lower())

@@ -187,7 +187,7 @@ def enter(
     inner = (
         local is not None
         and getattr(local, "kind", None) is SpanKind.SERVER
-        and cast("trace.Span", local).get_span_context().is_valid
+        and local.get_span_context().is_valid  # type: ignore[attr-defined]
     )
     probe = base
     if inner:
@@ -224,7 +224,7 @@ def enter(
         ctx, authenticated = _authenticate(ctx, hop, auth, view)
         changed = changed or authenticated
     if inner:
-        span = cast("trace.Span", local)
+        span: trace.Span = local  # type: ignore[assignment]
         hop.flush(span)
         if hop.authenticated:
             stamp(span, ctx)

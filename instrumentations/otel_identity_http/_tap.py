@@ -16,6 +16,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 
 from otel_identity import _telemetry
+from otel_identity._hops import attach_raw, current_context, detach_raw
 from otel_identity_http import _server
 from otel_identity_http._asgi import ASGIApp, Receive, Scope, Send
 from otel_identity_http._wsgi import Environ, StartResponse, WSGIApp, _HopIterable
@@ -33,12 +34,12 @@ class ReattachWSGI:
         stash = environ.get(_server.STASH_KEY)
         if not isinstance(stash, _server.Stash):
             return self.app(environ, start_response)
-        ctx = _server.restored(otel_context.get_current(), stash)
-        token = otel_context.attach(ctx)
+        ctx = _server.restored(current_context(), stash)
+        token = attach_raw(ctx)  # detached below, in this frame
         try:
             result = self.app(environ, start_response)
         finally:
-            otel_context.detach(token)
+            detach_raw(token)
         if isinstance(result, (list, tuple)):
             return result
         return _HopIterable(result, ctx, stash.hop)

@@ -16,13 +16,13 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import INVALID_SPAN
 from opentelemetry.trace.propagation import _SPAN_KEY
 
 import otel_identity as oi
 from otel_identity import _telemetry
+from otel_identity._hops import attach_raw, current_context, detach_raw, suppressed
 from otel_identity_http import _server
 from otel_identity_http._server import AuthSource
 
@@ -146,7 +146,7 @@ def call_wsgi(
         environ, stash = _server.enter(
             environ,
             environ_getter,
-            otel_context.get_current(),
+            current_context(),
             route=route,
             auth=auth,
             header=_header,
@@ -173,14 +173,14 @@ def call_wsgi(
             _server.settle(hop, oi.get_identity(stash.context) is not None)
             raise
     else:
-        token = otel_context.attach(stash.context)
+        token = attach_raw(stash.context)  # detached below, in this frame
         try:
             result = app(environ, hop_start_response)
         except BaseException:
             _server.settle(hop)
             raise
         finally:
-            otel_context.detach(token)
+            detach_raw(token)
     if isinstance(result, (list, tuple)):  # nothing of the app runs while it is sent
         _server.settle(hop)
         return result
@@ -217,7 +217,7 @@ class IdentityWSGIMiddleware:
         self._tap_inside = False  # self.app is OpenTelemetry's middleware, our tap inside it
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if not is_instrumentation_enabled() or _server.HANDLED_KEY in environ:
+        if _server.HANDLED_KEY in environ or suppressed(current_context()):
             return self.app(environ, start_response)
         if not self._tapped:
             from otel_identity_http import _tap
