@@ -89,15 +89,13 @@ def main() -> None:
 
     def before(name: str) -> None:
         # The client side of ours is on only for its own blocks (untimed switches).
-        identity_processor.enabled = name == "ours"
-        if name == "ours":
-            client_identity.instrument()
-        else:
-            client_identity.uninstrument()
+        identity_processor.enabled = ours = name == "ours"
+        if ours != client_identity.is_instrumented_by_opentelemetry:
+            (client_identity.instrument if ours else client_identity.uninstrument)()
 
     with oi.use_identity(user_id="u-42", tenant_id="acme"):
         results = _roundtrip.measure(build, connect, settings, before)
-    client_identity.uninstrument()
+    before("plain")  # leaves the client uninstrumented
     _roundtrip.report("HTTP round trip on loopback (requests -> werkzeug)", results, settings)
 
 
