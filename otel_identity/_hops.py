@@ -260,20 +260,20 @@ def _arrival_from_propagator(
     carrier: CarrierT,
     getter: Getter[CarrierT],
     base: Context,
-    own: trace.Span | bool,
+    own: trace.Span | None,
     *,
+    sender: bool,
     hop: str,
     settings: _config.Settings,
 ) -> tuple[trace.Span, Arrival]:
     """The general case of ``extract``: the whole global propagator runs, whatever its shape,
-    and the hop continues ``own`` (its own span), else (``own`` True: the trace context is
-    wanted) the sender's, else whatever ``base`` had."""
+    and the hop continues ``own`` (its own span), else the sender's span (when ``sender``),
+    else whatever ``base`` had."""
     remote, oversize = _propagation.extract(carrier, getter, _keep_keys(settings))
-    if not isinstance(own, bool):
-        span = own
-    else:
+    span = own
+    if span is None:
         sent = trace.get_current_span(remote)
-        valid = own and sent.get_span_context().is_valid
+        valid = sender and sent.get_span_context().is_valid
         span = sent if valid else trace.get_current_span(base)
     baggage: Mapping[str, object] = remote.get(_BAGGAGE_KEY) or _NO_BAGGAGE  # type: ignore[assignment]
     return span, Arrival(baggage, oversize, hop, settings)
@@ -333,12 +333,7 @@ def extract(
             span = own if own is not None else trace.get_current_span(base)
         else:
             span, arrival = _arrival_from_propagator(
-                carrier,
-                getter,
-                base,
-                own if own is not None else trace_context,
-                hop=hop,
-                settings=settings,
+                carrier, getter, base, own, sender=trace_context, hop=hop, settings=settings
             )
 
         outcome, events = arrival.outcome, arrival.events
