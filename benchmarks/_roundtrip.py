@@ -138,6 +138,22 @@ def _one_round(
     return this_round
 
 
+def client_setup(argv: list[str]) -> tuple[Settings, Any]:
+    """The client process's common start: the run's settings (``--quick``: 4 rounds) and an
+    SDK tracer provider with ``IdentitySpanProcessor``, returned to be switched per block."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    import otel_identity as oi
+
+    settings = Settings(rounds=4 if "--quick" in argv else 10, calls=1500, warm=100)
+    provider = TracerProvider()
+    processor = oi.IdentitySpanProcessor()
+    provider.add_span_processor(processor)
+    trace.set_tracer_provider(provider)
+    return settings, processor
+
+
 def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 

@@ -27,7 +27,6 @@ from typing import Any
 
 import _roundtrip
 import grpc
-from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import TracerProvider
 from otel_identity_grpc import GrpcIdentityInstrumentor, server_interceptor
@@ -84,12 +83,7 @@ def connect(name: str, port: int) -> tuple[Callable[[], Any], Callable[[], None]
 
 
 def main() -> None:
-    quick = "--quick" in sys.argv
-    settings = _roundtrip.Settings(rounds=4 if quick else 10, calls=1500, warm=100)
-    provider = TracerProvider()
-    identity_processor = oi.IdentitySpanProcessor()
-    provider.add_span_processor(identity_processor)
-    trace.set_tracer_provider(provider)
+    settings, identity_processor = _roundtrip.client_setup(sys.argv)
     otel_grpc.GrpcInstrumentorClient().instrument()
     GrpcIdentityInstrumentor().instrument()  # on for the whole run; see connect()
 

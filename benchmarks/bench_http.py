@@ -27,7 +27,6 @@ from typing import Any
 
 import _roundtrip
 import requests
-from opentelemetry import trace
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
@@ -68,7 +67,7 @@ def build(name: str) -> tuple[int, Callable[[], None]]:
 
 
 def connect(name: str, port: int) -> tuple[Callable[[], Any], Callable[[], None]]:
-    """A keep-alive client session of configuration ``name``: (one request, close)."""
+    """A client session of configuration ``name``: (one request, close)."""
     session = requests.Session()
     if name == "plain":
         RequestsInstrumentor().uninstrument_session(session)  # OpenTelemetry leaves it alone
@@ -77,12 +76,7 @@ def connect(name: str, port: int) -> tuple[Callable[[], Any], Callable[[], None]
 
 
 def main() -> None:
-    quick = "--quick" in sys.argv
-    settings = _roundtrip.Settings(rounds=4 if quick else 10, calls=1500, warm=100)
-    provider = TracerProvider()
-    identity_processor = oi.IdentitySpanProcessor()
-    provider.add_span_processor(identity_processor)
-    trace.set_tracer_provider(provider)
+    settings, identity_processor = _roundtrip.client_setup(sys.argv)
     oi.configure(inbound="trust")
     RequestsInstrumentor().instrument()
     client_identity = HttpClientIdentityInstrumentor()
