@@ -314,7 +314,7 @@ def extract(
         if own is not None and not (
             getattr(own, "kind", None) is _HOP_SPAN_KIND.get(hop, False)
             # (the SDK gives its spans valid ids; any other span is asked)
-            and (type(own) is SdkSpan or own.get_span_context().is_valid)
+            and (isinstance(own, SdkSpan) or own.get_span_context().is_valid)
         ):
             own = None
         shape = None
