@@ -15,8 +15,10 @@ started under it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
@@ -24,8 +26,9 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_identity import _config, _telemetry, names
 from otel_identity._config import AttributeMode
-from otel_identity._context import hop_of, state_of
+from otel_identity._context import _STATE_KEY, HOP_KEY, state_of
 from otel_identity._hops import HopState, current_context, is_anonymous_route, missing_event
+from otel_identity._telemetry import local as _per_thread
 
 _ROUTE_ATTRIBUTES = ("http.route", "url.path", "http.target", "messaging.destination.name")
 
@@ -64,18 +67,17 @@ def _stamp(span: Span, attributes: Mapping[str, AttributeValue]) -> None:
     the installed SDK takes the direct path and that both give the same span.
     """
     bounded = getattr(span, "_attributes", None)
-    store = getattr(bounded, "_dict", None)
-    if (
-        type(bounded) is BoundedAttributes
-        and type(store) is dict
-        and getattr(span, "_end_time", True) is None
-        and bounded._immutable is False  # type: ignore[union-attr]
-        and bounded.max_value_len is None  # type: ignore[union-attr]
-        and (bounded.maxlen is None or len(store) + len(attributes) <= bounded.maxlen)  # type: ignore[union-attr]
-    ):
-        store.update(attributes)
-    else:
-        span.set_attributes(attributes)
+    # (the SDK makes a span's attributes immutable when it ends)
+    if type(bounded) is BoundedAttributes and bounded._immutable is False:
+        store, maxlen = bounded._dict, bounded.maxlen
+        if (
+            type(store) is dict
+            and bounded.max_value_len is None
+            and (maxlen is None or len(store) + len(attributes) <= maxlen)
+        ):
+            store.update(attributes)
+            return
+    span.set_attributes(attributes)
 
 
 class IdentitySpanProcessor(SpanProcessor):
@@ -95,14 +97,23 @@ class IdentitySpanProcessor(SpanProcessor):
         if not self.enabled:
             return
         try:
-            ctx = parent_context if parent_context is not None else current_context()
-            hop = hop_of(ctx)
-            if hop is not None and hop.pending:  # type: ignore[attr-defined]
-                hop.flush(span)  # type: ignore[attr-defined]
-            state = state_of(ctx)
-            settings = _config.get_settings()
+            ctx: Any = parent_context if parent_context is not None else current_context()
+            # Every span of the process comes here: hop_of(ctx) and state_of(ctx) are written
+            # out for their common cases.
+            hop = ctx.get(HOP_KEY)
+            try:
+                handoff = _per_thread.state.handoff
+            except AttributeError:  # this thread never entered a hop
+                handoff = None
+            if handoff is not None and hop is handoff.source.get(HOP_KEY):
+                hop = handoff.state
+            if hop is not None and hop.pending:
+                hop.flush(span)
+            state = ctx.get(_STATE_KEY)
+            if state is None or state.baggage is not ctx.get(_BAGGAGE_KEY):
+                state = state_of(ctx)
             if state is not None:
-                mode = self._mode or settings.span_attributes
+                mode = self._mode or (_config.current or _config.get_settings()).span_attributes
                 memo = state.attributes  # state.span_attributes(mode), its hit inlined
                 attributes = memo[1] if memo is not None and memo[0] == mode else None
                 if attributes is None:
@@ -112,7 +123,7 @@ class IdentitySpanProcessor(SpanProcessor):
             elif span.kind in (SpanKind.SERVER, SpanKind.CONSUMER) and not isinstance(
                 hop, HopState
             ):
-                self._check_missing(span, settings)
+                self._check_missing(span, _config.get_settings())
         except Exception:  # noqa: BLE001 - a processor must never raise into span creation
             _telemetry.log_internal_error("IdentitySpanProcessor.on_start")
 
