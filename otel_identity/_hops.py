@@ -524,29 +524,49 @@ def inject(
     dropping identity members, and signed when signing keys are configured.
     """
     ctx = context if context is not None else otel_context.get_current()
-    setter = setter or default_setter
-    try:
-        outgoing = outgoing_context(ctx, destination=destination, hop=hop)
-    except Exception:  # noqa: BLE001 - fail closed: send no identity rather than break the call
-        _telemetry.log_internal_error("inject")
-        outgoing = _without_identity(ctx)
-    _propagation.inject(carrier, outgoing, setter)
+    outgoing = outgoing_context(ctx, destination=destination, hop=hop)
+    _propagation.inject(carrier, outgoing, setter or default_setter)
 
 
-# (baggage, identity keys, what _codec.fit said): the calls a request makes all send its one
-# baggage mapping (OpenTelemetry never mutates one), so the last answer is kept.
+# (baggage, destination, settings) last found to leave unchanged: the calls a request makes
+# send its one baggage mapping (OpenTelemetry never mutates one), mostly to one destination.
+_unchanged: tuple[object, object, object] = (None, None, None)
+# (baggage, identity keys, what _codec.fit said), for the same reason.
 _fitted: tuple[object, object, dict[str, object] | None] = (None, None, None)
 
 
 def outgoing_context(
     ctx: Context, *, destination: str | None = None, hop: str | None = None
 ) -> Context:
-    """The context as it may leave this process: egress policy, signature, W3C limits."""
+    """The context as it may leave this process: egress policy, signature, W3C limits.
+
+    Never raises: on an internal error the context leaves without identity (fail closed)."""
+    global _unchanged
+    try:
+        baggage: Mapping[str, object] | None = ctx.get(_BAGGAGE_KEY)  # type: ignore[assignment]
+        if not baggage:
+            return ctx
+        settings = _config.current or _config.get_settings()
+        last, last_destination, last_settings = _unchanged
+        if last is baggage and last_settings is settings and last_destination == destination:
+            return ctx
+        out = _outgoing(ctx, baggage, destination, hop, settings)
+        if out is ctx and not settings.signing_keys:  # (a signature is renewed as it ages)
+            _unchanged = (baggage, destination, settings)
+        return out
+    except Exception:  # noqa: BLE001 - send no identity rather than break the call
+        _telemetry.log_internal_error("outgoing_context")
+        return _without_identity(ctx)
+
+
+def _outgoing(
+    ctx: Context,
+    baggage: Mapping[str, object],
+    destination: str | None,
+    hop: str | None,
+    settings: _config.Settings,
+) -> Context:
     global _fitted
-    baggage: Mapping[str, object] | None = ctx.get(_BAGGAGE_KEY)  # type: ignore[assignment]
-    if not baggage:
-        return ctx
-    settings = _config.get_settings()
     if destination is not None and not _egress.is_allowed(destination, settings.egress_allow):
         return strip_for_egress(ctx, destination, hop=hop, settings=settings)
     new_baggage: dict[str, object] | None = None

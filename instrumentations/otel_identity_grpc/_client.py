@@ -25,23 +25,14 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
 import otel_identity as oi
-from otel_identity import _telemetry, names
+from otel_identity import names
 from otel_identity._hops import current_context, outgoing_context, suppressed
 from otel_identity_grpc import _metadata, _state
 
 
-def _leaving(ctx: Context, target: str | None) -> Context:
-    """``ctx`` as it may leave for ``target`` (egress policy, signature, limits)."""
-    try:
-        return outgoing_context(ctx, destination=target, hop=names.HOP_GRPC_CLIENT)
-    except Exception:  # noqa: BLE001 - fail closed: no identity rather than a failed call
-        _telemetry.log_internal_error("grpc client egress")
-        return oi.clear_identity(ctx)
-
-
 def _carrying(metadata: Any, out: Context) -> list[Any]:
     carrier = _metadata.pairs(metadata)
-    # Egress was decided by _leaving; oi.inject adds nothing but the propagator's work.
+    # Egress was decided by outgoing_context; oi.inject adds nothing but the propagator's work.
     oi.inject(carrier, _metadata.setter, context=out)
     return carrier
 
@@ -51,7 +42,8 @@ def send(
 ) -> Any:
     """Start a sync call through ``invoke(metadata)`` with the caller's identity in it."""
     ctx = current_context()
-    return carry(ctx, _leaving(ctx, target), metadata, invoke, streaming=streaming)
+    out = outgoing_context(ctx, destination=target, hop=names.HOP_GRPC_CLIENT)
+    return carry(ctx, out, metadata, invoke, streaming=streaming)
 
 
 def carry(
@@ -75,7 +67,7 @@ def carry(
 async def asend(target: str | None, metadata: Any, invoke: Callable[[Any], Awaitable[Any]]) -> Any:
     """``send`` for grpc.aio, where the interceptors finish starting the call when awaited."""
     ctx = otel_context.get_current()
-    out = _leaving(ctx, target)
+    out = outgoing_context(ctx, destination=target, hop=names.HOP_GRPC_CLIENT)
     carried = grpc.aio.Metadata(*_carrying(metadata, out))
     if out is ctx:
         return await invoke(carried)
@@ -253,7 +245,7 @@ class _MultiCallable(_Base):
         ctx = current_context()
         if not _state.active or suppressed(ctx):
             return invoke(request, *args, **kwargs)
-        out = _leaving(ctx, self._target)
+        out = outgoing_context(ctx, destination=self._target, hop=names.HOP_GRPC_CLIENT)
         if out is ctx and self._injected_inside:
             # OpenTelemetry's interceptor between us and the wire injects the current
             # context, and it may leave as it is: the common case, nothing to add.
