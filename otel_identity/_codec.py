@@ -157,7 +157,7 @@ def raw_values(
     baggage: Mapping[str, object], keys: tuple[str, str, str, str]
 ) -> tuple[object, object, object, object]:
     """The four identity members of a baggage mapping, as stored (None where absent)."""
-    return (baggage.get(keys[0]), baggage.get(keys[1]), baggage.get(keys[2]), baggage.get(keys[3]))
+    return tuple(map(baggage.get, keys))  # type: ignore[return-value]  # (four keys, four values)
 
 
 def decode_identity(raw: tuple[object, ...]) -> Identity | None:

@@ -208,9 +208,7 @@ def state_of(ctx: Context) -> IdentityState | None:
     state: IdentityState | None = ctx.get(_STATE_KEY)  # type: ignore[assignment]
     if state is not None and state.baggage is baggage:
         return state
-    keys = _keys or identity_keys()
-    get = baggage.get  # type: ignore[attr-defined]
-    raw = (get(keys[0]), get(keys[1]), get(keys[2]), get(keys[3]))  # _codec.raw_values, inlined
+    raw = tuple(map(baggage.get, _keys or identity_keys()))  # type: ignore[attr-defined]
     if state is not None and state.raw == raw:
         return state
     if raw == (None, None, None, None):

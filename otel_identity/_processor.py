@@ -14,15 +14,13 @@ started under it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import Span, SpanProcessor
 from opentelemetry.trace import SpanKind
-from opentelemetry.util.types import AttributeValue
 
 from otel_identity import _config, _telemetry, names
 from otel_identity._config import AttributeMode
@@ -30,6 +28,7 @@ from otel_identity._context import _STATE_KEY, HOP_KEY, state_of
 from otel_identity._hops import HopState, current_context, is_anonymous_route, missing_event
 from otel_identity._telemetry import local as _per_thread
 
+_HOP_KINDS = (SpanKind.SERVER, SpanKind.CONSUMER)  # the spans of receiving hops
 _ROUTE_ATTRIBUTES = ("http.route", "url.path", "http.target", "messaging.destination.name")
 
 
@@ -55,31 +54,6 @@ def _route_of(span: Span) -> str | None:
     return span.name
 
 
-def _stamp(span: Span, attributes: Mapping[str, AttributeValue]) -> None:
-    """``span.set_attributes(attributes)``, without re-validating what is already valid.
-
-    The SDK cleans every value it is given (about 2 us for our three to five attributes, on
-    every span). Ours are validated once per identity and shared: strings, a bool and a tuple
-    of strings. So where the span is the SDK's own, still starting (``on_start`` runs before
-    anyone else holds it), with room for them all and no value-length limit, they go straight
-    into its attribute store; in any other case (a limit, another SDK version, another span
-    type) through ``set_attributes``, as before. ``tests/core/test_processor.py`` checks that
-    the installed SDK takes the direct path and that both give the same span.
-    """
-    bounded = getattr(span, "_attributes", None)
-    # (the SDK makes a span's attributes immutable when it ends)
-    if type(bounded) is BoundedAttributes and bounded._immutable is False:
-        store, maxlen = bounded._dict, bounded.maxlen
-        if (
-            type(store) is dict
-            and bounded.max_value_len is None
-            and (maxlen is None or len(store) + len(attributes) <= maxlen)
-        ):
-            store.update(attributes)
-            return
-    span.set_attributes(attributes)
-
-
 class IdentitySpanProcessor(SpanProcessor):
     """Stamps identity attributes and records ``identity.missing`` at span start.
 
@@ -98,8 +72,8 @@ class IdentitySpanProcessor(SpanProcessor):
             return
         try:
             ctx: Any = parent_context if parent_context is not None else current_context()
-            # Every span of the process comes here: hop_of(ctx) and state_of(ctx) are written
-            # out for their common cases.
+            # Every span of the process comes here: hop_of(ctx), state_of(ctx) and
+            # span.set_attributes are written out below for their common cases.
             hop = ctx.get(HOP_KEY)
             try:
                 handoff = _per_thread.state.handoff
@@ -112,18 +86,36 @@ class IdentitySpanProcessor(SpanProcessor):
             state = ctx.get(_STATE_KEY)
             if state is None or state.baggage is not ctx.get(_BAGGAGE_KEY):
                 state = state_of(ctx)
-            if state is not None:
-                mode = self._mode or (_config.current or _config.get_settings()).span_attributes
-                memo = state.attributes  # state.span_attributes(mode), its hit inlined
-                attributes = memo[1] if memo is not None and memo[0] == mode else None
-                if attributes is None:
-                    attributes = state.span_attributes(mode)
-                if attributes:
-                    _stamp(span, attributes)
-            elif span.kind in (SpanKind.SERVER, SpanKind.CONSUMER) and not isinstance(
-                hop, HopState
-            ):
-                self._check_missing(span, _config.get_settings())
+            if state is None:
+                if span.kind in _HOP_KINDS and not isinstance(hop, HopState):
+                    self._check_missing(span, _config.get_settings())
+                return
+            mode = self._mode or (_config.current or _config.get_settings()).span_attributes
+            memo = state.attributes  # state.span_attributes(mode), its hit inlined
+            if memo is not None and memo[0] == mode:
+                attributes = memo[1]
+            else:
+                attributes = state.span_attributes(mode)
+            if not attributes:
+                return
+            # The SDK cleans every value it is given (about 2 us for our three to five, on
+            # every span). Ours are validated once per identity and shared: strings, a bool,
+            # a tuple of strings. So where the span is the SDK's own, still starting (the SDK
+            # makes its attributes immutable when it ends), with room for them all and no
+            # value-length limit, they go straight into its attribute store; in any other
+            # case through set_attributes. tests/core/test_processor.py checks that the
+            # installed SDK takes the direct path and that both give the same span.
+            bounded = getattr(span, "_attributes", None)
+            if type(bounded) is BoundedAttributes and bounded._immutable is False:
+                store, maxlen = getattr(bounded, "_dict", None), bounded.maxlen
+                if (
+                    type(store) is dict
+                    and bounded.max_value_len is None
+                    and (maxlen is None or len(store) + len(attributes) <= maxlen)
+                ):
+                    store.update(attributes)
+                    return
+            span.set_attributes(attributes)
         except Exception:  # noqa: BLE001 - a processor must never raise into span creation
             _telemetry.log_internal_error("IdentitySpanProcessor.on_start")
 
@@ -138,8 +130,10 @@ class IdentitySpanProcessor(SpanProcessor):
             name, attributes = missing_event(hop, settings)
             span.add_event(name, attributes)
 
-    def on_end(self, span: ReadableSpan) -> None:
-        return None
+    # The SDK calls these two on every span, and they have nothing to do. A builtin that
+    # takes the span and has no effect (``id``; the SDK ignores what they return) spares
+    # every span two Python calls.
+    _on_ending = on_end = staticmethod(id)  # type: ignore[assignment]
 
     def shutdown(self) -> None:
         return None

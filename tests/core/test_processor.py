@@ -198,7 +198,8 @@ def _as_public_api_would(provider: TracerProvider, **attributes: object) -> Read
 
 def test_the_installed_sdk_takes_the_direct_attribute_path(monkeypatch: Any) -> None:
     # If an SDK release changes its span internals, this fails (and spans fall back to
-    # set_attributes, correct but slower): time to look at _processor._stamp again.
+    # set_attributes, correct but slower): time to look at the direct path in
+    # IdentitySpanProcessor.on_start again.
     def refuse(self: Any, attributes: Any) -> None:
         raise AssertionError("set_attributes was called")
 
