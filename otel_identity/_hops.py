@@ -101,14 +101,13 @@ def suppressed(ctx: Context) -> bool:
 class HopState:
     """What happened on one receiving hop; events wait here until a span can take them."""
 
-    __slots__ = ("hop", "key", "outcome", "pending", "reason", "route")
+    __slots__ = ("hop", "key", "outcome", "pending", "reason")
 
-    def __init__(self, hop: str, outcome: str, reason: str | None, route: str | None) -> None:
+    def __init__(self, hop: str, outcome: str, reason: str | None = None) -> None:
         self.hop = hop
         self.outcome = outcome
         self.key = (hop, outcome)  # what the hop counter counts it under
         self.reason = reason
-        self.route = route
         self.pending: list[tuple[str, dict[str, Any]]] = []
 
     def flush(self, span: trace.Span) -> None:
@@ -121,22 +120,23 @@ class HopState:
             _telemetry.add_event(span, name, attributes)
 
 
-# Shared states by outcome, then hop kind.
+# Shared states by outcome, then hop kind: every outcome a hop without events can have.
 _quiet: dict[str, dict[str, HopState]] = {
     names.OUTCOME_PRESENT: {},
     names.OUTCOME_MISSING: {},
+    names.OUTCOME_ANONYMOUS: {},
 }
 # Read directly on every in-process hop that arrives with identity: one dict lookup.
 _present = _quiet[names.OUTCOME_PRESENT]
 
 
 def _quiet_state(hop: str, outcome: str) -> HopState:
-    """A shared state for in-process hops with no events to deliver. It is never mutated:
-    pending events only ever go into a hop's own new state."""
+    """A shared state for hops with no events to deliver. It is never mutated: pending
+    events only ever go into a hop's own new state."""
     states = _quiet.setdefault(outcome, {})
     state = states.get(hop)
     if state is None:
-        state = states.setdefault(hop, HopState(hop, outcome, None, None))
+        state = states.setdefault(hop, HopState(hop, outcome))
     return state
 
 
@@ -342,15 +342,19 @@ def extract(
                 outcome = names.OUTCOME_ANONYMOUS
             else:
                 outcome, events = names.OUTCOME_MISSING, arrival.if_missing
+        if events:
+            state = HopState(hop, outcome, arrival.reason)
+            _record(events, own, state)
+        else:  # nothing to deliver: the hop kind's shared state for this outcome
+            state = _quiet[outcome].get(hop) or _quiet_state(hop, outcome)
         if account:
             try:  # _telemetry.count, inlined
                 counts = _per_thread.state.counts
             except AttributeError:
                 counts = _telemetry.thread_state().counts
-            key = (hop, outcome)
+            key = state.key
             counts[key] = counts.get(key, 0) + 1
 
-        state = HopState(hop, outcome, arrival.reason, route)
         values = {**base, _SPAN_KEY: span, _BAGGAGE_KEY: arrival.baggage, HOP_KEY: state}
         identity = arrival.state
         if identity is not None:
@@ -359,8 +363,6 @@ def extract(
         else:
             values.pop(_STATE_KEY, None)
             values.pop(_SLOT_KEY, None)
-        if events:
-            _record(events, own, state)
         return Context(values)
     except Exception:  # noqa: BLE001 - never break the host's request path
         _telemetry.log_internal_error("extract")
@@ -490,7 +492,7 @@ def _missing_state(hop: str) -> HopState:
     settings = _config.get_settings()
     if hop not in settings.required_hops:
         return _quiet_state(hop, names.OUTCOME_MISSING)
-    state = HopState(hop, names.OUTCOME_MISSING, None, None)
+    state = HopState(hop, names.OUTCOME_MISSING)
     state.pending.append(missing_event(hop, settings))
     return state
 

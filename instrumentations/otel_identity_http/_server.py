@@ -76,11 +76,12 @@ class ServerHop(HopState):
     puts every event there except ``identity.missing``, which ``settle`` decides later.
     """
 
-    __slots__ = ("accounted", "authenticated", "settled", "span")
+    __slots__ = ("accounted", "authenticated", "route", "settled", "span")
 
-    def __init__(self, state: HopState) -> None:
-        super().__init__(state.hop, state.outcome, state.reason, state.route)
+    def __init__(self, state: HopState, route: str | None) -> None:
+        super().__init__(state.hop, state.outcome, state.reason)
         self.pending = list(state.pending)
+        self.route = route
         self.span: trace.Span | None = None
         self.authenticated = False
         self.settled = False
@@ -208,7 +209,7 @@ def enter(
     )
     state = ctx.get(HOP_KEY)
     hop = ServerHop(
-        state if isinstance(state, HopState) else HopState(HOP, names.OUTCOME_MISSING, None, route)
+        state if isinstance(state, HopState) else HopState(HOP, names.OUTCOME_MISSING), route
     )
     values = dict(ctx)
     values[HOP_KEY] = hop
