@@ -67,6 +67,8 @@ from otel_identity._errors import IdentityRejectedError, MissingIdentityError
 from otel_identity._identity import Identity
 from otel_identity._telemetry import local as _per_thread
 
+# The SDK's span classes (its tracer makes a subclass): spans known to have valid ids.
+_SDK_SPANS = (SdkSpan, *SdkSpan.__subclasses__())
 # The span kind an instrumentation gives the receiving side of each hop kind.
 _HOP_SPAN_KIND = {
     names.HOP_HTTP_SERVER: SpanKind.SERVER,
@@ -188,6 +190,7 @@ class Arrival:
     __slots__ = (
         "baggage",
         "cacheable",
+        "entries",
         "events",
         "if_missing",
         "outcome",
@@ -235,6 +238,12 @@ class Arrival:
         self.baggage = baggage
         self.reason = reason
         self.state = None if identity is None else IdentityState(raw, identity, baggage)
+        # What the hop's context takes from this (its user slot and hop state are its own).
+        self.entries: dict[str, object] = {
+            _BAGGAGE_KEY: baggage,
+            _STATE_KEY: self.state,
+            _SLOT_KEY: None,
+        }
         # A verified identity holds only until its signature expires: decide it every time.
         self.cacheable = policy != "verify" or raw == (None, None, None, None)
 
@@ -305,7 +314,7 @@ def extract(
     # function are written out here, since a Python call is a measurable share of a hop.
     base = context if context is not None else current_context()
     try:
-        settings = _config.get_settings()
+        settings = _config.current or _config.get_settings()
         getter = getter or default_getter
         # The hop's own span is one an instrumentation already started for it, current in
         # ``base``: the hop keeps it (its children stay under it and it takes the hop's
@@ -314,7 +323,7 @@ def extract(
         if own is not None and not (
             getattr(own, "kind", None) is _HOP_SPAN_KIND.get(hop, False)
             # (the SDK gives its spans valid ids; any other span is asked)
-            and (isinstance(own, SdkSpan) or own.get_span_context().is_valid)
+            and (type(own) in _SDK_SPANS or own.get_span_context().is_valid)
         ):
             own = None
         shape = None
@@ -355,14 +364,12 @@ def extract(
             key = state.key
             counts[key] = counts.get(key, 0) + 1
 
-        values = {**base, _SPAN_KEY: span, _BAGGAGE_KEY: arrival.baggage, HOP_KEY: state}
+        values = {**base, **arrival.entries, HOP_KEY: state}
+        if span is not own:
+            values[_SPAN_KEY] = span
         identity = arrival.state
         if identity is not None:
-            values[_STATE_KEY] = identity
             values[_SLOT_KEY] = UserSlot(hop, identity.identity)
-        else:
-            values.pop(_STATE_KEY, None)
-            values.pop(_SLOT_KEY, None)
         return Context(values)
     except Exception:  # noqa: BLE001 - never break the host's request path
         _telemetry.log_internal_error("extract")
