@@ -136,9 +136,12 @@ class _TrimmingGetter(Getter[CarrierT]):
 
 def first(values: Any) -> str | None:
     """The first text value a getter returned (a getter may return a string or a list)."""
-    if not values:
-        return None
-    value = values if isinstance(values, str) else next(iter(values), None)
+    if type(values) is list:  # what most getters return
+        value = values[0] if values else None
+    elif not values or isinstance(values, str):
+        return values or None
+    else:
+        value = next(iter(values), None)
     return value if isinstance(value, str) else None
 
 

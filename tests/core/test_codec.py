@@ -185,3 +185,24 @@ def test_identity_members_too_large_for_any_header_are_rejected_as_oversize() ->
     assert oi.get_identity(ctx) is None
     state = oi.hop_state(ctx)
     assert state is not None and state.reason == "oversize"
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (["a=1", "b=2"], "a=1"),  # a list: the first value
+        (("a=1",), "a=1"),  # any other sequence
+        (iter(["a=1"]), "a=1"),  # any iterable
+        ("a=1", "a=1"),  # one string
+        ([], None),
+        ((), None),
+        ("", None),
+        (None, None),
+        ([b"a=1"], None),  # not text: ignored, never decoded here
+        ([None, "a=1"], None),  # only the first value counts, as for OpenTelemetry
+    ],
+)
+def test_first_header_value_of_whatever_a_getter_returns(values: object, expected: object) -> None:
+    from otel_identity import _propagation
+
+    assert _propagation.first(values) == expected
