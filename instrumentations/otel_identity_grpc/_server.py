@@ -28,9 +28,8 @@ from otel_identity._hops import attach_raw, current_context, detach_raw, suppres
 from otel_identity_grpc import _metadata, _state
 
 _CACHE_LIMIT = 1024
-# (id(handler), method as grpc gives it) -> (handler, wrapped); the handler is held so its id
-# stays its own.
-_wrapped_handlers: dict[tuple[int, object], tuple[Any, Any]] = {}
+# method as grpc gives it -> (the handler grpc found for it, that handler wrapped)
+_wrapped_handlers: dict[object, tuple[Any, Any]] = {}
 
 _SHAPES: dict[tuple[bool, bool], tuple[str, Callable[..., Any]]] = {
     (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
@@ -58,15 +57,15 @@ def wrap_handler(handler: Any, details: grpc.HandlerCallDetails) -> Any:
     """``handler`` with its behavior run inside the RPC's hop; None stays None."""
     if handler is None:
         return None
-    key = (id(handler), getattr(details, "method", None))
-    cached = _wrapped_handlers.get(key)
+    method = getattr(details, "method", None)
+    cached = _wrapped_handlers.get(method)
     if cached is not None and cached[0] is handler:
         return cached[1]
+    # (a handler made afresh per call, by an interceptor inside ours, replaces the last one)
     wrapped = _wrap(handler, _route_of(details))
     if len(_wrapped_handlers) >= _CACHE_LIMIT:
-        # Handlers made afresh per call (by an interceptor inside ours) must not pile up.
         _wrapped_handlers.clear()
-    _wrapped_handlers[key] = (handler, wrapped)
+    _wrapped_handlers[method] = (handler, wrapped)
     return wrapped
 
 
@@ -130,8 +129,13 @@ def _in_hop(
 
         return run_async
 
+    extract, getter, hop = oi.extract, _metadata.getter, names.HOP_GRPC_SERVER
+
     def run(request: Any, servicer_context: Any) -> Any:
-        ctx = hop_context(servicer_context, route)
+        # hop_context(servicer_context, route), written out: every RPC runs it
+        read = getattr(servicer_context, "invocation_metadata", None)
+        metadata = read() if read is not None else None
+        ctx = extract(metadata or (), getter, hop=hop, route=route)
         token = attach_raw(ctx)  # detached below, in this frame
         try:
             result = behavior(request, servicer_context)
