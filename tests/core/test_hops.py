@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 import otel_identity as oi
-from otel_identity import _signing, _telemetry, names
+from otel_identity import _egress, _signing, _telemetry, names
 
 KEY_A = base64.b64encode(b"a" * 32).decode()
 KEY_B = base64.b64encode(b"b" * 32).decode()
@@ -270,6 +270,34 @@ class TestEgress:
         carrier = {}
         oi.inject(carrier, destination="127.0.0.1", context=ctx)
         assert "user.id=u" in carrier["baggage"]
+
+    def test_a_decision_to_send_as_is_holds_only_for_its_destination_and_settings(self) -> None:
+        ctx = oi.set_identity(user_id="u")  # one baggage mapping, sent again and again
+
+        def sent(destination: str) -> str | None:
+            carrier: dict[str, str] = {}
+            oi.inject(carrier, destination=destination, context=ctx)
+            return carrier.get("baggage")
+
+        assert sent("10.0.0.1") == "user.id=u"
+        assert sent("10.0.0.1") == "user.id=u"  # remembered
+        assert sent("api.example.com") is None  # another destination is decided anew
+        oi.configure(egress_allow="api.example.com")
+        assert sent("10.0.0.1") is None  # new settings: decided anew
+        assert sent("api.example.com") == "user.id=u"
+
+    def test_egress_fails_closed_on_internal_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        def broken(*args: object) -> bool:
+            raise RuntimeError("boom")
+
+        logged: list[str] = []
+        monkeypatch.setattr(_egress, "is_allowed", broken)
+        monkeypatch.setattr(_telemetry, "log_internal_error", logged.append)
+        ctx = baggage.set_baggage("feature", "x", oi.set_identity(user_id="u"))
+        carrier: dict[str, str] = {}
+        oi.inject(carrier, destination="10.0.0.1", context=ctx)
+        assert carrier["baggage"] == "feature=x"  # the call goes out, without identity
+        assert logged == ["outgoing_context"]
 
     def test_allow_list_accepts_hosts_suffixes_and_cidrs(self) -> None:
         oi.configure(egress_allow="api.partner.com,*.corp,192.0.2.0/24")
