@@ -288,7 +288,7 @@ def _arrival_from_propagator(
     return span, Arrival(baggage, oversize, hop, settings)
 
 
-def extract(
+def extract(  # noqa: PLR0915 - one hot path, written out (see below)
     carrier: CarrierT,
     getter: Getter[CarrierT] | None = None,
     *,
@@ -320,12 +320,15 @@ def extract(
         # ``base``: the hop keeps it (its children stay under it and it takes the hop's
         # events). Without one, the hop continues the sender's remote span.
         own: Any = base.get(_SPAN_KEY)
-        if own is not None and not (
-            getattr(own, "kind", None) is _HOP_SPAN_KIND.get(hop, False)
-            # (the SDK gives its spans valid ids; any other span is asked)
-            and (type(own) in _SDK_SPANS or own.get_span_context().is_valid)
-        ):
-            own = None
+        if own is not None:
+            # (the SDK gives its spans valid ids, and keeps their kind behind a property:
+            # read in place; any other span is asked)
+            sdk = type(own) in _SDK_SPANS
+            kind = (sdk and getattr(own, "_kind", None)) or getattr(own, "kind", None)
+            if kind is not _HOP_SPAN_KIND.get(hop, False) or not (
+                sdk or own.get_span_context().is_valid
+            ):
+                own = None
         shape = None
         if own is not None or not trace_context:
             textmap = propagate.get_global_textmap()
@@ -335,7 +338,13 @@ def extract(
         if shape is not None:
             # The propagator reads nothing but the trace context (not needed: the span is
             # known) and the baggage header: the header alone decides the hop.
-            header = _propagation.first(getter.get(carrier, "baggage")) if shape else None
+            header: Any = None
+            if shape:
+                found: Any = getter.get(carrier, "baggage")
+                # (_propagation.first(found), its common case written out)
+                header = found[0] if type(found) is list and found else found
+                if type(header) is not str:
+                    header = _propagation.first(found)
             arrival = _arrivals.get((header, hop))
             if arrival is None or arrival.settings is not settings:
                 arrival = _new_arrival(header, hop, settings)
