@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from otel_identity_grpc import GrpcIdentityInstrumentor, _instrumentor
@@ -67,6 +68,18 @@ def test_instrumented_sync_servers_and_channels_carry_identity(shape: str) -> No
     GrpcIdentityInstrumentor().instrument()
     responses = _sync_round_trip(shape, user_id="u-1", tenant_id="acme")
     assert responses and all(r["user"] == "u-1" for r in responses)
+
+
+def test_calls_made_with_instrumentation_suppressed_carry_no_identity() -> None:
+    # An exporter's own calls (OTLP over gRPC, say) run suppressed: nothing is added to them.
+    GrpcIdentityInstrumentor().instrument()
+    with sync_server() as target, grpc.insecure_channel(target) as channel:
+        with oi.use_identity(user_id="u-1"), suppress_instrumentation():
+            (suppressed,) = call(channel, "UnaryUnary")
+        with oi.use_identity(user_id="u-1"):
+            (carried,) = call(channel, "UnaryUnary")
+    assert suppressed["baggage"] is None and suppressed["user"] is None
+    assert carried["user"] == "u-1"
 
 
 @pytest.mark.parametrize("shape", SHAPES)
