@@ -194,6 +194,7 @@ class Arrival:
         "events",
         "if_missing",
         "outcome",
+        "present",
         "reason",
         "settings",
         "state",
@@ -238,6 +239,8 @@ class Arrival:
         self.baggage = baggage
         self.reason = reason
         self.state = None if identity is None else IdentityState(raw, identity, baggage)
+        # A present hop has no events: its state is the hop kind's shared one.
+        self.present = None if identity is None else _quiet_state(hop, names.OUTCOME_PRESENT)
         # What the hop's context takes from this (its user slot and hop state are its own).
         self.entries: dict[str, object] = {
             _BAGGAGE_KEY: baggage,
@@ -354,17 +357,19 @@ def extract(  # noqa: PLR0915 - one hot path, written out (see below)
                 carrier, getter, base, own, sender=trace_context, hop=hop, settings=settings
             )
 
-        outcome, events = arrival.outcome, arrival.events
-        if outcome is None:
-            if is_anonymous_route(route, settings):
-                outcome = names.OUTCOME_ANONYMOUS
-            else:
-                outcome, events = names.OUTCOME_MISSING, arrival.if_missing
-        if events:
-            state = HopState(hop, outcome, arrival.reason)
-            _record(events, own, state)
-        else:  # nothing to deliver: the hop kind's shared state for this outcome
-            state = _quiet[outcome].get(hop) or _quiet_state(hop, outcome)
+        state = arrival.present  # a present hop's state is known in advance
+        if state is None:
+            outcome, events = arrival.outcome, arrival.events
+            if outcome is None:
+                if is_anonymous_route(route, settings):
+                    outcome = names.OUTCOME_ANONYMOUS
+                else:
+                    outcome, events = names.OUTCOME_MISSING, arrival.if_missing
+            if events:
+                state = HopState(hop, outcome, arrival.reason)
+                _record(events, own, state)
+            else:  # nothing to deliver: the hop kind's shared state for this outcome
+                state = _quiet[outcome].get(hop) or _quiet_state(hop, outcome)
         if account:
             try:  # _telemetry.count, inlined
                 counts = _per_thread.state.counts
