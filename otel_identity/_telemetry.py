@@ -108,13 +108,8 @@ def _ensure_instruments() -> Any:
     return _instruments
 
 
-def count_hop(hop: str, outcome: str) -> None:
-    """Account one hop; the observable counter reports the running totals."""
-    count((hop, outcome))
-
-
 def count(key: tuple[str, str]) -> None:
-    """``count_hop`` for a ``(hop, outcome)`` key the caller keeps (a HopState's)."""
+    """Account one ``(hop, outcome)``; the observable counter reports the running totals."""
     try:
         table: Counts = local.state.counts
     except AttributeError:

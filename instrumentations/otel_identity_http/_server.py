@@ -100,7 +100,8 @@ class ServerHop(HopState):
             self.outcome = names.OUTCOME_PRESENT
         elif self.outcome not in (names.OUTCOME_REJECTED, names.OUTCOME_ANONYMOUS):
             self.outcome = names.OUTCOME_MISSING
-        _telemetry.count_hop(self.hop, self.outcome)
+        self.key = (self.hop, self.outcome)
+        _telemetry.count(self.key)
 
     def flush(self, span: trace.Span) -> None:
         if self.span is None:
@@ -351,38 +352,28 @@ class Stash:
         self.used = False  # a tap attached it (and keeps it attached while the body runs)
 
 
-# The entries of an admitted context that a re-attach tap puts back.
-_RESTORED_KEYS = (_BAGGAGE_KEY, _STATE_KEY, _SLOT_KEY, HOP_KEY)
-_ABSENT = object()
-
-
 def restored(inside: Context, stash: Stash) -> Context:
     """The context an inner OpenTelemetry middleware attached, with our identity state back.
 
     That middleware extracts the headers into a brand-new context (its SERVER span, the raw
-    baggage): the span is kept, identity, baggage and hop state are ours again.
+    baggage): the span is kept, identity, baggage and hop state are ours again (an entry ours
+    lacks is None in the result, which every reader takes as absent).
     """
     stash.used = True
     ours = stash.context
     values = dict(inside)
-    for key in _RESTORED_KEYS:
-        value = ours.get(key, _ABSENT)
-        if value is _ABSENT:
-            values.pop(key, None)
-        else:
-            values[key] = value
-    span = values.get(_SPAN_KEY)
-    if (
-        span is not None
-        and getattr(span, "kind", None) is SpanKind.SERVER
-        and cast("trace.Span", span).is_recording()
-    ):
+    values[_BAGGAGE_KEY] = ours.get(_BAGGAGE_KEY)
+    values[_STATE_KEY] = ours.get(_STATE_KEY)
+    values[_SLOT_KEY] = ours.get(_SLOT_KEY)
+    values[HOP_KEY] = ours.get(HOP_KEY)
+    span: Any = values.get(_SPAN_KEY)
+    if span is not None and getattr(span, "kind", None) is SpanKind.SERVER and span.is_recording():
         hop = stash.hop
-        hop.span = cast("trace.Span", span)
+        hop.span = span
         if hop.pending:
-            hop.flush(hop.span)
+            hop.flush(span)
         if hop.authenticated:
-            stamp(hop.span, ours)
+            stamp(span, ours)
     return Context(values)
 
 
