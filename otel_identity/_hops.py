@@ -564,7 +564,7 @@ def outgoing_context(
     """The context as it may leave this process: egress policy, signature, W3C limits.
 
     Never raises: on an internal error the context leaves without identity (fail closed)."""
-    global _unchanged
+    global _unchanged, _fitted
     try:
         baggage: Mapping[str, object] | None = ctx.get(_BAGGAGE_KEY)  # type: ignore[assignment]
         if not baggage:
@@ -573,44 +573,32 @@ def outgoing_context(
         last, last_destination, last_settings = _unchanged
         if last is baggage and last_settings is settings and last_destination == destination:
             return ctx
-        out = _outgoing(ctx, baggage, destination, hop, settings)
-        if out is ctx and not settings.signing_keys:  # (a signature is renewed as it ages)
-            _unchanged = (baggage, destination, settings)
-        return out
+        if destination is not None and not _egress.is_allowed(destination, settings.egress_allow):
+            return strip_for_egress(ctx, destination, hop=hop, settings=settings)
+        new_baggage: dict[str, object] | None = None
+        if settings.signing_keys:
+            state = state_of(ctx)
+            if state is not None:
+                token = _signing.sign(state.identity, settings.signing_keys, settings.token_ttl)
+                if baggage.get(settings.sig_key) != token:
+                    new_baggage = {**baggage, settings.sig_key: token}
+        fitting, keys = new_baggage or baggage, identity_keys()
+        last, last_keys, fitted = _fitted
+        if last is not fitting or last_keys is not keys:
+            fitted = _codec.fit(fitting, keys)
+            _fitted = (fitting, keys, fitted)
+        if fitted is not None:
+            new_baggage = fitted
+        if new_baggage is None:
+            if not settings.signing_keys:  # (a signature is renewed as it ages)
+                _unchanged = (baggage, destination, settings)
+            return ctx
+        values = dict(ctx)
+        values[_BAGGAGE_KEY] = new_baggage
+        return Context(values)
     except Exception:  # noqa: BLE001 - send no identity rather than break the call
         _telemetry.log_internal_error("outgoing_context")
         return _without_identity(ctx)
-
-
-def _outgoing(
-    ctx: Context,
-    baggage: Mapping[str, object],
-    destination: str | None,
-    hop: str | None,
-    settings: _config.Settings,
-) -> Context:
-    global _fitted
-    if destination is not None and not _egress.is_allowed(destination, settings.egress_allow):
-        return strip_for_egress(ctx, destination, hop=hop, settings=settings)
-    new_baggage: dict[str, object] | None = None
-    if settings.signing_keys:
-        state = state_of(ctx)
-        if state is not None:
-            token = _signing.sign(state.identity, settings.signing_keys, settings.token_ttl)
-            if baggage.get(settings.sig_key) != token:
-                new_baggage = {**baggage, settings.sig_key: token}
-    fitting, keys = new_baggage or baggage, identity_keys()
-    last, last_keys, fitted = _fitted
-    if last is not fitting or last_keys is not keys:
-        fitted = _codec.fit(fitting, keys)
-        _fitted = (fitting, keys, fitted)
-    if fitted is not None:
-        new_baggage = fitted
-    if new_baggage is None:
-        return ctx
-    values = dict(ctx)
-    values[_BAGGAGE_KEY] = new_baggage
-    return Context(values)
 
 
 def strip_for_egress(
