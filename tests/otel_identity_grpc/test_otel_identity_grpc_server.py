@@ -10,6 +10,7 @@ import grpc
 import grpc.aio
 import otel_identity_grpc as oi_grpc
 import pytest
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from otel_identity_grpc import _server
@@ -275,6 +276,14 @@ def test_wrapped_handlers_are_built_once_per_handler_and_method() -> None:
     assert _server.wrap_handler(handler, _OddDetails()) is first
     other = _server.wrap_handler(handler._replace(), _OddDetails())
     assert other is not first
+
+
+def test_a_handler_looked_up_with_instrumentation_suppressed_is_left_as_it_is() -> None:
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: b"")
+    interceptor = oi_grpc.server_interceptor()
+    with suppress_instrumentation():
+        assert interceptor.intercept_service(lambda details: handler, _OddDetails()) is handler
+    assert interceptor.intercept_service(lambda details: handler, _OddDetails()) is not handler
 
 
 def test_without_an_opentelemetry_server_span_the_handler_continues_the_callers_trace(
