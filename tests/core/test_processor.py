@@ -224,3 +224,17 @@ def test_direct_and_public_attribute_paths_give_the_same_span(limits: SpanLimits
     public = _as_public_api_would(TracerProvider(span_limits=limits), given="kept")
     assert dict(ours.attributes or {}) == dict(public.attributes or {})
     assert ours.dropped_attributes == public.dropped_attributes
+
+
+def test_the_processor_takes_every_call_the_span_processor_protocol_allows() -> None:
+    # Wrappers and composite processors call these by keyword as well as by position.
+    processor = oi.IdentitySpanProcessor()
+    span = TracerProvider().get_tracer("t").start_span("s")
+    processor.on_start(span, parent_context=None)
+    processor.on_start(span=span, parent_context=None)
+    processor._on_ending(span)
+    processor._on_ending(span=span)
+    processor.on_end(span)
+    processor.on_end(span=span)
+    assert processor.force_flush(timeout_millis=10) is True
+    processor.shutdown()
