@@ -138,15 +138,23 @@ def _one_round(
     return this_round
 
 
+def rounds_from(argv: list[str]) -> int:
+    """``--quick``: 4 rounds; ``--rounds N``: N (the median's spread shrinks as their root);
+    otherwise 10."""
+    if "--rounds" in argv:
+        return max(1, int(argv[argv.index("--rounds") + 1]))
+    return 4 if "--quick" in argv else 10
+
+
 def client_setup(argv: list[str]) -> tuple[Settings, Any]:
-    """The client process's common start: the run's settings (``--quick``: 4 rounds) and an
+    """The client process's common start: the run's settings (see ``rounds_from``) and an
     SDK tracer provider with ``IdentitySpanProcessor``, returned to be switched per block."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
 
     import otel_identity as oi
 
-    settings = Settings(rounds=4 if "--quick" in argv else 10, calls=1500, warm=100)
+    settings = Settings(rounds=rounds_from(argv), calls=1500, warm=100)
     provider = TracerProvider()
     processor = oi.IdentitySpanProcessor()
     provider.add_span_processor(processor)

@@ -1,7 +1,7 @@
 """gRPC unary round trips on loopback: OpenTelemetry-instrumented baseline against the same
 plus otel-identity, measured in one run, interleaved.
 
-    python benchmarks/bench_grpc.py [--quick]
+    python benchmarks/bench_grpc.py [--quick | --rounds N]
 
 baseline = opentelemetry-instrumentation-grpc on both sides (its client instrumentor, its
            server interceptor), SDK tracer providers, two baggage members (user.id,

@@ -1,7 +1,7 @@
 """HTTP round trips on loopback: OpenTelemetry-instrumented baseline against the same plus
 otel-identity, measured in one run, interleaved.
 
-    python benchmarks/bench_http.py [--quick]
+    python benchmarks/bench_http.py [--quick | --rounds N]
 
 baseline = requests (RequestsInstrumentor) -> threaded werkzeug server (another process) with
            OpenTelemetry's WSGI middleware, SDK tracer providers on both sides, two baggage
