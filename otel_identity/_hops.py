@@ -188,7 +188,6 @@ class Arrival:
     """
 
     __slots__ = (
-        "baggage",
         "cacheable",
         "entries",
         "events",
@@ -236,7 +235,6 @@ class Arrival:
             )
         elif identity is not None:
             self.outcome = names.OUTCOME_PRESENT
-        self.baggage = baggage
         self.reason = reason
         self.state = None if identity is None else IdentityState(raw, identity, baggage)
         # A present hop has no events: its state is the hop kind's shared one.
