@@ -43,12 +43,8 @@ _keys: tuple[str, str, str, str] | None = None
 _sig_key = "identity.sig"
 
 
-_settings_now: _config.Settings | None = None  # the settings the two above come from
-
-
 def _on_settings(settings: _config.Settings | None) -> None:
-    global _keys, _sig_key, _settings_now
-    _settings_now = settings
+    global _keys, _sig_key
     if settings is None:
         _keys = None
         return
@@ -220,7 +216,7 @@ def state_of(ctx: Context) -> IdentityState | None:
         cached = _unknown.get(raw)
     except TypeError:  # an unhashable value put in baggage by other code: nothing to share
         return _admitted(baggage, raw)  # type: ignore[arg-type]
-    if cached is not None and cached[0] is _settings_now:
+    if cached is not None and cached[0] is _config.current:
         return cached[1]
     return _unknown_state(baggage, raw)  # type: ignore[arg-type]
 
