@@ -35,7 +35,7 @@ _decoded: dict[tuple[str, frozenset[str]], tuple[dict[str, object], bool]] = {}
 _encoded: dict[tuple[tuple[str, object], ...], str | None] = {}
 
 
-def _parts(propagator: TextMapPropagator) -> tuple[TextMapPropagator, ...] | None:
+def steps(propagator: TextMapPropagator) -> tuple[TextMapPropagator, ...] | None:
     """The steps of the global propagator when we know its shape, else None (opaque)."""
     if type(propagator) is CompositePropagator:
         return tuple(cast("Any", propagator)._propagators)
@@ -61,7 +61,7 @@ def baggage_only(propagator: TextMapPropagator) -> bool | None:
     known, answer = shape
     if known is propagator:
         return answer
-    parts = _parts(propagator)
+    parts = steps(propagator)
     answer = None
     if parts is not None:
         kinds = {type(part) for part in parts}
@@ -150,7 +150,7 @@ def extract(
 ) -> tuple[Context, bool]:
     """The sender's context from ``carrier`` (on an empty base), and whether it was oversize."""
     propagator = propagate.get_global_textmap()
-    parts = _parts(propagator)
+    parts = steps(propagator)
     if parts is None:
         trimming = _TrimmingGetter(getter, keep)
         return propagator.extract(carrier, context=Context(), getter=trimming), trimming.oversize
@@ -195,7 +195,7 @@ _MISSING = object()
 def inject(carrier: CarrierT, ctx: Context, setter: Setter[CarrierT]) -> None:
     """Run the global propagator's inject, the W3C baggage step from the memo."""
     propagator = propagate.get_global_textmap()
-    parts = _parts(propagator)
+    parts = steps(propagator)
     if parts is None:
         propagator.inject(carrier, context=ctx, setter=setter)
         return

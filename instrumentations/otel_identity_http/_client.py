@@ -30,7 +30,6 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
-from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator, default_getter
 
 import otel_identity as oi
@@ -213,11 +212,7 @@ class _Policy:
         # Lower case, as Headers.first wants them (header names are case-insensitive).
         self.fields = tuple(f.lower() for f in propagator_fields())
         self.baggage_fields = tuple(f.lower() for f in baggage_fields())
-        parts: Iterable[object] = (
-            getattr(textmap, "_propagators", ())
-            if type(textmap) is CompositePropagator
-            else (textmap,)
-        )
+        parts = _propagation.steps(textmap) or ()  # (a propagator of unknown shape: none)
         w3c = [p for p in parts if type(p) is W3CBaggagePropagator]
         others = [p for p in parts if type(p) is not W3CBaggagePropagator]
         # Baggage is W3C's alone: a header's fate outside egress_allow depends on its value only.
