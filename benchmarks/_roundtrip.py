@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-CONFIGS = ("plain", "baseline", "baseline-b", "ours")
+CONFIGS = ("plain", "baseline", "baseline-b", "ours")  # the default set; "baseline" is required
 
 Build = Callable[[str], tuple[int, Callable[[], None]]]  # config -> (port, close)
 Connect = Callable[[str, int], tuple[Callable[[], Any], Callable[[], None]]]  # -> (call, close)
@@ -49,9 +49,15 @@ class Settings:
 
 @dataclass
 class Results:
-    samples: dict[str, list[float]] = field(default_factory=lambda: {c: [] for c in CONFIGS})
+    configs: tuple[str, ...] = CONFIGS
+    samples: dict[str, list[float]] = field(default_factory=dict)
     # per round: p50 of a configuration / p50 of baseline
-    ratios: dict[str, list[float]] = field(default_factory=lambda: {c: [] for c in CONFIGS})
+    ratios: dict[str, list[float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.configs:
+            self.samples.setdefault(name, [])
+            self.ratios.setdefault(name, [])
 
 
 def _host(build: Build, order: list[str], ports: Any, stop: Any) -> None:
@@ -85,15 +91,16 @@ def measure(
     connect: Connect,
     settings: Settings,
     before: Callable[[str], None],
+    configs: tuple[str, ...] = CONFIGS,
 ) -> Results:
     """Run the rounds; ``before(name)`` runs before each block of ``name`` (untimed)."""
-    results = Results()
+    results = Results(configs)
     shuffle = random.Random(20261125)  # fixed seed: the same orders on every run
     for _ in range(settings.rounds):
-        order = [name for name in CONFIGS for _ in range(settings.servers)]
+        order = [name for name in configs for _ in range(settings.servers)]
         shuffle.shuffle(order)
         with _server_process(build, order) as ports:
-            calls: dict[str, list[Callable[[], Any]]] = {name: [] for name in CONFIGS}
+            calls: dict[str, list[Callable[[], Any]]] = {name: [] for name in configs}
             closers = []
             for name in order:
                 call, close = connect(name, ports[name][len(calls[name])])
@@ -122,9 +129,9 @@ def _one_round(
         for call in each:
             for _ in range(settings.warm):
                 call()
-    this_round: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    this_round: dict[str, list[float]] = {name: [] for name in calls}
     clock = time.perf_counter_ns
-    order = list(CONFIGS)
+    order = list(calls)
     for _ in range(settings.calls // settings.block):
         shuffle.shuffle(order)  # what ran just before affects a block: no fixed neighbours
         for name in order:
@@ -172,7 +179,7 @@ def report(title: str, results: Results, settings: Settings, goal: float = 0.03)
         f"over {settings.servers} servers each (us)"
     )
     print(f"{'configuration':<14}{'p50':>9}{'p99':>9}   median per-round p50 ratio to baseline")
-    for name in CONFIGS:
+    for name in results.configs:
         values = sorted(results.samples[name])
         ratios = results.ratios[name]
         median = statistics.median(ratios)
