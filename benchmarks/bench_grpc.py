@@ -57,6 +57,11 @@ def build(name: str) -> tuple[int, Callable[[], None]]:
         interceptors.append(otel_grpc.server_interceptor(tracer_provider=provider))
         if name == "ours":
             interceptors.append(server_interceptor())
+    return serve(interceptors)
+
+
+def serve(interceptors: list[Any]) -> tuple[int, Callable[[], None]]:
+    """The echo server with ``interceptors``, started on a free loopback port."""
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(_echo)}
     )

@@ -43,7 +43,6 @@ def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
 
 def build(name: str) -> tuple[int, Callable[[], None]]:
     """One configuration's server, in the server process."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     oi.configure(inbound="trust")
     app: Any = _app
     if name != "plain":
@@ -53,6 +52,12 @@ def build(name: str) -> tuple[int, Callable[[], None]]:
         app = OpenTelemetryMiddleware(_app, tracer_provider=provider)
         if name == "ours":
             app = IdentityWSGIMiddleware(app)
+    return serve(app)
+
+
+def serve(app: Any) -> tuple[int, Callable[[], None]]:
+    """A threaded werkzeug server for ``app``, started on a free loopback port."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
