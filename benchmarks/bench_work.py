@@ -8,7 +8,8 @@ the hot path moves it. Counts do not move. This runs the same configurations as 
 (``baseline``: OpenTelemetry-instrumented; ``ours``: the same plus otel-identity), with client
 and server in one process, and counts what the interpreter executes on every thread during a
 fixed number of round trips, through ``sys.settrace`` (opcode events). It prints the counts per
-round trip and what ``ours`` adds. Tracing makes the run slow; the counts are exact.
+round trip, what ``ours`` adds, and what bench_floor.py's ``floor`` adds (the least a hop of
+this shape can do). Tracing makes the run slow; the counts are exact.
 
 What a call or a bytecode costs in a real round trip is not counted here: on a loopback round
 trip, code runs cold (see the README's Performance section).
@@ -25,14 +26,17 @@ from types import FrameType
 from typing import Any
 
 import _roundtrip
+import bench_floor
 import bench_grpc
 import bench_http
+from opentelemetry import trace
 from otel_identity_grpc import GrpcIdentityInstrumentor
 from otel_identity_http import HttpClientIdentityInstrumentor
 
 import otel_identity as oi
 
 ROUND_TRIPS = 200
+CONFIGS = ("baseline", "ours", "floor")
 WARM = 200
 _REPO = Path(__file__).resolve().parent.parent
 # Source of otel-identity itself: the core and the instrumentation packages.
@@ -74,14 +78,17 @@ class _Counter:
         return counts
 
 
-def _grpc(counter: _Counter, processor: oi.IdentitySpanProcessor) -> dict[str, Any]:
+_Switch = Callable[[str], None]  # turns a configuration's client-side processor on
+
+
+def _grpc(counter: _Counter, switch: _Switch) -> dict[str, Any]:
     bench_grpc.otel_grpc.GrpcInstrumentorClient().instrument()
-    servers = {name: bench_grpc.build(name) for name in ("baseline", "ours")}
+    servers = {name: bench_floor.build(name) for name in CONFIGS}
     GrpcIdentityInstrumentor().instrument()  # channels; the servers are built as configured
     results = {}
     for name, (port, _close) in servers.items():
-        processor.enabled = name == "ours"
-        call, close = bench_grpc.connect(name, port)
+        switch(name)
+        call, close = bench_floor.connect(name, port)
         results[name] = counter.count(call)
         close()
     for _port, close in servers.values():
@@ -91,49 +98,58 @@ def _grpc(counter: _Counter, processor: oi.IdentitySpanProcessor) -> dict[str, A
     return results
 
 
-def _http(counter: _Counter, processor: oi.IdentitySpanProcessor) -> dict[str, Any]:
+def _http(counter: _Counter, switch: _Switch) -> dict[str, Any]:
     bench_http.RequestsInstrumentor().instrument()
     client = HttpClientIdentityInstrumentor()
     results = {}
-    for name in ("baseline", "ours"):
-        processor.enabled = name == "ours"
+    for name in CONFIGS:
+        switch(name)
         if name == "ours":
             client.instrument()
-        port, close_server = bench_http.build(name)
-        call, close = bench_http.connect(name, port)
+        port, close_server = bench_floor.build_http(name)
+        call, close = bench_floor.connect_http(name, port)
         results[name] = counter.count(call)
         close()
         close_server()
-    client.uninstrument()
+        if name == "ours":
+            client.uninstrument()
     bench_http.RequestsInstrumentor().uninstrument()
     return results
 
 
 def main() -> None:
     _settings, processor = _roundtrip.client_setup(sys.argv)
+    floor_processor = bench_floor.FloorProcessor()
+    trace.get_tracer_provider().add_span_processor(floor_processor)  # type: ignore[attr-defined]
+
+    def switch(name: str) -> None:
+        processor.enabled = name == "ours"
+        floor_processor.enabled = name == "floor"
+
     oi.configure(inbound="trust")
     counter = _Counter()
     threading.settrace(counter.trace)  # server threads start later, traced from their start
     sys.settrace(counter.trace)
     with oi.use_identity(user_id="u-42", tenant_id="acme"):
         runs = {
-            "gRPC unary": _grpc(counter, processor),
-            "HTTP requests -> werkzeug": _http(counter, processor),
+            "gRPC unary": _grpc(counter, switch),
+            "HTTP requests -> werkzeug": _http(counter, switch),
         }
     sys.settrace(None)
     threading.settrace(None)  # type: ignore[arg-type]
     print(f"Work per round trip, counted over {ROUND_TRIPS} round trips (all threads)")
-    print(f"{'round trip':<27}{'':>9}{'baseline':>12}{'ours':>12}{'added':>12}")
+    print(f"{'round trip':<27}{'':>9}{'':>6}{'baseline':>12}{'with it':>12}{'added':>12}")
     for title, results in runs.items():
-        base, ours = results["baseline"], results["ours"]
-        for unit in ("calls", "bytecodes"):
-            before = (base[f"ours {unit}"] + base[f"rest {unit}"]) / ROUND_TRIPS
-            after = (ours[f"ours {unit}"] + ours[f"rest {unit}"]) / ROUND_TRIPS
-            label = title if unit == "calls" else ""
-            print(
-                f"{label:<27}{unit:>9}{before:>12.0f}{after:>12.0f}"
-                f"{after - before:>+12.0f} ({(after - before) / before:+.1%})"
-            )
+        base = results["baseline"]
+        for config in ("ours", "floor"):
+            for unit in ("calls", "bytecodes"):
+                before = (base[f"ours {unit}"] + base[f"rest {unit}"]) / ROUND_TRIPS
+                after = sum(results[config][f"{w} {unit}"] for w in ("ours", "rest")) / ROUND_TRIPS
+                label = title if unit == "calls" and config == "ours" else ""
+                print(
+                    f"{label:<27}{unit:>9}{config:>6}{before:>12.0f}{after:>12.0f}"
+                    f"{after - before:>+12.0f} ({(after - before) / before:+.1%})"
+                )
 
 
 if __name__ == "__main__":
