@@ -147,6 +147,7 @@ def _floor_app(app: Callable[..., Any]) -> Callable[..., Any]:
     """A WSGI app that runs ``app`` under the current context plus the header's identity."""
 
     def run(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        # (the gRPC floor's steps, written out again: a shared helper would add a call)
         header = environ.get("HTTP_BAGGAGE")
         entries = _by_header.get(header)
         if entries is None:
