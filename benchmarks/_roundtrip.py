@@ -32,7 +32,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-CONFIGS = ("plain", "baseline", "baseline-b", "ours")  # the default set; "baseline" is required
+# The default configurations; any set passed instead needs baseline, baseline-b and ours.
+CONFIGS = ("plain", "baseline", "baseline-b", "ours")
 
 Build = Callable[[str], tuple[int, Callable[[], None]]]  # config -> (port, close)
 Connect = Callable[[str, int], tuple[Callable[[], Any], Callable[[], None]]]  # -> (call, close)
