@@ -187,10 +187,7 @@ def current_handoff() -> Handoff | None:
 def hop_of(ctx: Context) -> object:
     """The hop state of ``ctx``: its own entry, or that of the hand-off it runs in."""
     hop = ctx.get(HOP_KEY)
-    try:  # current_handoff(), inlined: every span asks
-        handoff = _per_thread.state.handoff
-    except AttributeError:
-        handoff = thread_state().handoff
+    handoff = current_handoff()
     if handoff is not None and hop is handoff.source.get(HOP_KEY):
         return handoff.state
     return hop
