@@ -201,6 +201,7 @@ def state_of(ctx: Context) -> IdentityState | None:
     state: IdentityState | None = ctx.get(_STATE_KEY)  # type: ignore[assignment]
     if state is not None and state.baggage is baggage:
         return state
+    # (_codec.raw_values, written out: every span under baggage from elsewhere comes here)
     raw = tuple(map(baggage.get, _keys or identity_keys()))  # type: ignore[attr-defined]
     if state is not None and state.raw == raw:
         return state
