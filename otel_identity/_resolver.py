@@ -57,10 +57,18 @@ class _TTLCache:
             collections.OrderedDict()
         )
         self._inflight: dict[Hashable, concurrent.futures.Future[object]] = {}
+        self._loops: dict[concurrent.futures.Future[object], object] = {}
         self._lock = threading.Lock()
 
-    def lookup(self, key: Hashable) -> tuple[bool, object, concurrent.futures.Future[object]]:
-        """(hit, value, future): on a miss, the caller leads if it got a new future."""
+    def lookup(
+        self, key: Hashable, loop: asyncio.AbstractEventLoop | None = None
+    ) -> tuple[bool, object, concurrent.futures.Future[object]]:
+        """(hit, value, future): on a miss, the caller leads if it got a new future.
+
+        ``loop`` is the event loop a leading caller resolves on (None for a synchronous
+        lead); a follower finds it as ``loop_of(future)``, so that a synchronous read never
+        waits for a resolution that needs the very loop it would block.
+        """
         with self._lock:
             entry = self._data.get(key)
             if entry is not None and entry[0] > time.monotonic():
@@ -71,14 +79,21 @@ class _TTLCache:
                 future = concurrent.futures.Future()
                 future.set_running_or_notify_cancel()
                 self._inflight[key] = future
+                self._loops[future] = loop
                 return False, _LEAD, future
             return False, None, future
+
+    def loop_of(self, future: concurrent.futures.Future[object]) -> object:
+        """The event loop the in-flight resolution behind ``future`` runs on, or None."""
+        with self._lock:
+            return self._loops.get(future)
 
     def complete(
         self, key: Hashable, future: concurrent.futures.Future[object], value: object
     ) -> None:
         with self._lock:
             self._inflight.pop(key, None)
+            self._loops.pop(future, None)
             if value is not None:
                 self._data[key] = (time.monotonic() + self.ttl, value)
                 self._data.move_to_end(key)
@@ -197,7 +212,7 @@ def _load(spec: str | Callable[..., Any] | None) -> Resolver | None:
     return cast("Resolver", target)
 
 
-def _fail(exc: BaseException, hop: str | None) -> None:
+def _fail(exc: BaseException, hop: str | None, message: str | None = None) -> None:
     _telemetry.add_event(
         trace.get_current_span(),
         names.EVENT_RESOLVE_FAILED,
@@ -206,6 +221,9 @@ def _fail(exc: BaseException, hop: str | None) -> None:
             names.ATTR_EXCEPTION_TYPE: type(exc).__name__,
         },
     )
+    if message is not None:
+        _telemetry.log_once(logging.WARNING, ("resolve_failed", type(exc).__name__), message)
+        return
     _telemetry.log_once(
         logging.ERROR,
         ("resolve_failed", type(exc).__name__),
@@ -277,7 +295,7 @@ def _resolve_sync(fn: Resolver, identity: Identity, hop: str | None) -> object:
     if hit:
         return value
     if value is not _LEAD:
-        return future.result()
+        return _follow(cache, future, hop)
     result = None
     try:
         result = _call_sync(fn, identity, hop)
@@ -286,12 +304,51 @@ def _resolve_sync(fn: Resolver, identity: Identity, hop: str | None) -> object:
     return result
 
 
+class LoopWouldBlockError(RuntimeError):
+    """A synchronous ``current_user`` read on an event loop's thread would have waited for a
+    resolution that needs that very loop (the ``exception.type`` of its resolve_failed event)."""
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _follow(cache: _TTLCache, future: concurrent.futures.Future[object], hop: str | None) -> object:
+    """Wait for another caller's resolution of the same identity, where waiting is safe.
+
+    On a thread that runs an event loop, blocking stalls every task of that loop: a
+    resolution in flight on the same loop could then never finish (a deadlock), so that read
+    gets None at once; one in flight elsewhere is waited for at most the resolver's timeout.
+    """
+    here = _running_loop()
+    if here is None:
+        return future.result()
+    if cache.loop_of(future) is here:
+        _fail(LoopWouldBlockError(), hop, _AWAIT_INSTEAD)
+        return None
+    try:
+        return future.result(_timeout)
+    except concurrent.futures.TimeoutError as exc:
+        _fail(exc, hop, _AWAIT_INSTEAD)
+        return None
+
+
+_AWAIT_INSTEAD = (
+    "otel-identity: current_user was read synchronously on an event loop's thread while the"
+    " same user was being resolved asynchronously; it is None for this read. Async code should"
+    " use `await oi.aget_current_user()` (logged once)"
+)
+
+
 async def _resolve_async(fn: Resolver, identity: Identity, hop: str | None) -> object:
     cache = _cache
     if cache is None:
         return await _call_async(fn, identity, hop)
     key = identity.claims()
-    hit, value, future = cache.lookup(key)
+    hit, value, future = cache.lookup(key, asyncio.get_running_loop())
     if hit:
         return value
     if value is not _LEAD:

@@ -287,3 +287,78 @@ def test_clear_cache_forces_a_new_resolution() -> None:
     oi.clear_cache()
     oi.get_current_user(oi.receive(ctx, hop="thread"))
     assert resolver.calls == 2
+
+
+def _run_bounded(main: object, seconds: float = 10.0) -> object:
+    """Run a coroutine in a thread of its own; a deadlock fails the test instead of hanging."""
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(asyncio.run(main)), daemon=True)  # type: ignore[arg-type]
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), "the event loop is blocked: a sync read waited on its own loop"
+    return result[0]
+
+
+def test_a_sync_read_on_the_loop_never_waits_for_a_resolution_that_needs_that_loop(
+    spans: InMemorySpanExporter, tracer: trace.Tracer, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = asyncio.Event()
+
+    @oi.user_resolver(cache_ttl=60)
+    async def load(identity: oi.Identity) -> str:
+        await release.wait()
+        return f"user:{identity.user_id}"
+
+    async def request_a() -> object:
+        with oi.use_identity(user_id="same"):
+            return await oi.aget_current_user()
+
+    async def request_b() -> object:
+        await asyncio.sleep(0.01)  # A is now resolving on this loop
+        with oi.use_identity(user_id="same"), tracer.start_as_current_span("b"):
+            seen = oi.current_user._get_current_object()  # synchronous, on the loop's thread
+        release.set()
+        return seen
+
+    async def main() -> tuple[object, object]:
+        a, b = await asyncio.gather(request_a(), request_b())
+        return a, b
+
+    a, b = _run_bounded(main())  # type: ignore[misc]
+    assert a == "user:same"
+    assert b is None
+    (span,) = spans.get_finished_spans()
+    assert [e.name for e in span.events] == ["identity.resolve_failed"]
+    assert span.events[0].attributes["exception.type"] == "LoopWouldBlockError"  # type: ignore[index]
+    assert "aget_current_user" in caplog.text
+
+
+def test_a_sync_read_on_a_loop_waits_for_a_resolution_elsewhere_at_most_the_timeout(
+    spans: InMemorySpanExporter, tracer: trace.Tracer
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    @oi.user_resolver(cache_ttl=60, timeout=0.2)
+    def load(identity: oi.Identity) -> str:
+        started.set()
+        release.wait(5)
+        return f"user:{identity.user_id}"
+
+    def leader() -> object:
+        with oi.use_identity(user_id="slow"):
+            return oi.get_current_user()
+
+    async def follower() -> object:
+        with oi.use_identity(user_id="slow"), tracer.start_as_current_span("f"):
+            return oi.current_user._get_current_object()
+
+    with ThreadPoolExecutor(1) as pool:
+        lead = pool.submit(leader)
+        assert started.wait(5)
+        try:
+            assert _run_bounded(follower()) is None
+        finally:
+            release.set()
+        assert lead.result(5) == "user:slow"
+    (span,) = spans.get_finished_spans()
+    assert [e.name for e in span.events] == ["identity.resolve_failed"]
