@@ -5,9 +5,11 @@
 
     structlog.configure(processors=[oi.structlog_processor, ...])
 
-Fields: ``user_id`` (``user_hash`` in privacy mode ``hash``, nothing in mode ``none``),
-``tenant_id``, and ``trace_id``/``span_id`` as 32/16 hex digits when a span is active. Missing
-values are ``None`` on log records (so format strings never fail) and absent in structlog.
+Fields: ``user_id`` (in privacy mode ``hash`` it stays ``None`` and ``user_hash`` carries the
+hash; mode ``none`` sets neither), ``tenant_id``, and ``trace_id``/``span_id`` as 32/16 hex digits
+when a span is active. Every field is on every log record, ``None`` when it has no value, so a
+format string naming any of them never fails whatever the privacy mode; structlog gets only the
+fields that have a value.
 """
 
 from __future__ import annotations
@@ -25,11 +27,10 @@ from otel_identity._context import get_identity, hash_user
 def _fields() -> dict[str, str | None]:
     identity = get_identity()
     mode = _config.get_settings().span_attributes
-    fields: dict[str, str | None] = {"user_id": None, "tenant_id": None}
+    fields: dict[str, str | None] = {"user_id": None, "user_hash": None, "tenant_id": None}
     if identity is not None and mode != "none":
         if identity.user_id is not None:
             if mode == "hash":
-                del fields["user_id"]
                 fields["user_hash"] = hash_user(identity.user_id)
             else:
                 fields["user_id"] = identity.user_id

@@ -45,6 +45,20 @@ def test_log_filter_hashes_user_in_privacy_mode() -> None:
     assert len(record.user_hash) == 64  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("mode", ["id", "hash", "none"])
+def test_every_privacy_mode_keeps_the_documented_format_working(mode: str) -> None:
+    # The format names user_id: a mode that dropped the field lost the whole record.
+    oi.configure(span_attributes=mode)
+    lines: list[str] = []
+    logger = make_logger(lines)
+    with oi.use_identity(user_id="alice", tenant_id="acme"):
+        logger.info("kept")
+    shown_user = {"id": "alice", "hash": "None", "none": "None"}[mode]
+    shown_tenant = "None" if mode == "none" else "acme"
+    assert lines == [f"{shown_user}|{shown_tenant}|None|kept"]
+    assert "alice" not in lines[0] or mode == "id"
+
+
 def test_structlog_processor_adds_present_fields_only(tracer: trace.Tracer) -> None:
     assert oi.structlog_processor(None, "info", {"event": "e"}) == {"event": "e"}
     with oi.use_identity(user_id="u1"), tracer.start_as_current_span("s"):
