@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import linecache
 import os
 import re
 import runpy
@@ -89,6 +90,8 @@ BLOCKS = [block for page in PAGES for block in _blocks(page)]
 
 
 def _compile(block: Block) -> CodeType:
+    # Registered as a source file, so a failing block's traceback shows its own lines.
+    linecache.cache[block.name] = (len(block.source), None, block.source.splitlines(True), "")
     flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
     return compile(block.source, block.name, "exec", flags=flags, dont_inherit=True)
 
