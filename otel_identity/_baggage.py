@@ -44,7 +44,9 @@ _OWS = " \t"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # baggage-octet: %x21 / %x23-2B / %x2D-3A / %x3C-5B / %x5D-7E
 _VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
-_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_BAD_OR_CONTROL_ESCAPE = re.compile(
+    r"%(?![0-9A-Fa-f]{2})|%[01][0-9A-Fa-f]|%7[Ff]|%[Cc]2%[89][0-9A-Fa-f]"
+)
 # C0, DEL and C1: never part of an id, and C1 is how terminals are driven.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Octets of baggage-octet that ``quote`` would escape but need not be ('%' and '+' excluded:
@@ -90,15 +92,17 @@ def _decode(raw: str) -> str | None:
     if not _VALUE.fullmatch(raw):
         return None
     if "%" not in raw:
-        value = raw
-    else:
-        if _BAD_ESCAPE.search(raw):
-            return None
-        try:
-            value = unquote_to_bytes(raw).decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    return None if _CONTROL.search(value) else value
+        return raw  # baggage-octets alone hold no control character
+    # Bad escapes, and the escapes of every control character (C0 and DEL are one octet; C1
+    # is U+0080-U+009F, %C2%80-%C2%9F in UTF-8), are refused before any decoding: the cost
+    # of a flood of them stays one search.
+    if _BAD_OR_CONTROL_ESCAPE.search(raw):
+        return None
+    try:
+        value = unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if _CONTROL.search(value) else value  # (belt and braces)
 
 
 def _member(text: str) -> tuple[str, str | None]:
