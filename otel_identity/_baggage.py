@@ -197,10 +197,10 @@ def parse(headers: str | Sequence[str] | None, keep: frozenset[str] = frozenset(
     if not headers:
         return EMPTY
     if not isinstance(headers, str):
-        texts = [h for h in headers if isinstance(h, str)]
-        if len(texts) != 1:
-            return _parse(texts, keep) if texts else EMPTY
-        headers = texts[0]
+        # Several header lines are one list: joined, they are that list (and one memo key).
+        headers = ",".join(h for h in headers if isinstance(h, str))
+        if not headers:
+            return EMPTY
     cached = _parsed.get((headers, keep))
     if cached is not None:
         return cached
