@@ -30,6 +30,7 @@ directions are memoized: identity baggage repeats across the requests of a sessi
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote_to_bytes
@@ -187,6 +188,7 @@ def _parse(headers: Iterable[str], keep: frozenset[str]) -> Parsed:
 
 
 _parsed: dict[tuple[str, frozenset[str]], Parsed] = {}
+_last_long = threading.local()  # .entry: (header, keep, Parsed)
 
 
 def parse(headers: str | Sequence[str] | None, keep: frozenset[str] = frozenset()) -> Parsed:
@@ -204,10 +206,16 @@ def parse(headers: str | Sequence[str] | None, keep: frozenset[str] = frozenset(
     cached = _parsed.get((headers, keep))
     if cached is not None:
         return cached
-    result = _parse((headers,), keep)
-    if len(headers) <= _MEMO_CHARS:
-        _memo.remember(_parsed, (headers, keep), result, _MEMO_ENTRIES)
-    return result
+    if len(headers) > _MEMO_CHARS:
+        # Too long to keep in the table, but the same request may ask again (OpenTelemetry's
+        # middleware, then ours): this thread's last long header is kept, one per thread.
+        last = getattr(_last_long, "entry", None)
+        if last is not None and last[1] == keep and last[0] == headers:
+            return last[2]  # type: ignore[no-any-return]
+        result = _parse((headers,), keep)
+        _last_long.entry = (headers, keep, result)
+        return result
+    return _memo.remember(_parsed, (headers, keep), _parse((headers,), keep), _MEMO_ENTRIES)
 
 
 def encode_member(key: str, value: object) -> str | None:

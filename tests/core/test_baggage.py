@@ -161,6 +161,14 @@ def test_parse_is_memoized_per_header_and_keep_set() -> None:
     assert _baggage.parse(header, frozenset()) is not _baggage.parse(header, KEEP)
 
 
+def test_a_header_too_long_for_the_memo_is_still_parsed_once_per_request() -> None:
+    header = "user.id=u," + ",".join(f"k{i}=" + "v" * 40 for i in range(600))
+    assert len(header) > 2 * 8192
+    first = _baggage.parse(header, KEEP)
+    assert _baggage.parse(header[:], KEEP) is first  # (the next reader in the same thread)
+    assert _baggage.parse(header + ",z=1", KEEP) is not first
+
+
 # --- limits, in bytes, identity first -------------------------------------------------------
 
 
