@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from urllib.parse import unquote, unquote_plus
 
 import pytest
@@ -315,6 +316,31 @@ def test_propagator_is_loaded_by_name_from_otel_propagators() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ours {'%75ser.id': 'm', 'user.id': 'ada l'}"
+
+
+def test_zero_code_setup_puts_ours_in_the_global_textmap(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(
+        "from otel_identity._baggage_propagator import baggage_step_status\n"
+        "print(baggage_step_status())\n"
+    )
+    env = {
+        **os.environ,
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "",
+    }
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "opentelemetry-instrument"), sys.executable, str(app)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "ours", result.stdout + result.stderr
 
 
 # --- its place in the global textmap -------------------------------------------------------------
