@@ -21,6 +21,7 @@ The public surface is this module; everything else is private (``otel_identity._
 from __future__ import annotations
 
 from otel_identity import names
+from otel_identity._baggage_propagator import IdentityBaggagePropagator
 from otel_identity._carriers import (
     AsyncIdentityQueue,
     Envelope,
@@ -74,6 +75,7 @@ __all__ = [
     "HeadersGetter",
     "HeadersSetter",
     "Identity",
+    "IdentityBaggagePropagator",
     "IdentityInstrumentor",
     "IdentityLogFilter",
     "IdentityQueue",

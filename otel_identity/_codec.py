@@ -1,17 +1,12 @@
 """Identity <-> baggage members, and the W3C limits.
 
-Identity members are plain baggage entries, so any OpenTelemetry SDK carries and reads them.
-Two facts of the wire decide the encoding (see ``tests/core/test_codec.py``):
+Identity members are plain baggage entries whose in-process values are the claims themselves:
+``baggage.get_baggage("user.id") == get_identity().user_id``. The wire form is the baggage
+codec's (``_baggage``: exact percent-encoding), so no value needs an escape of its own here.
+Roles are comma-joined (``admin,ops``), which is exact because a role never holds a comma.
 
-* OpenTelemetry Python encodes values with ``quote_plus`` (a space becomes ``+``) while the
-  W3C spec and other SDKs percent-decode without turning ``+`` into a space; it also strips
-  surrounding whitespace and treats ``;`` as the start of metadata after decoding.
-* So the in-process value escapes exactly the characters on which the two decoders disagree
-  or which OpenTelemetry would lose: ``%``, ``;``, and whitespace (plus ``,`` inside a role).
-  Every other value, which is every ordinary id, is stored and sent unchanged.
-
-Both OpenTelemetry's propagator and a spec-compliant percent-decoder followed by
-``decode_value`` give back the exact original string.
+Claims are refused (``set_identity`` raises, an inbound hop is ``malformed``) when they hold a
+control character, leading or trailing whitespace, or more than 1024 characters.
 """
 
 from __future__ import annotations
@@ -19,54 +14,47 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping
-from urllib.parse import quote, quote_plus, unquote
 
+from otel_identity import _baggage
 from otel_identity._identity import Identity
 
 # W3C baggage minimums a platform must propagate; above them members may be dropped, and we
 # choose which: never identity members.
-MAX_MEMBERS = 64
-MAX_BYTES = 8192
+MAX_MEMBERS = _baggage.MAX_MEMBERS
+MAX_BYTES = _baggage.MAX_BYTES
 # OpenTelemetry Python drops a single member above this many bytes, on inject and extract.
 MAX_MEMBER_BYTES = 4096
 # An identity value longer than this (decoded) is refused: no real id is this long, and a
 # bound keeps hostile input cheap to handle.
 MAX_VALUE_CHARS = 1024
 
-_ESCAPE = re.compile(r"[%;\s]")
-_ESCAPE_ROLE = re.compile(r"[%;,\s]")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _percent(match: re.Match[str]) -> str:
-    return quote(match.group(), safe="")
-
-
-def encode_value(value: str) -> str:
-    """The in-process baggage value for one identity claim."""
-    return _ESCAPE.sub(_percent, value) if _ESCAPE.search(value) else value
-
-
-def decode_value(value: str) -> str:
-    """Inverse of ``encode_value``; also drops W3C properties (``;...``) and padding."""
-    if ";" in value:
-        value = value.split(";", 1)[0]
-    value = value.strip(" \t")
-    return unquote(value) if "%" in value else value
+# C0, DEL and C1, as the baggage codec refuses them on arrival.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+ROLE_SEPARATOR = ","
 
 
 def encode_roles(roles: Iterable[str]) -> str:
-    return ",".join(_ESCAPE_ROLE.sub(_percent, role) for role in roles)
+    return ROLE_SEPARATOR.join(roles)
 
 
 def decode_roles(value: str) -> tuple[str, ...]:
-    if ";" in value:
-        value = value.split(";", 1)[0]
-    return tuple(
-        unquote(part) if "%" in part else part
-        for part in (item.strip(" \t") for item in value.split(","))
-        if part
-    )
+    """The roles of a ``user.roles`` value; an empty element stays (and is then refused)."""
+    return tuple(value.split(ROLE_SEPARATOR)) if value else ()
+
+
+def _claim_problem(value: str, role: bool) -> str | None:
+    """Why a claim cannot be an identity value, or None."""
+    if len(value) > MAX_VALUE_CHARS:
+        return f"is longer than {MAX_VALUE_CHARS} characters"
+    # Printable ASCII without edge spaces (every ordinary id) is decided without the regex.
+    plain = value.isascii() and value.isprintable()
+    if not plain and _CONTROL.search(value):
+        return "contains control characters"
+    if value != value.strip():
+        return "has leading or trailing whitespace"
+    if role and ROLE_SEPARATOR in value:
+        return "contains a comma (roles travel comma-joined)"
+    return None
 
 
 def check_claim(name: str, value: object) -> str | None:
@@ -75,19 +63,23 @@ def check_claim(name: str, value: object) -> str | None:
         return None
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__}")
-    if len(value) > MAX_VALUE_CHARS:
-        raise ValueError(f"{name} is longer than {MAX_VALUE_CHARS} characters")
-    if _CONTROL.search(value):
-        raise ValueError(f"{name} contains control characters")
+    problem = _claim_problem(value, role=name == "role")
+    if problem is not None:
+        raise ValueError(f"{name} {problem}")
     return value
 
 
 def is_acceptable(value: str) -> bool:
-    """Whether a decoded inbound claim may be used (bounded, no control characters)."""
-    if len(value) > MAX_VALUE_CHARS:
-        return False
-    # Printable ASCII (every ordinary id) is decided in C, without the regex.
-    return (value.isascii() and value.isprintable()) or not _CONTROL.search(value)
+    """Whether a decoded inbound claim may be used (the rules ``check_claim`` applies)."""
+    return _claim_problem(value, role=False) is None
+
+
+def acceptable_identity(identity: Identity) -> bool:
+    """Whether every claim of a decoded inbound identity may be used (roles: none empty)."""
+    claims = (identity.user_id, identity.tenant_id, identity.session_id)
+    return all(_claim_problem(v, role=False) is None for v in claims if v is not None) and all(
+        role and _claim_problem(role, role=True) is None for role in identity.roles
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -104,19 +96,19 @@ def _members_uncached(identity: Identity, keys: tuple[str, str, str, str]) -> di
     user_key, tenant_key, session_key, roles_key = keys
     out: dict[str, str] = {}
     if identity.user_id is not None:
-        out[user_key] = encode_value(identity.user_id)
+        out[user_key] = identity.user_id
     if identity.tenant_id is not None:
-        out[tenant_key] = encode_value(identity.tenant_id)
+        out[tenant_key] = identity.tenant_id
     if identity.session_id is not None:
-        out[session_key] = encode_value(identity.session_id)
+        out[session_key] = identity.session_id
     if identity.roles:
         out[roles_key] = encode_roles(identity.roles)
     return out
 
 
 def encoded_size(key: str, value: object) -> int:
-    """Bytes one member takes in OpenTelemetry's W3C header (``quote_plus`` output is ASCII)."""
-    return len(quote_plus(str(key))) + 1 + len(quote_plus(str(value)))
+    """Bytes one member takes in the header (the baggage codec's exact encoding)."""
+    return _baggage.member_size(key, value)
 
 
 def fit(baggage: Mapping[str, object], identity_keys: Iterable[str]) -> dict[str, object] | None:
@@ -163,10 +155,5 @@ def raw_values(
 def decode_identity(raw: tuple[object, ...]) -> Identity | None:
     """Identity from the four raw baggage values; None if none is set."""
     user, tenant, session, roles = (v if isinstance(v, str) else None for v in raw)
-    identity = Identity(
-        (decode_value(user) or None) if user else None,
-        (decode_value(tenant) or None) if tenant else None,
-        (decode_value(session) or None) if session else None,
-        decode_roles(roles) if roles else (),
-    )
+    identity = Identity(user or None, tenant or None, session or None, decode_roles(roles or ""))
     return None if identity.is_empty else identity

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
-import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, cast
@@ -40,6 +39,7 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation import _SPAN_KEY  # stable since 1.0; one copy, not two
 
 from otel_identity import (
+    _baggage,
     _codec,
     _config,
     _egress,
@@ -202,16 +202,19 @@ class Arrival:
     def __init__(
         self,
         baggage: Mapping[str, object],
-        oversize: bool,
+        wire: _baggage.Parsed,
         hop: str,
         settings: _config.Settings,
     ) -> None:
         self.settings = settings
         raw = _codec.raw_values(baggage, settings.identity_keys)
         policy = _policy.policy_for(hop, settings)
-        identity, reason = _policy.admit(baggage, raw, policy, settings)
-        if oversize and identity is None:
-            reason = names.REASON_OVERSIZE
+        # The header's own verdict first: identity members that were ambiguous, refused or
+        # did not fit reject the hop, whatever the rest of them says.
+        reason = wire.verdict(_keep_keys(settings))
+        identity = None
+        if reason is None:
+            identity, reason = _policy.admit(baggage, raw, policy, settings)
         required = hop in settings.required_hops
         self.if_missing = (missing_event(hop, settings),) if required else ()
         self.events: tuple[tuple[str, dict[str, Any]], ...] = ()
@@ -226,9 +229,8 @@ class Arrival:
                 {names.ATTR_HOP: hop, names.ATTR_REJECT_REASON: reason},
             )
             self.events = (rejected, *self.if_missing)
-            _telemetry.log_once(
-                logging.WARNING,
-                ("rejected", hop, reason),
+            _telemetry.log_limited(
+                f"rejected:{hop}:{reason}",
                 "otel-identity: inbound identity rejected on %s hop (%s); it was removed",
                 hop,
                 reason,
@@ -256,11 +258,8 @@ _NO_BAGGAGE: Mapping[str, object] = {}
 
 def _new_arrival(header: str | None, hop: str, settings: _config.Settings) -> Arrival:
     """What ``header`` means on ``hop``, decided afresh (and remembered where it may be)."""
-    baggage: Mapping[str, object] = _NO_BAGGAGE
-    oversize = False
-    if header:
-        baggage, oversize = _propagation.decode_baggage(header, _keep_keys(settings))
-    arrival = Arrival(baggage, oversize, hop, settings)
+    parsed = _baggage.parse(header, _keep_keys(settings)) if header else _baggage.EMPTY
+    arrival = Arrival(parsed.members, parsed, hop, settings)
     if arrival.cacheable:
         _memo.remember(_arrivals, (header, hop), arrival)
     return arrival
@@ -279,14 +278,14 @@ def _arrival_from_propagator(
     """The general case of ``extract``: the whole global propagator runs, whatever its shape,
     and the hop continues ``own`` (its own span), else the sender's span (when ``sender``),
     else whatever ``base`` had."""
-    remote, oversize = _propagation.extract(carrier, getter, _keep_keys(settings))
+    remote, parsed = _propagation.extract(carrier, getter, _keep_keys(settings))
     span = own
     if span is None:
         sent = trace.get_current_span(remote)
         valid = sender and sent.get_span_context().is_valid
         span = sent if valid else trace.get_current_span(base)
     baggage: Mapping[str, object] = remote.get(_BAGGAGE_KEY) or _NO_BAGGAGE  # type: ignore[assignment]
-    return span, Arrival(baggage, oversize, hop, settings)
+    return span, Arrival(baggage, parsed, hop, settings)
 
 
 def extract(  # noqa: PLR0915 - one hot path, written out (see below)
@@ -342,10 +341,10 @@ def extract(  # noqa: PLR0915 - one hot path, written out (see below)
             header: Any = None
             if shape:
                 found: Any = getter.get(carrier, "baggage")
-                # (_propagation.first(found), its common case written out)
-                header = found[0] if type(found) is list and found else found
+                # (_propagation.joined(found), its common case written out)
+                header = found[0] if type(found) is list and len(found) == 1 else found
                 if type(header) is not str:
-                    header = _propagation.first(found)
+                    header = _propagation.joined(found)
             arrival = _arrivals.get((header, hop))
             if arrival is None or arrival.settings is not settings:
                 arrival = _new_arrival(header, hop, settings)

@@ -1,4 +1,4 @@
-"""The core's auto-instrumentation entry point: the span processor and the propagation check.
+"""The core's auto-instrumentation entry point: the span processor and our baggage step.
 
 ``opentelemetry-instrument`` loads it through the ``opentelemetry_instrumentor`` entry point
 ``otel_identity``; by hand::
@@ -8,6 +8,11 @@
 
 The SDK cannot remove a span processor, so ``uninstrument`` switches ours off and a later
 ``instrument`` switches the same one on again: never two on one provider.
+
+``instrument`` also puts ``IdentityBaggagePropagator`` in place of OpenTelemetry's
+``W3CBaggagePropagator`` in the global textmap (DESIGN.md, "Wire format"), so every
+instrumentation's extract and inject use our codec; ``uninstrument`` puts the original back.
+A textmap with no baggage step is left as it is (and a warning says identity cannot travel).
 """
 
 from __future__ import annotations
@@ -15,12 +20,12 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from opentelemetry import propagate, trace
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
 
+from otel_identity import _baggage_propagator
 from otel_identity._processor import IdentitySpanProcessor
 from otel_identity._telemetry import logger
 
@@ -33,12 +38,9 @@ def _providers_of(provider: Any) -> Any:
 
 
 def carries_baggage(propagator: Any = None) -> bool:
-    """Whether the global propagator (or ``propagator``) includes W3C baggage."""
-    propagator = propagator or propagate.get_global_textmap()
-    inner = getattr(propagator, "_propagators", None)
-    if inner is not None:
-        return any(carries_baggage(p) for p in inner)
-    return isinstance(propagator, W3CBaggagePropagator)
+    """Whether the global propagator (or ``propagator``) has a W3C baggage step (ours or
+    OpenTelemetry's, or one of unknown make that reads the header)."""
+    return _baggage_propagator.baggage_step_status(propagator) != "none"
 
 
 class IdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -61,6 +63,7 @@ class IdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 _processors[id(provider)] = processor
                 add(processor)
             processor.enabled = True
+        _baggage_propagator.install()
         if not carries_baggage():
             logger.warning(
                 "otel-identity: the global propagator has no W3C baggage propagator "
@@ -70,3 +73,4 @@ class IdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _uninstrument(self, **kwargs: Any) -> None:
         for processor in _processors.values():
             processor.enabled = False
+        _baggage_propagator.uninstall()

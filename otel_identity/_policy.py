@@ -25,10 +25,8 @@ def _decode(raw: tuple[object, ...]) -> tuple[Identity | None, str | None]:
         return cached
     identity = _codec.decode_identity(raw)
     result: tuple[Identity | None, str | None] = (identity, None)
-    if identity is not None:
-        claims = (identity.user_id, identity.tenant_id, identity.session_id, *identity.roles)
-        if not all(_codec.is_acceptable(value) for value in claims if value):
-            result = (None, names.REASON_MALFORMED)
+    if identity is not None and not _codec.acceptable_identity(identity):
+        result = (None, names.REASON_MALFORMED)
     return _memo.remember(_decoded, raw, result)
 
 

@@ -1,16 +1,11 @@
-"""Running the global propagator, with the W3C baggage step memoized.
+"""Running the global propagator, with the W3C baggage step done by our codec.
 
 Every hop runs the global propagator (so ``OTEL_PROPAGATORS`` is honoured), but the W3C
-baggage step is a pure function of its input: the same baggage always gives the same header,
-and the same header always decodes to the same members. Identity baggage repeats across the
-requests of a session and across the fan-out of one request, so the propagator's own output
-is kept in a bounded table: a repeated header or baggage costs a dict lookup instead of a
-regex split, validation and percent-coding per member. Nothing here encodes or decodes a
-header by hand: a miss calls OpenTelemetry's ``W3CBaggagePropagator`` itself.
-
-The extract side also applies the W3C limits the propagator does not: an oversize header is
-cut to fit (identity members kept, by splitting on the list separator only) instead of being
-dropped whole, and more than 64 members are trimmed after decoding.
+baggage step, whether ours (``IdentityBaggagePropagator``) or OpenTelemetry's
+(``W3CBaggagePropagator``, configured explicitly), is done by ``_baggage``: a strict, linear
+parse whose facts (ambiguous, refused, oversize) decide the hop, and an exact encoding, both
+memoized. A propagator of unknown shape runs as it is, but identity members are then taken
+only from our own parse of the header (fail closed: its parse may read look-alike keys).
 """
 
 from __future__ import annotations
@@ -26,13 +21,16 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import CarrierT, Getter, Setter, TextMapPropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from otel_identity import _codec, _memo
+from otel_identity import _baggage
+from otel_identity._baggage_propagator import (
+    IdentityBaggagePropagator,
+    is_baggage_step,
+    keep_keys,
+    with_members,
+)
 
-_HEADER = "baggage"
-_W3C = W3CBaggagePropagator()
-# (header, members kept first when trimming) -> (members, oversize)
-_decoded: dict[tuple[str, frozenset[str]], tuple[dict[str, object], bool]] = {}
-_encoded: dict[tuple[tuple[str, object], ...], str | None] = {}
+_HEADER = _baggage.HEADER
+_KNOWN = frozenset({TraceContextTextMapPropagator, W3CBaggagePropagator, IdentityBaggagePropagator})
 
 
 def steps(propagator: TextMapPropagator) -> tuple[TextMapPropagator, ...] | None:
@@ -65,73 +63,10 @@ def baggage_only(propagator: TextMapPropagator) -> bool | None:
     answer = None
     if parts is not None:
         kinds = {type(part) for part in parts}
-        if kinds <= {TraceContextTextMapPropagator, W3CBaggagePropagator} and len(kinds) == len(
-            parts
-        ):
-            answer = W3CBaggagePropagator in kinds
+        if kinds <= _KNOWN and len(kinds) == len(parts):
+            answer = any(is_baggage_step(part) for part in parts)
     shape = (propagator, answer)
     return answer
-
-
-def trim_header(header: str, keep: frozenset[str]) -> tuple[str, bool]:
-    """Cut a baggage header to the W3C minimums, members named in ``keep`` first.
-
-    Returns the header and whether the kept members alone did not fit (they are then dropped
-    too and the hop is rejected as ``oversize``). Members never contain a raw comma, so the
-    list separator is the only thing looked at; decoding stays with the propagator.
-    """
-    if len(header) <= _codec.MAX_BYTES and header.count(",") < _codec.MAX_MEMBERS:
-        return header, False
-    first: list[str] = []
-    rest: list[str] = []
-    for raw in header.split(","):
-        member = raw.strip(" \t")
-        (first if member.split("=", 1)[0].rstrip(" \t") in keep else rest).append(member)
-    size = sum(len(m.encode("utf-8", "replace")) + 1 for m in first)
-    oversize = size > _codec.MAX_BYTES
-    if oversize:
-        first, size = [], 0
-    for member in rest:
-        member_size = len(member.encode("utf-8", "replace")) + 1
-        if len(first) < _codec.MAX_MEMBERS and size + member_size <= _codec.MAX_BYTES:
-            first.append(member)
-            size += member_size
-    return ",".join(first), oversize
-
-
-def decode_baggage(header: str, keep: frozenset[str]) -> tuple[dict[str, object], bool]:
-    """Members of a baggage header, as OpenTelemetry's propagator decodes them (memoized)."""
-    cached = _decoded.get((header, keep))
-    if cached is not None:
-        return cached
-    trimmed, oversize = trim_header(header, keep)
-    ctx = _W3C.extract({_HEADER: trimmed}, context=Context())
-    members = dict(cast("Mapping[str, object]", ctx.get(_BAGGAGE_KEY) or {}))
-    if len(members) > _codec.MAX_MEMBERS:
-        members = cast("dict[str, object]", _codec.fit(members, keep))
-    result = (members, oversize)
-    _memo.remember(_decoded, (header, keep), result)
-    return result
-
-
-class _TrimmingGetter(Getter[CarrierT]):
-    """For an opaque global propagator: hands it a baggage header within the limits."""
-
-    def __init__(self, inner: Getter[CarrierT], keep: frozenset[str]) -> None:
-        self.inner = inner
-        self.keep = keep
-        self.oversize = False
-
-    def get(self, carrier: CarrierT, key: str) -> list[str] | None:
-        values = self.inner.get(carrier, key)
-        if key != _HEADER or not values or not isinstance(values[0], str):
-            return values
-        header, oversize = trim_header(values[0], self.keep)
-        self.oversize = self.oversize or oversize
-        return [header]
-
-    def keys(self, carrier: CarrierT) -> list[str]:
-        return self.inner.keys(carrier)
 
 
 def first(values: Any) -> str | None:
@@ -145,66 +80,69 @@ def first(values: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def joined(values: Any) -> str | None:
+    """The baggage list a getter returned: several header values are one list."""
+    if type(values) is str:
+        return values or None
+    if not values:
+        return None
+    texts = [value for value in values if isinstance(value, str)]
+    return ",".join(texts) or None
+
+
 def extract(
     carrier: CarrierT, getter: Getter[CarrierT], keep: frozenset[str]
-) -> tuple[Context, bool]:
-    """The sender's context from ``carrier`` (on an empty base), and whether it was oversize."""
+) -> tuple[Context, _baggage.Parsed]:
+    """The sender's context from ``carrier`` (on an empty base), and what its baggage held."""
     propagator = propagate.get_global_textmap()
     parts = steps(propagator)
     if parts is None:
-        trimming = _TrimmingGetter(getter, keep)
-        return propagator.extract(carrier, context=Context(), getter=trimming), trimming.oversize
+        return _extract_opaque(propagator, carrier, getter, keep)
     ctx = Context()
-    oversize = False
+    parsed = _baggage.EMPTY
     for part in parts:
-        if type(part) is not W3CBaggagePropagator:
+        if not is_baggage_step(part):
             ctx = part.extract(carrier, context=ctx, getter=getter)
             continue
-        header = first(getter.get(carrier, _HEADER))
-        if not header:
-            continue
-        members, too_big = decode_baggage(header, keep)
-        oversize = oversize or too_big
-        if members:
-            existing = cast("Mapping[str, object] | None", ctx.get(_BAGGAGE_KEY))
-            values = dict(ctx)
-            values[_BAGGAGE_KEY] = {**existing, **members} if existing else members
-            ctx = Context(values)
-    return ctx, oversize
+        header = joined(getter.get(carrier, _HEADER))
+        if header:
+            parsed = _baggage.parse(header, keep)
+            ctx = with_members(ctx, parsed, keep)
+    return ctx, parsed
 
 
-def _header_for(baggage: Mapping[str, object]) -> str | None:
-    try:
-        key = tuple(baggage.items())
-        cached = _encoded.get(key, _MISSING)
-    except TypeError:  # an unhashable baggage value: let the propagator do it every time
-        key, cached = None, _MISSING
-    if cached is not _MISSING:
-        return cast("str | None", cached)
-    carrier: dict[str, str] = {}
-    _W3C.inject(carrier, context=Context({_BAGGAGE_KEY: dict(baggage)}))
-    header = carrier.get(_HEADER)
-    if key is not None:
-        _memo.remember(_encoded, key, header)
-    return header
-
-
-_MISSING = object()
+def _extract_opaque(
+    propagator: TextMapPropagator, carrier: CarrierT, getter: Getter[CarrierT], keep: frozenset[str]
+) -> tuple[Context, _baggage.Parsed]:
+    """A propagator of unknown shape: it runs as it is, and identity members come only from
+    our own parse of the header (what it read for them is dropped)."""
+    ctx = propagator.extract(carrier, context=Context(), getter=getter)
+    header = joined(getter.get(carrier, _HEADER))
+    parsed = _baggage.parse(header, keep) if header else _baggage.EMPTY
+    baggage = cast("Mapping[str, object]", ctx.get(_BAGGAGE_KEY) or {})
+    ours = {} if parsed.verdict(keep) else parsed.members
+    if keep.isdisjoint(baggage) and keep.isdisjoint(ours):
+        return ctx, parsed
+    values = dict(ctx)
+    merged = {k: v for k, v in baggage.items() if k not in keep}
+    merged.update((k, v) for k, v in ours.items() if k in keep)
+    values[_BAGGAGE_KEY] = merged
+    return Context(values), parsed
 
 
 def inject(carrier: CarrierT, ctx: Context, setter: Setter[CarrierT]) -> None:
-    """Run the global propagator's inject, the W3C baggage step from the memo."""
+    """Run the global propagator's inject, the W3C baggage step by our codec."""
     propagator = propagate.get_global_textmap()
     parts = steps(propagator)
     if parts is None:
         propagator.inject(carrier, context=ctx, setter=setter)
         return
     for part in parts:
-        if type(part) is not W3CBaggagePropagator:
+        if not is_baggage_step(part):
             part.inject(carrier, context=ctx, setter=setter)
             continue
         baggage = cast("Mapping[str, object] | None", ctx.get(_BAGGAGE_KEY))
         if baggage:
-            header = _header_for(baggage)
+            header = _baggage.encode(baggage, keep_keys())
             if header:
                 setter.set(carrier, _HEADER, header)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -152,6 +153,44 @@ def log_once(level: int, key: tuple[str, ...], message: str, *args: object) -> N
     logger.log(level, message, *args)
 
 
+# kind -> (monotonic time of its last line, lines suppressed since)
+_limited: dict[str, tuple[float, int]] = {}
+LOG_INTERVAL = 60.0
+
+
+def log_limited(kind: str, message: str, *args: object, level: int = logging.WARNING) -> bool:
+    """Log at most one line per ``kind`` per minute; True when this call logged.
+
+    For lines that inbound input drives (a flood of hostile headers must not flood the log):
+    ``args`` built from such input go through ``short``. A line after a quiet spell says how
+    many were suppressed.
+    """
+    now = time.monotonic()
+    last = _limited.get(kind)
+    if last is not None and now - last[0] < LOG_INTERVAL:
+        with _lock:  # a lost count under a race would only make the figure low
+            last = _limited.get(kind, last)
+            _limited[kind] = (last[0], last[1] + 1)
+        return False
+    with _lock:
+        last = _limited.get(kind)
+        if last is not None and now - last[0] < LOG_INTERVAL:
+            return False
+        _limited[kind] = (now, 0)
+    if last is not None and last[1]:
+        message += " (%d similar lines suppressed)"
+        args = (*args, last[1])
+    logger.log(level, message, *args)
+    return True
+
+
+def reset_log_limits() -> None:
+    """Forget which kinds logged recently (tests: each sees its own first line)."""
+    with _lock:
+        _limited.clear()
+        _logged_once.clear()
+
+
 def log_internal_error(where: str) -> None:
     """The library's own failure on the request path: logged (with traceback), never raised.
 
@@ -162,6 +201,7 @@ def log_internal_error(where: str) -> None:
 
 
 def short(text: object, limit: int = 32) -> str:
-    """A short, printable prefix of untrusted input, safe to put in a log line."""
-    value = repr(str(text)[:limit])
-    return value + ("..." if len(str(text)) > limit else "")
+    """A short, printable prefix of untrusted input, safe to put in a log line: ``repr``
+    escapes every control and non-printable character, so no raw CR, LF, ESC or NUL."""
+    text = text if isinstance(text, str) else str(text)
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")

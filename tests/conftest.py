@@ -50,7 +50,7 @@ def _clean_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.delenv(name)
     _config.reset_settings()
     _resolver.reset_resolver()
-    _telemetry._logged_once.clear()  # each test sees its own first log line
+    _telemetry.reset_log_limits()  # each test sees its own first log line
     EXPORTER.clear()
     _INTERNAL.records.clear()
     yield

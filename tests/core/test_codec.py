@@ -1,4 +1,9 @@
-"""Wire codec: exact round trips through OTel's propagator and a spec percent-decoder, limits."""
+"""Identity members: exact round trips through OTel's propagator and a spec decoder, limits.
+
+In-process values are the claims themselves (no escape form), so OpenTelemetry's own
+propagator carries them exactly, and our propagator's header is read exactly by a plain W3C
+percent-decoder.
+"""
 
 from __future__ import annotations
 
@@ -14,24 +19,28 @@ from opentelemetry.context import Context
 import otel_identity as oi
 from otel_identity import _codec
 
-# Any printable text (control characters are refused by set_identity), including the
-# characters the two decoders disagree on, non-ASCII, and long values.
+# Any claim set_identity accepts (no control characters, no leading or trailing whitespace),
+# including the characters the decoders disagree on, non-ASCII, and long values.
 claim = st.text(
     alphabet=st.characters(blacklist_categories=("Cc", "Cs")),
     min_size=1,
     max_size=300,
 )
 tricky = st.sampled_from([" ", "+", ",", ";", "=", "%", "%25", "%2C", "é", "😀", "\u2028", "a b"])
-value = st.one_of(claim, st.lists(tricky, min_size=1, max_size=8).map("".join))
+value = st.one_of(claim, st.lists(tricky, min_size=1, max_size=8).map("".join)).filter(
+    lambda v: v == v.strip()
+)
+role = value.filter(lambda v: "," not in v)  # roles travel comma-joined
 identities = st.builds(
     oi.Identity,
     user_id=st.one_of(st.none(), value),
     tenant_id=st.one_of(st.none(), value),
     session_id=st.one_of(st.none(), value),
-    roles=st.lists(value, max_size=4).map(tuple),
+    roles=st.lists(role, max_size=4).map(tuple),
 ).filter(lambda i: not i.is_empty)
 
 PROPAGATOR = W3CBaggagePropagator()
+OURS = oi.IdentityBaggagePropagator()
 
 
 def spec_decode(header: str) -> dict[str, str]:
@@ -44,9 +53,9 @@ def spec_decode(header: str) -> dict[str, str]:
     return out
 
 
-def header_of(identity: oi.Identity) -> str:
+def header_of(identity: oi.Identity, propagator: object = PROPAGATOR) -> str:
     carrier: dict[str, str] = {}
-    PROPAGATOR.inject(carrier, context=oi.set_identity(identity, context=Context()))
+    propagator.inject(carrier, context=oi.set_identity(identity, context=Context()))  # type: ignore[attr-defined]
     return carrier["baggage"]
 
 
@@ -62,7 +71,7 @@ def test_identity_round_trips_exactly_through_otel_w3c_propagator(identity: oi.I
 def test_identity_round_trips_exactly_through_a_spec_percent_decoder(
     identity: oi.Identity,
 ) -> None:
-    members = spec_decode(header_of(identity))
+    members = spec_decode(header_of(identity, OURS))
     decoded = _codec.decode_identity(
         _codec.raw_values(members, ("user.id", "tenant.id", "session.id", "user.roles"))
     )
@@ -77,16 +86,48 @@ def test_identity_round_trips_through_oi_inject_and_extract(identity: oi.Identit
     assert oi.get_identity(oi.extract(carrier, hop="manual", context=Context())) == identity
 
 
+@settings(max_examples=200, deadline=None)
+@given(identities)
+def test_otel_propagator_reads_our_header_exactly(identity: oi.Identity) -> None:
+    ctx = PROPAGATOR.extract({"baggage": header_of(identity, OURS)}, context=Context())
+    assert oi.get_identity(ctx) == identity
+
+
+@given(identities)
+def test_in_process_baggage_values_are_the_claims(identity: oi.Identity) -> None:
+    ctx = oi.set_identity(identity, context=Context())
+    assert baggage.get_baggage("user.id", ctx) == identity.user_id
+    assert baggage.get_baggage("tenant.id", ctx) == identity.tenant_id
+    assert baggage.get_baggage("session.id", ctx) == identity.session_id
+    assert baggage.get_baggage("user.roles", ctx) == (",".join(identity.roles) or None)
+
+
 def test_ordinary_ids_travel_unchanged_so_other_sdks_read_them() -> None:
-    header = header_of(oi.Identity(user_id="u-42", tenant_id="acme", roles=("admin", "ops")))
+    header = header_of(oi.Identity(user_id="u-42", tenant_id="acme", roles=("admin", "ops")), OURS)
     assert header == "user.id=u-42,tenant.id=acme,user.roles=admin%2Cops"
     assert spec_decode(header)["user.roles"].split(",") == ["admin", "ops"]
 
 
-def test_roles_are_a_tuple_even_with_commas_inside_a_role() -> None:
-    identity = oi.Identity(roles=("a,b", "c"))
-    ctx = PROPAGATOR.extract({"baggage": header_of(identity)}, context=Context())
-    assert oi.get_identity(ctx) == identity
+def test_a_role_with_a_comma_is_refused_since_roles_travel_comma_joined() -> None:
+    with pytest.raises(ValueError, match="comma"):
+        oi.set_identity(roles=("a,b", "c"))
+
+
+@pytest.mark.parametrize("claim", [" ada", "ada ", "\tada", "ada\u2028", "a\x85b", "a\x1bb"])
+def test_claims_with_edge_whitespace_or_control_characters_are_refused(claim: str) -> None:
+    with pytest.raises(ValueError):
+        oi.set_identity(user_id=claim)
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["user.roles=admin%2C%2Cops", "user.roles=%2Cadmin", "user.id=%20u"],
+)
+def test_inbound_empty_roles_or_edge_whitespace_are_malformed(header: str) -> None:
+    ctx = oi.extract({"baggage": header}, hop="http.server")
+    assert oi.get_identity(ctx) is None
+    state = oi.hop_state(ctx)
+    assert state is not None and state.reason == "malformed"
 
 
 def test_foreign_sdk_properties_are_ignored() -> None:

@@ -1,0 +1,195 @@
+"""otel-identity's own W3C baggage propagator, and its place in the global textmap.
+
+    OTEL_PROPAGATORS=tracecontext,identity_baggage      # by name (entry point), or:
+    IdentityInstrumentor().instrument()                 # takes the place of OpenTelemetry's
+
+It serves every baggage member, not only identity, with the codec of ``_baggage``: a strict
+parse linear in the header's size (keys never percent-decoded, control characters refused,
+limits in bytes that never drop identity members) and an exact encoding that OpenTelemetry
+Python, OpenTelemetry JS and a plain W3C decoder all read back exactly. ``extract`` also
+leaves the parse's facts (ambiguous, refused, oversize) in the context, for ``parsed_of``:
+the receiving hop rejects identity on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, cast
+
+from opentelemetry import propagate
+from opentelemetry.baggage import _BAGGAGE_KEY
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context, create_key, get_current
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import (
+    CarrierT,
+    Getter,
+    Setter,
+    TextMapPropagator,
+    default_getter,
+    default_setter,
+)
+
+from otel_identity import _baggage, _config, _telemetry
+
+_PARSED_KEY = create_key("otel_identity.baggage_parsed")
+
+_keep: tuple[object, frozenset[str]] = (None, frozenset())
+
+
+def keep_keys() -> frozenset[str]:
+    """The members the limits never drop: the configured identity keys and the signature."""
+    global _keep
+    settings = _config.current or _config.get_settings()
+    if _keep[0] is not settings:
+        _keep = (settings, frozenset((*settings.identity_keys, settings.sig_key)))
+    return _keep[1]
+
+
+class IdentityBaggagePropagator(TextMapPropagator):
+    """The W3C ``baggage`` header, parsed strictly and encoded exactly (every member)."""
+
+    def extract(
+        self,
+        carrier: CarrierT,
+        context: Context | None = None,
+        getter: Getter[CarrierT] = default_getter,
+    ) -> Context:
+        """``context`` with the header's members merged into its baggage, as OpenTelemetry's
+        propagator does, and the parse's facts kept for ``parsed_of``. Never raises."""
+        ctx = context if context is not None else get_current()
+        try:
+            values = getter.get(carrier, _baggage.HEADER)
+            if not values:
+                return ctx
+            keep = keep_keys()
+            return with_members(ctx, _baggage.parse(values, keep), keep)
+        except Exception:  # noqa: BLE001 - a propagator never breaks the request path
+            _telemetry.log_internal_error("baggage extract")
+            return ctx
+
+    def inject(
+        self,
+        carrier: CarrierT,
+        context: Context | None = None,
+        setter: Setter[CarrierT] = default_setter,
+    ) -> None:
+        """Write the context's baggage as one header (nothing when there is none)."""
+        ctx = context if context is not None else get_current()
+        try:
+            baggage = cast("Mapping[str, object] | None", ctx.get(_BAGGAGE_KEY))
+            header = _baggage.encode(baggage, keep_keys()) if baggage else None
+        except Exception:  # noqa: BLE001
+            _telemetry.log_internal_error("baggage inject")
+            return
+        if header:
+            setter.set(carrier, _baggage.HEADER, header)
+
+    @property
+    def fields(self) -> set[str]:
+        return {_baggage.HEADER}
+
+
+def with_members(ctx: Context, parsed: _baggage.Parsed, keep: frozenset[str]) -> Context:
+    """``ctx`` with ``parsed``'s members over its baggage, and ``parsed`` kept for ``parsed_of``.
+
+    When the ``keep`` (identity) members were ambiguous, refused or oversize, none of them is
+    left in the baggage, not even one from ``ctx``: the receiving hop rejects the identity, and
+    code reading baggage directly must not see half of it."""
+    values = dict(ctx)
+    existing = cast("Mapping[str, object] | None", values.get(_BAGGAGE_KEY))
+    if parsed.verdict(keep) is not None:
+        merged = {k: v for k, v in {**(existing or {}), **parsed.members}.items() if k not in keep}
+        values[_BAGGAGE_KEY] = merged
+    elif parsed.members:
+        values[_BAGGAGE_KEY] = {**existing, **parsed.members} if existing else parsed.members
+    values[_PARSED_KEY] = parsed
+    return Context(values)
+
+
+def parsed_of(context: Context | None = None) -> _baggage.Parsed | None:
+    """What ``IdentityBaggagePropagator.extract`` found in the header it read into ``context``
+    (None when it read none)."""
+    ctx = context if context is not None else get_current()
+    return cast("_baggage.Parsed | None", ctx.get(_PARSED_KEY))
+
+
+# --- its place in the global textmap ------------------------------------------------------
+
+
+def is_baggage_step(part: object) -> bool:
+    """Whether ``part`` is a W3C baggage step whose work our codec does (ours or OTel's)."""
+    return type(part) is IdentityBaggagePropagator or type(part) is W3CBaggagePropagator
+
+
+def _replaced(propagator: TextMapPropagator) -> TextMapPropagator | None:
+    """``propagator`` with OpenTelemetry's baggage step(s) replaced by ours; None if none."""
+    if type(propagator) is W3CBaggagePropagator:
+        return IdentityBaggagePropagator()
+    if type(propagator) is not CompositePropagator:
+        return None
+    parts = list(cast("Any", propagator)._propagators)
+    new = [_replaced(part) for part in parts]
+    if all(part is None for part in new):
+        return None
+    return CompositePropagator([n or p for n, p in zip(new, parts, strict=True)])
+
+
+# (the global textmap before install, the one install set)
+_installed: tuple[TextMapPropagator, TextMapPropagator] | None = None
+
+
+def install() -> bool:
+    """Put ours in place of OpenTelemetry's baggage step in the global textmap (idempotent).
+
+    Returns whether ours is in place; a textmap without a baggage step is left alone."""
+    global _installed
+    current = propagate.get_global_textmap()
+    if _installed is not None and _installed[1] is current:
+        return True
+    new = _replaced(current)
+    if new is None:
+        return baggage_step_status(current) == "ours"
+    _installed = (current, new)
+    propagate.set_global_textmap(new)
+    return True
+
+
+def uninstall() -> None:
+    """Put the textmap ``install`` replaced back, unless someone has replaced ours since."""
+    global _installed
+    if _installed is not None and propagate.get_global_textmap() is _installed[1]:
+        propagate.set_global_textmap(_installed[0])
+    _installed = None
+
+
+def _kinds(propagator: object) -> set[str]:
+    if type(propagator) is IdentityBaggagePropagator:
+        return {"ours"}
+    if type(propagator) is W3CBaggagePropagator:
+        return {"opentelemetry"}
+    if type(propagator) is CompositePropagator:
+        found: set[str] = set()
+        for part in cast("Any", propagator)._propagators:
+            found |= _kinds(part)
+        return found
+    try:
+        fields = set(cast("TextMapPropagator", propagator).fields)
+    except Exception:  # noqa: BLE001 - a propagator of unknown make: say so
+        return {"opaque"}
+    return (
+        {"opaque"} if isinstance(propagator, CompositePropagator) or "baggage" in fields else set()
+    )
+
+
+def baggage_step_status(propagator: TextMapPropagator | None = None) -> str:
+    """Who does the W3C baggage step of the global textmap (or of ``propagator``), for doctor:
+
+    ``ours`` (``IdentityBaggagePropagator``), ``opentelemetry`` (its ``W3CBaggagePropagator``,
+    whose parse the identity path does not rely on), ``opaque`` (a propagator of unknown make
+    reads the header) or ``none`` (no baggage step: identity does not cross processes)."""
+    kinds = _kinds(propagator if propagator is not None else propagate.get_global_textmap())
+    for kind in ("opentelemetry", "opaque", "ours"):
+        if kind in kinds:
+            return kind
+    return "none"
