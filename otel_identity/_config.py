@@ -82,6 +82,14 @@ class Settings:
     egress_allow: tuple[str, ...] = DEFAULT_EGRESS_ALLOW
     egress_strip_all_baggage: bool = False
     span_attributes: AttributeMode = "id"
+    # Whether any signing or verification key is configured: derived, read on every
+    # outgoing hop, so computed once rather than by a property each time.
+    has_keys: bool = field(init=False, repr=False, compare=False, default=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.signing_keys, _keys.HmacKeys):  # (built directly, not parsed)
+            object.__setattr__(self, "signing_keys", _keys.HmacKeys(self.signing_keys))
+        object.__setattr__(self, "has_keys", bool(self.signing_keys) or bool(self.keys_file))
 
     @property
     def effective_inbound(self) -> InboundPolicy:
@@ -90,16 +98,11 @@ class Settings:
         return "verify" if self.has_keys else "trust"
 
     @property
-    def has_keys(self) -> bool:
-        """Whether any signing or verification key is configured."""
-        return bool(self.signing_keys) or bool(self.keys_file)
-
-    @property
     def identity_keys(self) -> tuple[str, str, str, str]:
         return (self.user_key, self.tenant_key, self.session_key, self.roles_key)
 
 
-_FIELDS = {f.name for f in dataclasses.fields(Settings)}
+_FIELDS = {f.name for f in dataclasses.fields(Settings) if f.init}
 _lock = threading.Lock()
 # The effective settings, None until first use. Hot paths read it in place
 # (``current or get_settings()``): a call less on every span.

@@ -170,6 +170,11 @@ class TestNoKeyMaterialAnywhere:
             for secret in secrets:
                 assert secret not in text
 
+    def test_settings_built_directly_show_key_ids_only(self) -> None:
+        settings = oi.Settings(signing_keys={"direct": b"z" * 32})
+        assert "direct" in repr(settings) and repr(b"z" * 32) not in repr(settings)
+        assert settings.has_keys and settings.effective_inbound == "verify"
+
     def test_errors_and_logs_about_a_bad_key_never_show_its_material(
         self, tmp_path: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
