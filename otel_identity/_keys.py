@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 KID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MIN_HMAC_BYTES = 16
 ED25519_BYTES = 32
+# A keys file holds a handful of keys; a bound keeps a wrong path (a log, a dump) cheap.
+MAX_FILE_CHARS = 1 << 20
 # How often, at most, the keys file is looked at again (the contract is 10 seconds).
 CHECK_INTERVAL = 2.0
 ED25519_EXTRA = "otel-identity[ed25519]"
@@ -170,16 +172,19 @@ def _okp_key(jwk: Mapping[str, Any], kid: str) -> Key:
     x = _b64url(jwk.get("x"), "x", kid)
     if len(x) != ED25519_BYTES:
         raise ConfigurationError(f"key {kid!r}: x must be {ED25519_BYTES} bytes")
-    ed25519 = _ed25519()
-    public = ed25519.Ed25519PublicKey.from_public_bytes(x)
-    private = None
+    d = None
     if "d" in jwk:
         d = _b64url(jwk["d"], "d", kid)
         if len(d) != ED25519_BYTES:
             raise ConfigurationError(f"key {kid!r}: d must be {ED25519_BYTES} bytes")
-        private = ed25519.Ed25519PrivateKey.from_private_bytes(d)
-        if public_bytes(private.public_key()) != x:
-            raise ConfigurationError(f"key {kid!r}: d does not belong to x")
+    ed25519 = _ed25519()
+    try:
+        public = ed25519.Ed25519PublicKey.from_public_bytes(x)
+        private = None if d is None else ed25519.Ed25519PrivateKey.from_private_bytes(d)
+    except (ValueError, TypeError):  # (its message is not echoed: it may quote the bytes)
+        raise ConfigurationError(f"key {kid!r}: not a valid Ed25519 key") from None
+    if private is not None and public_bytes(private.public_key()) != x:
+        raise ConfigurationError(f"key {kid!r}: d does not belong to x")
     return Key(kid, "ed25519", (private, public), private=private is not None)
 
 
@@ -216,6 +221,8 @@ def parse_jwks(text: str) -> list[Key]:
         document = json.loads(text)
     except ValueError as exc:  # (its message has a position, never the content)
         raise ConfigurationError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigurationError("not JSON: nested too deeply") from None
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ConfigurationError('a JWK Set is a JSON object with a "keys" array')
     keys = [_jwk(jwk, index) for index, jwk in enumerate(document["keys"])]
@@ -234,9 +241,11 @@ def _check_unique(keys: list[Key]) -> None:
 def read_jwks(path: str) -> list[Key]:
     try:
         with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+            text = handle.read(MAX_FILE_CHARS + 1)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"cannot read {path!r}: {type(exc).__name__}") from None
+    if len(text) > MAX_FILE_CHARS:
+        raise ConfigurationError(f"keys file {path!r}: larger than {MAX_FILE_CHARS} characters")
     try:
         return parse_jwks(text)
     except ConfigurationError as exc:

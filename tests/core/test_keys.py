@@ -90,6 +90,8 @@ class TestKeysFile:
             '{"keys": [{"kty": "OKP", "crv": "X25519", "kid": "a", "x": "AAAA"}]}',
             '{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "a", "x": "AAAA"}]}',
             '{"keys": [{"kty": "oct", "kid": "a", "use": "enc", "k": "AAAAAAAAAAAAAAAAAAAAAA"}]}',
+            "[" * 100_000 + "]" * 100_000,
+            '{"keys": []}' + " " * (1 << 20),
         ],
     )
     def test_malformed_keys_file_is_a_configuration_error(
