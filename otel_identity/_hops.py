@@ -577,7 +577,7 @@ def outgoing_context(
             return strip_for_egress(ctx, destination, hop=hop, settings=settings)
         new_baggage: dict[str, object] | None = None
         if settings.has_keys:
-            token = _token_for(ctx, baggage, hop, settings)
+            token = _token_for(ctx, hop, settings)
             if token is not None and baggage.get(settings.sig_key) != token:
                 new_baggage = {**baggage, settings.sig_key: token}
         fitting, keys = new_baggage or baggage, identity_keys()
@@ -604,9 +604,7 @@ def outgoing_context(
 _QUEUE_HOPS = frozenset({names.HOP_QUEUE_PUBLISH})
 
 
-def _token_for(
-    ctx: Context, baggage: Mapping[str, object], hop: str | None, settings: _config.Settings
-) -> str | None:
+def _token_for(ctx: Context, hop: str | None, settings: _config.Settings) -> str | None:
     """A fresh ``identity.sig`` for the identity of ``ctx``, or None to send baggage as it is.
 
     Only an identity established in this process or verified on arrival is signed (the
