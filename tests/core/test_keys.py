@@ -248,6 +248,22 @@ class TestReload:
         assert _eventually(lambda: _reason(carrier) is None)
         assert token_in(carrier_for(user_id="u")) is not None
 
+    def test_bad_keys_file_named_by_the_environment_fails_closed_on_the_request_path(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        private = ed25519_private("k")
+        oi.configure(keys_file=str(write_jwks(tmp_path / "good.json", private)))
+        carrier = carrier_for(user_id="u")
+        bad = tmp_path / "bad.json"
+        bad.write_text("{not json", encoding="utf-8")
+        monkeypatch.setenv("OTEL_IDENTITY_KEYS_FILE", str(bad))
+        _config.reset_settings()
+        for _ in range(20):  # (conftest fails the test on any swallowed internal error)
+            assert _reason(carrier) == "unknown_key"
+            assert token_in(carrier_for(user_id="u")) is None
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "unusable" in errors[0].getMessage()
+
     def test_keys_file_deleted_at_run_time_fails_closed(self, tmp_path: Path) -> None:
         path = write_jwks(tmp_path / "k.json", ed25519_private("k"))
         oi.configure(keys_file=str(path))
