@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -201,3 +203,41 @@ def test_verify_cache_never_reuses_a_result_of_another_key_set() -> None:
     del old
     empty = _keys.KeySet([])
     assert _signing.verify(token, identity, empty) == "unknown_key"
+
+
+class TestProperties:
+    """Hypothesis: any text is a reason, never an exception; any claims round-trip."""
+
+    @staticmethod
+    def _keys() -> _keys.KeySet:
+        oct_key = _keys.Key("hm", "oct", b"h" * 32, private=True)
+        return _keys.KeySet([oct_key, *_keys.parse_jwks(_json_of(ed25519_private("ed")))])
+
+    @given(token=st.text(max_size=300))
+    @settings(max_examples=300, deadline=None)
+    def test_any_text_as_a_token_is_a_reason(self, token: str) -> None:
+        reason = _signing.verify(token, Identity("u"), self._keys())
+        assert reason in ("malformed", "unknown_key", "bad_signature", "untrusted")
+
+    @given(
+        user=st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=40),
+        roles=st.lists(st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=8)),
+        version=st.sampled_from(["hm", "ed"]),
+    )
+    @settings(max_examples=200, deadline=None)
+    def test_minted_token_verifies_for_its_claims_only(
+        self, user: str, roles: list[str], version: str
+    ) -> None:
+        keys = self._keys()
+        minter = keys.get(version)
+        assert minter is not None
+        identity = Identity(user or None, "t", None, tuple(roles))
+        token = _signing.mint(identity, _keys.KeySet([minter]), 300)
+        assert token is not None
+        assert _signing.verify(token, identity, keys) is None
+        other = Identity(user or None, "t2", None, tuple(roles))
+        assert _signing.verify(token, other, keys) == "bad_signature"
+
+
+def _json_of(jwk: dict[str, Any]) -> str:
+    return json.dumps({"keys": [jwk]})
