@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from collections.abc import Sequence
 
-from otel_identity import _config, _signing
+from otel_identity import _config, _keys, _signing
 from otel_identity._errors import ConfigurationError
 from otel_identity.version import __version__
 
@@ -19,6 +20,7 @@ def _doctor() -> int:
 
     try:
         settings = _config.get_settings()
+        keys = _keys.load(settings)  # a bad keys file or a duplicate key id is an error here
     except ConfigurationError as exc:
         print(f"configuration error: {exc}")
         return 2
@@ -33,7 +35,9 @@ def _doctor() -> int:
         "anonymous_routes",
         "inbound",
         "signing_keys",
+        "keys_file",
         "token_ttl",
+        "queue_token_ttl",
         "egress_allow",
         "egress_strip_all_baggage",
         "span_attributes",
@@ -54,6 +58,9 @@ def _doctor() -> int:
     else:
         warnings += 1
         print("  WARN  the global propagator has no W3C baggage: identity will not cross processes")
+    if keys is not None:
+        minter = keys.minter.kid if keys.minter else "none: this service verifies only"
+        print(f"  info  keys: {', '.join(keys.keys)}; mints with {minter}")
     provider = trace.get_tracer_provider()
     print(f"  info  tracer provider: {type(provider).__name__}")
     for line in _instrumentors():
@@ -63,6 +70,12 @@ def _doctor() -> int:
         print(
             "  WARN  inbound=trust: a service that faces the internet would believe any "
             "caller's baggage; use inbound=strip at the edge or signing keys (verify) inside"
+        )
+    if settings.effective_inbound == "trust" and keys is not None:
+        warnings += 1
+        print(
+            "  WARN  inbound=trust with keys: trusted identity is never signed here and "
+            "arrives unverified downstream; use inbound=verify (or strip at the edge)"
         )
     if settings.effective_inbound == "verify" and settings.token_ttl > 3600:
         warnings += 1
@@ -116,6 +129,23 @@ def _report(path: str, html_path: str | None) -> int:
     return 0
 
 
+def _keygen(*, ed25519: bool, public: str | None) -> int:
+    """HMAC key (``kid:base64``), or a JWK Set: a new Ed25519 key, or FILE's public keys."""
+    try:
+        if public is not None:
+            document = _keys.public_jwks(_keys.read_jwks(public))
+        elif ed25519:
+            document = _keys.new_ed25519_jwks(_signing.new_kid())
+        else:
+            print(f"{_signing.new_kid()}:{_signing.new_key()}")
+            return 0
+    except ConfigurationError as exc:
+        print(f"keygen: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(document, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="otel-identity", description="User and tenant identity across every hop."
@@ -128,7 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--broker", metavar="URL", help="queue hop through Celery on this broker (redis://...)"
     )
     sub.add_parser("doctor", help="print the effective configuration and checks")
-    sub.add_parser("keygen", help="print a new signing key (kid:base64key)")
+    keygen = sub.add_parser("keygen", help="print a new signing key (kid:base64key)")
+    kind = keygen.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--ed25519", action="store_true", help="a JWK Set with one new Ed25519 private key"
+    )
+    kind.add_argument(
+        "--public", metavar="FILE", help="the public JWK Set of FILE (Ed25519 public keys only)"
+    )
     report = sub.add_parser("report", help="identity coverage of exported traces")
     report.add_argument("file", help="OTLP JSON (lines) or ConsoleSpanExporter output")
     report.add_argument("--html", metavar="PATH", help="also write the report as a page")
@@ -145,10 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "report":
         return _report(args.file, args.html)
     if args.command == "keygen":
-        import secrets
-
-        print(f"k{secrets.token_hex(3)}:{_signing.new_key()}")
-        return 0
+        return _keygen(ed25519=args.ed25519, public=args.public)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

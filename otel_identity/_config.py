@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from otel_identity import _keys
 from otel_identity._errors import ConfigurationError
 
 InboundPolicy = Literal["trust", "verify", "strip"]
@@ -73,24 +74,35 @@ class Settings:
     required_hops: frozenset[str] = frozenset({"http.server", "grpc.server", "queue.consume"})
     anonymous_routes: tuple[str, ...] = ()
     inbound: InboundPolicy | None = None  # None: "verify" when signing keys are set, else "trust"
-    signing_keys: Mapping[str, bytes] = field(default_factory=dict)
+    # HMAC keys; a Mapping whose repr shows key ids only (key material is never printed)
+    signing_keys: Mapping[str, bytes] = field(default_factory=_keys.HmacKeys)
+    keys_file: str | None = None  # a JWK Set, re-read as it changes (see _keys)
     token_ttl: int = 300
+    queue_token_ttl: int = 86400
     egress_allow: tuple[str, ...] = DEFAULT_EGRESS_ALLOW
     egress_strip_all_baggage: bool = False
     span_attributes: AttributeMode = "id"
+    # Whether any signing or verification key is configured: derived, read on every
+    # outgoing hop, so computed once rather than by a property each time.
+    has_keys: bool = field(init=False, repr=False, compare=False, default=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.signing_keys, _keys.HmacKeys):  # (built directly, not parsed)
+            object.__setattr__(self, "signing_keys", _keys.HmacKeys(self.signing_keys))
+        object.__setattr__(self, "has_keys", bool(self.signing_keys) or bool(self.keys_file))
 
     @property
     def effective_inbound(self) -> InboundPolicy:
         if self.inbound is not None:
             return self.inbound
-        return "verify" if self.signing_keys else "trust"
+        return "verify" if self.has_keys else "trust"
 
     @property
     def identity_keys(self) -> tuple[str, str, str, str]:
         return (self.user_key, self.tenant_key, self.session_key, self.roles_key)
 
 
-_FIELDS = {f.name for f in dataclasses.fields(Settings)}
+_FIELDS = {f.name for f in dataclasses.fields(Settings) if f.init}
 _lock = threading.Lock()
 # The effective settings, None until first use. Hot paths read it in place
 # (``current or get_settings()``): a call less on every span.
@@ -154,7 +166,9 @@ def _from_environment(environ: Mapping[str, str]) -> Settings:
     for name in _FIELDS:
         env_name = _ENV_PREFIX + name.upper()
         raw = environ.get(env_name)
-        if name == "signing_keys" and raw is None and environ.get(env_name + "_FILE"):
+        if name == "signing_keys" and environ.get(env_name + "_FILE"):
+            if raw is not None and raw.strip():
+                raise ConfigurationError(f"give {env_name} or {env_name}_FILE, not both")
             path = environ[env_name + "_FILE"]
             try:
                 with open(path, encoding="utf-8") as handle:
@@ -168,7 +182,9 @@ def _from_environment(environ: Mapping[str, str]) -> Settings:
         except ConfigurationError as exc:
             raise ConfigurationError(f"{env_name}: {exc}") from exc
     settings = Settings(**values)
-    _validate(settings)
+    # The keys file is read when first needed (see _keys): a bad one, found on a request
+    # path, fails closed with a log line rather than raising; configure() and doctor raise.
+    _validate(settings, read_keys=False)
     return settings
 
 
@@ -207,14 +223,18 @@ def _parse(name: str, value: Any) -> Any:
         return text
     if name == "signing_keys":
         return _parse_keys(value)
-    if name == "token_ttl":
+    if name in ("token_ttl", "queue_token_ttl"):
         try:
             ttl = int(value)
         except (TypeError, ValueError):
-            raise ConfigurationError(f"token_ttl must be whole seconds, got {value!r}") from None
+            raise ConfigurationError(f"{name} must be whole seconds, got {value!r}") from None
         if ttl <= 0:
-            raise ConfigurationError("token_ttl must be positive")
+            raise ConfigurationError(f"{name} must be positive")
         return ttl
+    if name == "keys_file":
+        if value is None:
+            return None
+        return str(os.fspath(value)).strip() or None
     if name == "egress_allow":
         entries = _split(value)
         for entry in entries:
@@ -245,9 +265,9 @@ def import_object(spec: str) -> Any:
     return target
 
 
-def _parse_keys(value: Any) -> dict[str, bytes]:
+def _parse_keys(value: Any) -> _keys.HmacKeys:
     if value is None:
-        return {}
+        return _keys.HmacKeys()
     if isinstance(value, Mapping):
         items = [(str(k), v) for k, v in value.items()]
     else:
@@ -258,9 +278,14 @@ def _parse_keys(value: Any) -> dict[str, bytes]:
                 raise ConfigurationError("signing_keys entries must be 'kid:base64key'")
             items.append((kid.strip(), encoded.strip()))
     keys: dict[str, bytes] = {}
-    for kid, raw in items:
-        if not kid or "." in kid or not kid.isascii():
-            raise ConfigurationError(f"signing key id {kid!r} must be ASCII without '.'")
+    for index, (kid, raw) in enumerate(items):
+        if not _keys.valid_kid(kid):
+            # (the entry is not echoed: a key pasted in the wrong place must not be printed)
+            raise ConfigurationError(
+                f"signing key id #{index + 1} must match {_keys.KID_PATTERN.pattern}"
+            )
+        if kid in keys:
+            raise ConfigurationError(f"duplicate signing key id {kid!r}")
         if isinstance(raw, bytes):
             key = raw
         else:
@@ -271,7 +296,7 @@ def _parse_keys(value: Any) -> dict[str, bytes]:
         if len(key) < 16:
             raise ConfigurationError(f"signing key {kid!r} is shorter than 16 bytes")
         keys[kid] = key
-    return keys
+    return _keys.HmacKeys(keys)
 
 
 def _check_egress_entry(entry: str) -> None:
@@ -284,9 +309,11 @@ def _check_egress_entry(entry: str) -> None:
             raise ConfigurationError(f"egress_allow: {entry!r} is not a valid CIDR") from None
 
 
-def _validate(settings: Settings) -> None:
+def _validate(settings: Settings, *, read_keys: bool = True) -> None:
     keys = (*settings.identity_keys, settings.sig_key)
     if len(set(keys)) != len(keys):
         raise ConfigurationError("identity baggage keys must be distinct")
-    if settings.inbound == "verify" and not settings.signing_keys:
-        raise ConfigurationError("inbound='verify' needs signing_keys")
+    if settings.inbound == "verify" and not settings.has_keys:
+        raise ConfigurationError("inbound='verify' needs signing_keys or keys_file")
+    if read_keys:
+        _keys.load(settings)  # a bad keys file or a duplicate key id: an error here

@@ -69,13 +69,27 @@ def all_identity_keys() -> tuple[str, ...]:
 
 
 class IdentityState:
-    """The decoded identity of a context, valid while baggage still holds the same values."""
+    """The decoded identity of a context, valid while baggage still holds the same values.
 
-    __slots__ = ("attributes", "baggage", "identity", "raw")
+    ``local`` is its provenance: True for an identity established in this process
+    (``set_identity``/``use_identity``, an edge's own authentication), False for one that
+    arrived. Only a local identity, or one whose signature was verified on arrival
+    (``identity.verified``), may be signed here (see ``_hops.outgoing_context``).
+    """
 
-    def __init__(self, raw: tuple[object, ...], identity: Identity, baggage: object = None) -> None:
+    __slots__ = ("attributes", "baggage", "identity", "local", "raw")
+
+    def __init__(
+        self,
+        raw: tuple[object, ...],
+        identity: Identity,
+        baggage: object = None,
+        *,
+        local: bool = False,
+    ) -> None:
         self.raw = raw
         self.identity = identity
+        self.local = local
         # The baggage mapping this was decoded from: OTel never mutates one (set_baggage
         # copies), so while a context holds the same object the values are the same.
         self.baggage = baggage
@@ -238,6 +252,18 @@ def _admitted(baggage: Mapping[str, object], raw: tuple[object, ...]) -> Identit
     return None if identity is None else IdentityState(raw, identity)
 
 
+def may_sign(state: IdentityState) -> bool:
+    """Whether this process may sign ``state``'s identity: established here, or verified on
+    arrival on this hop. An identity admitted on trust never is (trust laundering)."""
+    return state.local or state.identity.verified
+
+
+def is_established(context: Context | None = None) -> bool:
+    """Whether the identity of ``context`` may be signed here (see ``may_sign``)."""
+    state = state_of(context if context is not None else otel_context.get_current())
+    return state is not None and may_sign(state)
+
+
 def get_identity(context: Context | None = None) -> Identity | None:
     """The identity of ``context`` (default: the current one), or None."""
     state = state_of(context if context is not None else otel_context.get_current())
@@ -331,7 +357,7 @@ def with_identity(
         for key, value in old.items():
             if key not in keys and key != _sig_key:
                 baggage[key] = value
-        values[_STATE_KEY] = IdentityState(raw, identity, baggage)
+        values[_STATE_KEY] = IdentityState(raw, identity, baggage, local=True)
         values[_SLOT_KEY] = UserSlot(slot_hop, identity)
     values[_BAGGAGE_KEY] = baggage
     if hop is not None:

@@ -43,6 +43,7 @@ from otel_identity import (
     _codec,
     _config,
     _egress,
+    _keys,
     _memo,
     _policy,
     _propagation,
@@ -61,6 +62,7 @@ from otel_identity._context import (
     get_identity,
     hop_of,
     identity_keys,
+    may_sign,
     state_of,
 )
 from otel_identity._errors import IdentityRejectedError, MissingIdentityError
@@ -573,12 +575,10 @@ def outgoing_context(
         if destination is not None and not _egress.is_allowed(destination, settings.egress_allow):
             return strip_for_egress(ctx, destination, hop=hop, settings=settings)
         new_baggage: dict[str, object] | None = None
-        if settings.signing_keys:
-            state = state_of(ctx)
-            if state is not None:
-                token = _signing.sign(state.identity, settings.signing_keys, settings.token_ttl)
-                if baggage.get(settings.sig_key) != token:
-                    new_baggage = {**baggage, settings.sig_key: token}
+        if settings.has_keys:
+            token = _token_for(ctx, hop, settings)
+            if token is not None and baggage.get(settings.sig_key) != token:
+                new_baggage = {**baggage, settings.sig_key: token}
         fitting, keys = new_baggage or baggage, identity_keys()
         last, last_keys, fitted = _fitted
         if last is not fitting or last_keys is not keys:
@@ -587,7 +587,7 @@ def outgoing_context(
         if fitted is not None:
             new_baggage = fitted
         if new_baggage is None:
-            if not settings.signing_keys:  # (a signature is renewed as it ages)
+            if not settings.has_keys:  # (a signature is renewed as it ages)
                 _unchanged = (baggage, destination, settings)
             return ctx
         values = dict(ctx)
@@ -596,6 +596,29 @@ def outgoing_context(
     except Exception:  # noqa: BLE001 - send no identity rather than break the call
         _telemetry.log_internal_error("outgoing_context")
         return _without_identity(ctx)
+
+
+# Hops whose message may wait (delayed delivery, retries, consumer lag): a token minted for
+# one lives ``queue_token_ttl``; any other hop's lives ``token_ttl``.
+_QUEUE_HOPS = frozenset({names.HOP_QUEUE_PUBLISH})
+
+
+def _token_for(ctx: Context, hop: str | None, settings: _config.Settings) -> str | None:
+    """A fresh ``identity.sig`` for the identity of ``ctx``, or None to send baggage as it is.
+
+    Only an identity established in this process or verified on arrival is signed (the
+    minting rules of DESIGN.md). One admitted on trust, or any identity on a service that
+    holds no minting key, leaves with whatever token arrived with it, unchanged, for a
+    downstream verifier to judge; a local one then leaves unsigned.
+    """
+    state = state_of(ctx)
+    if state is None or not may_sign(state):
+        return None
+    keys = _keys.current_keys(settings)
+    if keys is None or keys.minter is None:
+        return None
+    ttl = settings.queue_token_ttl if hop in _QUEUE_HOPS else settings.token_ttl
+    return _signing.mint(state.identity, keys, ttl)
 
 
 def strip_for_egress(

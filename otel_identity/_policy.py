@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from otel_identity import _codec, _config, _memo, _signing, names
+from otel_identity import _codec, _config, _keys, _memo, _signing, names
 from otel_identity._identity import Identity
 
 IN_PROCESS_HOPS = frozenset({names.HOP_THREAD, names.HOP_PROCESS})
@@ -48,7 +48,8 @@ def admit(
     if identity is None:
         return None, reason
     if policy == "verify":
-        reason = _signing.verify(baggage.get(settings.sig_key), identity, settings.signing_keys)
+        keys = _keys.current_keys(settings)
+        reason = _signing.verify(baggage.get(settings.sig_key), identity, keys)
         if reason is not None:
             return None, reason
         identity = Identity(*identity.claims(), verified=True)

@@ -27,6 +27,7 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
 import otel_identity as oi
 from otel_identity import _telemetry
+from otel_identity._context import is_established  # (the one private import for provenance)
 
 TenantOf = Callable[[Any], "str | None"]
 
@@ -114,7 +115,9 @@ def _identity_from_login() -> None:
     if claims is None:
         return
     current = oi.get_identity()
-    if current is not None and (current.user_id, current.tenant_id) == claims:
+    # The same claims, established here or verified, stay; claims that arrived on trust are
+    # set again from the login (its own authentication), so they may be signed.
+    if current is not None and (current.user_id, current.tenant_id) == claims and is_established():
         return
     try:
         ctx = oi.set_identity(user_id=claims[0], tenant_id=claims[1])

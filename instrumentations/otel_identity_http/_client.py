@@ -298,7 +298,7 @@ def plan_policy(headers: H, access: Headers[H], host: str) -> Plan | None:
     if route is None:
         route = policy.route(host)
     if route[0]:
-        if policy.settings.signing_keys and state_of(otel_context.get_current()) is not None:
+        if policy.settings.has_keys and state_of(otel_context.get_current()) is not None:
             return (_SIGN,)  # plain OpenTelemetry injected unsigned identity; verifiers need ours
         return None
     if header is None:

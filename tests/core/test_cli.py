@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import otel_identity as oi
+from otel_identity import _config, _keys
 from otel_identity._cli import main
 
 BIN = Path(sys.executable).parent
@@ -148,3 +150,87 @@ def test_demo_queue_hop_through_celery_on_a_real_broker(
     assert "Celery via redis://" in out
     assert out.count("identity.missing") == 1
     assert "cleanup: <no user>" in out and "sales: Ada" in out
+
+
+class TestKeygenAndDoctorKeys:
+    def test_keygen_ed25519_prints_a_jwk_set_with_one_private_key(
+        self, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    ) -> None:
+        assert main(["keygen", "--ed25519"]) == 0
+        document = json.loads(capsys.readouterr().out)
+        (jwk,) = document["keys"]
+        assert jwk["kty"] == "OKP" and jwk["crv"] == "Ed25519" and "d" in jwk
+        path = tmp_path / "k.json"
+        path.write_text(json.dumps(document), encoding="utf-8")
+        oi.configure(keys_file=str(path))  # a keys file configure accepts
+
+    def test_keygen_public_keeps_public_ed25519_keys_only(
+        self, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    ) -> None:
+        private = _keys.new_ed25519_jwks("ed")["keys"][0]
+        public = {**_keys.new_ed25519_jwks("pub")["keys"][0]}
+        del public["d"]
+        oct_key = {"kty": "oct", "kid": "hm", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}
+        path = tmp_path / "k.json"
+        path.write_text(json.dumps({"keys": [oct_key, private, public]}), encoding="utf-8")
+        assert main(["keygen", "--public", str(path)]) == 0
+        out = capsys.readouterr().out
+        document = json.loads(out)
+        assert [k["kid"] for k in document["keys"]] == ["ed", "pub"]
+        assert all("d" not in k and k["kty"] == "OKP" for k in document["keys"])
+        assert private["d"] not in out and oct_key["k"] not in out
+        assert {k["x"] for k in document["keys"]} == {private["x"], public["x"]}
+
+    def test_keygen_public_of_a_bad_file_exits_2(
+        self, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    ) -> None:
+        assert main(["keygen", "--public", str(tmp_path / "absent.json")]) == 2
+
+    def test_doctor_warns_about_trust_with_keys(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("OTEL_IDENTITY_INBOUND", "trust")
+        monkeypatch.setenv(
+            "OTEL_IDENTITY_SIGNING_KEYS", "k1:" + base64.b64encode(b"k" * 32).decode()
+        )
+        _config.reset_settings()
+        assert main(["doctor"]) == 0
+        out = capsys.readouterr().out
+        assert "inbound=trust with keys" in out
+        assert base64.b64encode(b"k" * 32).decode() not in out
+
+    def test_doctor_exits_2_on_a_duplicate_kid(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "k.json"
+        path.write_text(json.dumps(_keys.new_ed25519_jwks("same")), encoding="utf-8")
+        monkeypatch.setenv("OTEL_IDENTITY_KEYS_FILE", str(path))
+        monkeypatch.setenv(
+            "OTEL_IDENTITY_SIGNING_KEYS", "same:" + base64.b64encode(b"k" * 32).decode()
+        )
+        _config.reset_settings()
+        assert main(["doctor"]) == 2
+        assert "duplicate key id 'same'" in capsys.readouterr().out
+
+    def test_doctor_exits_2_on_signing_keys_and_signing_keys_file(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "keys"
+        path.write_text("k1:" + base64.b64encode(b"k" * 32).decode(), encoding="utf-8")
+        monkeypatch.setenv("OTEL_IDENTITY_SIGNING_KEYS_FILE", str(path))
+        monkeypatch.setenv(
+            "OTEL_IDENTITY_SIGNING_KEYS", "k2:" + base64.b64encode(b"j" * 32).decode()
+        )
+        _config.reset_settings()
+        assert main(["doctor"]) == 2
+        assert "not both" in capsys.readouterr().out
+
+    def test_doctor_exits_2_on_a_malformed_keys_file(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "k.json"
+        path.write_text("{", encoding="utf-8")
+        monkeypatch.setenv("OTEL_IDENTITY_KEYS_FILE", str(path))
+        _config.reset_settings()
+        assert main(["doctor"]) == 2
+        assert "keys file" in capsys.readouterr().out

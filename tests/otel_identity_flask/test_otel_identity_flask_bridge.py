@@ -350,3 +350,36 @@ def test_an_unusable_tenant_of_setting_is_logged_and_ignored(
     monkeypatch.setenv("OTEL_IDENTITY_FLASK_TENANT_OF", value)
     assert tenant_of_from_environment() is None
     assert "OTEL_IDENTITY_FLASK_TENANT_OF" in caplog.text
+
+
+def test_login_matching_a_trusted_identity_is_established_here_and_signed(app: Flask) -> None:
+    """Under ``trust`` the baggage's claims are not this service's to sign; the same user
+    authenticated by Flask-Login is, from the login alone (not the baggage's roles)."""
+    import base64
+
+    from otel_identity_http import IdentityWSGIMiddleware
+
+    oi.configure(inbound="trust", signing_keys="k1:" + base64.b64encode(b"k" * 32).decode())
+    FlaskIdentityInstrumentor().instrument(tenant_of=_tenant_of)
+
+    @app.get("/outbound")
+    def outbound() -> Any:
+        flask_login.current_user.is_authenticated  # noqa: B018 - load the user, as a view would
+        headers: dict[str, str] = {}
+        oi.inject(headers)
+        return jsonify(baggage=headers.get("baggage"))
+
+    app.wsgi_app = IdentityWSGIMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    client = app.test_client()
+    client.post("/login/1")
+    forged = {"baggage": "user.id=1,tenant.id=acme,user.roles=admin"}
+    sent = client.get("/outbound", headers=forged).get_json()["baggage"]
+    assert "identity.sig=v1.k1." in sent and "admin" not in sent
+    oi.configure(inbound="verify")
+    verified = oi.get_identity(oi.extract({"baggage": sent}, hop="http.server"))
+    assert verified == oi.Identity("1", "acme") and verified.verified
+    # Not logged in: the trusted claims leave unsigned, and a verifier refuses them.
+    oi.configure(inbound="trust")
+    client.post("/logout")
+    unsigned = client.get("/outbound", headers=forged).get_json()["baggage"]
+    assert "user.id=1" in unsigned and "identity.sig" not in unsigned
