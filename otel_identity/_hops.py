@@ -625,7 +625,8 @@ def strip_for_egress(
         names.EVENT_STRIPPED,
         {
             names.ATTR_HOP: hop or names.HOP_MANUAL,
-            names.ATTR_SERVER_ADDRESS: _egress.host_of(destination),
+            # The first host it may reach that is off the list (a gRPC target may have several).
+            names.ATTR_SERVER_ADDRESS: _egress.judge(destination, settings.egress_allow)[1],
         },
     )
     return Context(values)
