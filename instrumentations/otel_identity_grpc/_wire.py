@@ -96,9 +96,10 @@ def filtered(metadata: Any, target: str) -> Any:
     try:
         if not metadata:
             return metadata
-        carrier = [tuple(i) if isinstance(i, list) and len(i) == 2 else i for i in metadata]
+        given = list(metadata)
+        carrier = [tuple(i) if isinstance(i, list) and len(i) == 2 else i for i in given]
         stripped, address = filter_metadata(carrier, target)
-        if len(carrier) == len(metadata) and not stripped and carrier == list(metadata):
+        if not stripped and carrier == given:
             return metadata
         if stripped:
             record_stripped(address)

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.baggage import get_all
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator, default_getter
@@ -297,7 +298,8 @@ class _Policy:
             kept = strip_for_egress(
                 sent, host, hop=HOP, settings=self.settings, span=trace.INVALID_SPAN
             )
-            found = (encoded_baggage(kept).get(_BAGGAGE), kept is not sent)
+            # Stripped means identity was there to remove (not merely other baggage).
+            found = (encoded_baggage(kept).get(_BAGGAGE), not self.keep.isdisjoint(get_all(sent)))
             if len(header) <= _FILTERED_MAX_CHARS:  # identity baggage is short; floods are not
                 _memo.remember(self.filtered, header, found, limit=_FILTERED_LIMIT)
         return found
