@@ -2,8 +2,12 @@
 
 Each library is patched at the last point before its headers reach the wire (urllib3's
 ``HTTPConnection.request``, requests' ``HTTPAdapter.send``, httpcore's connection pools under
-httpx, aiohttp's ``ClientRequest.send``), so the check runs after every instrumentation and
-hook has injected, whatever their load order:
+httpx, aiohttp's ``ClientRequest.send``, ``http.client.HTTPConnection.request`` under
+urllib.request), so the check runs after every instrumentation and hook has injected,
+whatever their load order, and again on every redirect hop. A request is judged by every
+host that reads it: the destination, and a proxy that receives the plain-HTTP request (not
+one that only relays a TLS tunnel); hosts are read by ``otel_identity._egress``, as the
+resolver reads them. At that point:
 
 * nothing injected yet (no OpenTelemetry client instrumentation): ``oi.inject`` writes trace
   context and baggage through the global propagator, egress policy included;
