@@ -264,8 +264,14 @@ def hosts_of(destination: str) -> tuple[Host, ...] | None:
         if rest.startswith("//"):
             return _url_hosts(rest[2:])
         # "billing.svc:8080", "localhost:50051": host:port (gRPC reads it as dns:///target)
-    host = _host_port(text)
-    return None if host is None else read_host(host)
+    hosts: list[Host] = []
+    for item in text.split(","):  # a list of brokers or servers: every one counts
+        host = _host_port(item.strip())
+        found = None if host is None else read_host(host)
+        if found is None:
+            return None
+        hosts.extend(found)
+    return tuple(hosts)
 
 
 # --- the allow list -------------------------------------------------------------------------

@@ -94,8 +94,8 @@ def filtered(metadata: Any, target: str) -> Any:
     """``metadata`` as it may go to ``target`` (the same object when nothing changes); records
     ``identity.stripped`` on the current span when identity was removed. Never raises."""
     try:
-        if not metadata:
-            return metadata
+        if not metadata or judge(target)[0]:
+            return metadata  # the common case: nothing to decide on the request path
         given = list(metadata)
         carrier = [tuple(i) if isinstance(i, list) and len(i) == 2 else i for i in given]
         stripped, address = filter_metadata(carrier, target)

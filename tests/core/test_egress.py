@@ -66,6 +66,7 @@ DEFAULT = DEFAULT_EGRESS_ALLOW
         ("ipv6:[::1]:1,[2001:4860:4860::8888]:2", "2001:4860:4860::8888"),
         ("ipv6:::1,2001:4860:4860::8888", "2001:4860:4860::8888"),
         ("evil.com:443", "evil.com"),
+        ("kafka-1:9092,evil.com:9092", "evil.com"),
     ],
 )
 def test_a_public_host_in_any_spelling_is_outside_the_default_list(
@@ -100,6 +101,7 @@ def test_a_public_host_in_any_spelling_is_outside_the_default_list(
         ("unix-abstract:app", "localhost"),
         ("localhost:50051", "localhost"),
         ("billing.svc:8080", "billing.svc"),
+        ("kafka-1:9092,kafka-2.internal:9092", "kafka-1"),
     ],
 )
 def test_a_private_host_in_any_spelling_is_inside_the_default_list(
