@@ -528,19 +528,23 @@ def _connection_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any)
     except Exception:  # noqa: BLE001 - the request goes out; identity fails closed below
         _telemetry.log_internal_error("http.client")
         plan = (_DROP,)
-    if plan is None:
-        return wrapped(*args, **kwargs)  # right as they are: passed on untouched
-    # urllib3 may pass the pool's shared default headers: change a copy, never those.
-    changed = HTTPHeaderDict(original or {})
-    _carry_out_safely(plan, changed, mapping_headers, host)
-    headers: Any = changed
-    if isinstance(original, dict):
-        headers = dict(changed.items())  # http.client sends what it is given, as given
-    if len(args) > 3:
-        args = (*args[:3], headers, *args[4:])
-    else:
-        kwargs = {**kwargs, "headers": headers}
-    return wrapped(*args, **kwargs)
+    if plan is not None:
+        # urllib3 may pass the pool's shared default headers: change a copy, never those.
+        changed = HTTPHeaderDict(original or {})
+        _carry_out_safely(plan, changed, mapping_headers, host)
+        headers: Any = changed
+        if not isinstance(original, HTTPHeaderDict):
+            headers = dict(changed.items())  # a plain dict, as http.client expects
+        if len(args) > 3:
+            args = (*args[:3], headers, *args[4:])
+        else:
+            kwargs = {**kwargs, "headers": headers}
+    # urllib3 1.x hands its request on to http.client's: decided once, here.
+    token = handled.set(True)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        handled.reset(token)
 
 
 def wrap_urllib3_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -552,7 +556,7 @@ def wrap_urllib3_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any
 def wrap_http_client_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
     """``http.client.HTTPConnection.request``: urllib.request (every redirect hop too) and
     direct ``http.client`` use. (urllib3 has its own ``request``, wrapped on its own.)"""
-    if suppressed(current_context()):
+    if handled.get() or suppressed(current_context()):
         return wrapped(*args, **kwargs)
     return _connection_request(wrapped, instance, args, kwargs)
 
