@@ -37,6 +37,8 @@ import re
 from typing import NamedTuple
 from urllib.parse import unquote
 
+from otel_identity import _config
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -351,8 +353,11 @@ def is_allowed(destination: str, allow: tuple[str, ...]) -> bool:
     return judge(destination, allow)[0]
 
 
-def host_of(destination: str) -> str:
-    """The first host of ``destination`` as the resolver reads it (an escaped prefix of the
-    text when it cannot be read): what ``server.address`` reports."""
-    hosts = hosts_of(destination)
-    return hosts[0].name if hosts else _reported(destination)
+def host_of(destination: str, allow: tuple[str, ...] | None = None) -> str:
+    """What ``server.address`` reports for ``destination``: the first host it may reach that
+    is off the allow list (``allow``, else the current ``egress_allow``), or its first host
+    when all are on it, as the resolver reads them; an escaped prefix of the text when it
+    cannot be read."""
+    if allow is None:
+        allow = (_config.current or _config.get_settings()).egress_allow
+    return judge(destination, allow)[1]

@@ -606,8 +606,11 @@ def strip_for_egress(
     hop: str | None = None,
     settings: _config.Settings | None = None,
     span: trace.Span | None = None,
+    record: bool = True,
 ) -> Context:
-    """``ctx`` without identity (or any baggage, if so configured), recording the removal.
+    """``ctx`` without identity (or any baggage, if so configured), recording the removal
+    unless ``record`` is false (a caller that decides later whether anything was removed
+    from what leaves records it itself).
 
     ``identity.stripped`` is recorded (on ``span``, else the current span of ``ctx``) only
     when identity members were there to remove: never for baggage that held none."""
@@ -624,7 +627,7 @@ def strip_for_egress(
         values[_BAGGAGE_KEY] = {k: v for k, v in baggage.items() if k not in drop}
     values.pop(_STATE_KEY, None)
     values.pop(_SLOT_KEY, None)
-    if not had_identity:
+    if not (record and had_identity):
         return Context(values)
     _telemetry.add_event(
         span or trace.get_current_span(ctx),
@@ -632,7 +635,7 @@ def strip_for_egress(
         {
             names.ATTR_HOP: hop or names.HOP_MANUAL,
             # The first host it may reach that is off the list (a gRPC target may have several).
-            names.ATTR_SERVER_ADDRESS: _egress.judge(destination, settings.egress_allow)[1],
+            names.ATTR_SERVER_ADDRESS: _egress.host_of(destination, settings.egress_allow),
         },
     )
     return Context(values)

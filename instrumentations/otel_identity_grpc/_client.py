@@ -29,7 +29,6 @@ import grpc
 import grpc.aio
 import wrapt
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.context import Context
 
 import otel_identity as oi
@@ -53,7 +52,7 @@ def _carrying(
     if _wire.judge(target)[0]:
         return carrier, out
     # Not recorded again: the event above says what was removed from what leaves.
-    return carrier, strip_for_egress(out, target, hop=_wire.HOP, span=trace.INVALID_SPAN)
+    return carrier, strip_for_egress(out, target, hop=_wire.HOP, record=False)
 
 
 def send(

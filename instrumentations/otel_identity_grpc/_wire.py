@@ -73,7 +73,7 @@ def filter_metadata(carrier: list[Any], target: str | None) -> tuple[bool, str]:
     sent, _oversize = _propagation.extract({_BAGGAGE: ",".join(texts)}, default_getter, keep)
     members = get_all(sent)
     stripped = not keep.isdisjoint(members)
-    kept = strip_for_egress(sent, target, hop=HOP, span=trace.INVALID_SPAN)
+    kept = strip_for_egress(sent, target, hop=HOP, record=False)
     remaining = get_all(kept)
     if remaining:
         encoded: dict[str, str] = {}

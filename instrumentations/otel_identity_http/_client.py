@@ -299,9 +299,7 @@ class _Policy:
         found = self.filtered.get(header)
         if found is None:
             sent, _oversize = _propagation.extract({_BAGGAGE: header}, default_getter, self.keep)
-            kept = strip_for_egress(
-                sent, host, hop=HOP, settings=self.settings, span=trace.INVALID_SPAN
-            )
+            kept = strip_for_egress(sent, host, hop=HOP, settings=self.settings, record=False)
             # Stripped means identity was there to remove (not merely other baggage).
             found = (encoded_baggage(kept).get(_BAGGAGE), not self.keep.isdisjoint(get_all(sent)))
             if len(header) <= _FILTERED_MAX_CHARS:  # identity baggage is short; floods are not
