@@ -249,3 +249,33 @@ def test_stripping_all_baggage_without_identity_records_no_stripped_event(
         context.detach(token)
     assert "baggage" not in carrier
     assert [e for s in spans.get_finished_spans() for e in s.events] == []
+
+
+ADDRESSES = st.one_of(
+    st.ip_addresses(v=4).map(lambda a: (str(a), f"{a}:{50051}")),
+    st.ip_addresses(v=6).map(lambda a: (str(a), f"[{a}]:{50051}")),
+)
+
+
+@given(st.lists(ADDRESSES, min_size=1, max_size=5), st.booleans())
+def test_a_grpc_address_list_is_allowed_only_when_every_address_is(
+    addresses: list[tuple[str, str]], six: bool
+) -> None:
+    family = 6 if six else 4
+    chosen = [(a, spelled) for a, spelled in addresses if ipaddress.ip_address(a).version == family]
+    if not chosen:
+        return
+    target = f"ipv{family}:" + ",".join(spelled for _a, spelled in chosen)
+    readings = [_egress.read_host(a) for a, _spelled in chosen]
+    allow = ("10.0.0.0/8", "fd00::/8", "127.0.0.0/8", "::1/128")
+    expected = all(
+        reading is not None
+        and reading[0].address is not None
+        and any(
+            reading[0].address in ipaddress.ip_network(n)
+            for n in allow
+            if ipaddress.ip_network(n).version == reading[0].address.version
+        )
+        for reading in readings
+    )
+    assert _egress.is_allowed(target, allow) is expected
