@@ -29,7 +29,6 @@ import contextvars
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -153,35 +152,6 @@ httpcore_headers = HttpcoreHeaders()
 
 
 # --- where a request goes ----------------------------------------------------------------------
-
-_hosts: dict[str, str] = {}  # scheme and authority of a URL (its text up to them) -> host
-
-
-def _host_of(url: str) -> str:
-    try:
-        return (urlsplit(url).hostname or "").lower()
-    except ValueError:
-        return ""
-
-
-def host_of_url(url: str) -> str:
-    """The host of ``url``, lower case ("" when it has none), as ``urlsplit`` finds it.
-
-    Remembered per URL prefix up to the end of the authority: the part that alone decides the
-    host (``urlsplit`` finds the authority between the first ``//`` after the scheme and the
-    next ``/``, ``?`` or ``#``), so paths and query strings never miss the table.
-    """
-    start = url.find("://")
-    if start < 0:
-        return _host_of(url)
-    end = url.find("/", start + 3)
-    prefix = url if end < 0 else url[:end]
-    if "?" in prefix or "#" in prefix:
-        prefix = prefix[: min(i for i in (prefix.find("?"), prefix.find("#")) if i >= 0)]
-    host = _hosts.get(prefix)
-    if host is None:
-        host = _memo.remember(_hosts, prefix, _host_of(prefix))
-    return host
 
 
 def url_destination(url: str) -> str:
