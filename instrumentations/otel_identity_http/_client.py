@@ -15,8 +15,8 @@ resolver reads them. At that point:
   ``egress_allow`` the baggage it wrote is decoded with the global propagator, identity (or all
   baggage) is removed, an ``identity.stripped`` event is recorded, and the rest re-encoded.
 
-This runs on every request, so the common cases cost a few dict lookups: the host of a URL is
-kept per scheme and authority, the egress decision per host, and (with W3C baggage, the
+This runs on every request, so the common cases cost a few dict lookups: the egress decision
+is kept per destination (a URL's scheme and authority, or a host), and (with W3C baggage, the
 OpenTelemetry default) what is left of a baggage header for an outside destination per header
 value, all for the current settings and global propagator. A destination inside
 ``egress_allow`` with baggage injected already is left untouched: no decoding, no re-encoding.
