@@ -304,3 +304,74 @@ def test_a_proxy_that_reads_the_request_is_judged_too(
     got = _call(tracer, lambda url: _through_proxy(client, url, proxy.url("")), target, "")
     assert got["baggage"] is None
     assert [address for _kind, address in _stripped(spans)] == [OUTSIDE]
+
+
+def _with_header(client: str, url: str, header: str) -> Any:
+    headers = {"baggage": header}
+    if client == "requests":
+        return requests.get(url, headers=headers, timeout=10).json()
+    if client == "httpx":
+        with httpx.Client() as http_client:
+            return http_client.get(url, headers=headers, timeout=10).json()
+    if client == "urllib3":
+        with urllib3.PoolManager() as pool:
+            return json.loads(pool.request("GET", url, headers=headers, timeout=10).data)
+    if client == "aiohttp":
+
+        async def run() -> Any:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(url, headers=headers) as response:
+                    return json.loads(await response.text())
+
+        return asyncio.run(run())
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("client", ["requests", "httpx", "urllib3", "aiohttp", "urllib"])
+def test_identity_the_application_wrote_into_a_header_is_filtered_too(
+    wsgi_server: Callable[..., Server],
+    instrumented: Callable[[str, str], None],
+    tracer: trace.Tracer,
+    spans: InMemorySpanExporter,
+    client: str,
+    order: str,
+) -> None:
+    """No identity in the context: what leaves is the application's own header, filtered."""
+    oi.configure(egress_allow=ALLOWED)
+    instrumented(client, order)
+    outside = wsgi_server(echo_app, OUTSIDE)
+    with tracer.start_as_current_span("caller"):
+        got = _with_header(client, outside.url(), "user.id=forged,other=kept")
+    assert got["baggage"] == "other=kept"
+    assert [address for _kind, address in _stripped(spans)] == [OUTSIDE]
+
+
+def test_http_client_used_directly_carries_identity_only_inside(
+    wsgi_server: Callable[..., Server],
+    instrumented: Callable[[str, str], None],
+    tracer: trace.Tracer,
+    spans: InMemorySpanExporter,
+) -> None:
+    import http.client
+
+    oi.configure(egress_allow=ALLOWED)
+    instrumented("urllib", "ours-only")
+    inside, outside = wsgi_server(echo_app, ALLOWED), wsgi_server(echo_app, OUTSIDE)
+
+    def fetch(server: Server) -> Any:
+        connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        try:
+            connection.request("GET", "/")
+            return json.loads(connection.getresponse().read())
+        finally:
+            connection.close()
+
+    got_inside = _call(tracer, lambda _url: fetch(inside), "", "identity-alone")
+    _assert_carries_identity(got_inside["baggage"], "identity-alone")
+    assert got_inside["traceparent"] is not None
+    got_outside = _call(tracer, lambda _url: fetch(outside), "", "identity-alone")
+    assert got_outside["baggage"] is None
+    assert _stripped(spans) == [(SpanKind.INTERNAL, OUTSIDE)]
