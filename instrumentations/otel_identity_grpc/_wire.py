@@ -133,14 +133,21 @@ def internals_known() -> bool:
 class WireCallable:
     """One method of a real channel: the metadata of each call filtered for the target."""
 
-    __slots__ = ("_inner", "_target")
+    __slots__ = ("_allowed_under", "_inner", "_target")
 
     def __init__(self, inner: Any, target: str) -> None:
         self._inner = inner
         self._target = target
+        # The settings under which the target was last found allowed: the common case is one
+        # attribute read per call (settings are replaced, never changed, by configure()).
+        self._allowed_under: object = None
 
     def _send(self, invoke: Callable[..., Any], request: Any, args: Any, kwargs: Any) -> Any:
-        if not active:
+        settings = _config.current
+        if not active or (settings is not None and settings is self._allowed_under):
+            return invoke(request, *args, **kwargs)
+        if judge(self._target)[0]:
+            self._allowed_under = settings
             return invoke(request, *args, **kwargs)
         # (request, timeout=None, metadata=None, ...): metadata may come positionally.
         if len(args) >= 2:
