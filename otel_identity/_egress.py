@@ -58,6 +58,7 @@ _NEVER = re.compile(r"[\x00-\x20\x7f\\]")
 # targets name no host to judge.
 _GRPC_UNJUDGED = frozenset({"xds", "google-c2p", "vsock", "fake", "sockaddr"})
 _GRPC_LOCAL = frozenset({"unix", "unix-abstract"})
+_GRPC_SCHEMES = frozenset({"dns", "ipv4", "ipv6"}) | _GRPC_LOCAL | _GRPC_UNJUDGED
 _ADDRESS_LIMIT = 64  # the longest server.address reported for a destination that is unreadable
 
 
@@ -214,8 +215,8 @@ def _url_hosts(rest: str) -> tuple[Host, ...] | None:
         if 0 <= found < end:
             end = found
     authority = rest[:end]
-    if authority.count("@") > 1:
-        return None  # readers disagree on which @ ends the userinfo
+    if authority.count("@") > 1 or _NEVER.search(authority):
+        return None  # readers disagree on which @ ends the userinfo, or drop what we see
     host = _host_port(authority.rpartition("@")[2])
     return None if host is None else read_host(host)
 
@@ -256,19 +257,20 @@ def _grpc_hosts(scheme: str, rest: str) -> tuple[Host, ...] | None:
 def hosts_of(destination: str) -> tuple[Host, ...] | None:
     """Every host ``destination`` may reach, as the resolver reads it; None when unreadable."""
     text = destination.strip()
-    if not text or _NEVER.search(text):
-        return None
     match = _SCHEME.match(text)
     if match is not None:
         scheme, rest = match.group(1).lower(), text[match.end() :]
-        if scheme in ("dns", "ipv4", "ipv6") or scheme in _GRPC_LOCAL or scheme in _GRPC_UNJUDGED:
-            return _grpc_hosts(scheme, rest)
-        if rest.startswith("//"):
-            return _url_hosts(rest[2:])
-        # "billing.svc:8080", "localhost:50051": host:port (gRPC reads it as dns:///target)
+        if rest.startswith("//") and scheme not in _GRPC_SCHEMES:
+            return _url_hosts(rest[2:])  # a URL: its path and query never decide the host
+    if not text or _NEVER.search(text):
+        return None
+    if match is not None and scheme in _GRPC_SCHEMES:
+        return _grpc_hosts(scheme, rest)
+    # "billing.svc:8080", "localhost:50051" (gRPC reads it as dns:///target), or a list of
+    # brokers or servers: every one counts.
     hosts: list[Host] = []
-    for item in text.split(","):  # a list of brokers or servers: every one counts
-        host = _host_port(item.strip())
+    for item in text.split(","):
+        host = _host_port(item)
         found = None if host is None else read_host(host)
         if found is None:
             return None

@@ -102,6 +102,7 @@ def test_a_public_host_in_any_spelling_is_outside_the_default_list(
         ("localhost:50051", "localhost"),
         ("billing.svc:8080", "billing.svc"),
         ("kafka-1:9092,kafka-2.internal:9092", "kafka-1"),
+        ("http://billing.svc/a path?q=x y\t", "billing.svc"),  # the path never decides
     ],
 )
 def test_a_private_host_in_any_spelling_is_inside_the_default_list(
