@@ -32,7 +32,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
 import otel_identity as oi
-from otel_identity._hops import current_context, outgoing_context, strip_for_egress, suppressed
+from otel_identity._hops import current_context, outgoing_context, suppressed
 from otel_identity_grpc import _metadata, _state, _wire
 
 
@@ -51,8 +51,7 @@ def _carrying(
         _wire.record_stripped(address)
     if _wire.judge(target)[0]:
         return carrier, out
-    # Not recorded again: the event above says what was removed from what leaves.
-    return carrier, strip_for_egress(out, target, hop=_wire.HOP, record=False)
+    return carrier, _wire.without_identity(out, target)
 
 
 def send(

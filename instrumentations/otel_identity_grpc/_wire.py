@@ -82,6 +82,12 @@ def filter_metadata(carrier: list[Any], target: str | None) -> tuple[bool, str]:
     return stripped, address
 
 
+def without_identity(ctx: Context, target: str) -> Context:
+    """``ctx`` as the interceptors nearer the wire may see it for ``target``, off the list.
+    Not recorded: ``filter_metadata`` says what was removed from what leaves."""
+    return strip_for_egress(ctx, target, hop=HOP, record=False)
+
+
 def record_stripped(address: str, span: trace.Span | None = None) -> None:
     _telemetry.add_event(
         span if span is not None else trace.get_current_span(),
