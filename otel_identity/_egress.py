@@ -59,7 +59,8 @@ _NEVER = re.compile(r"[\x00-\x20\x7f\\]")
 _GRPC_UNJUDGED = frozenset({"xds", "google-c2p", "vsock", "fake", "sockaddr"})
 _GRPC_LOCAL = frozenset({"unix", "unix-abstract"})
 _GRPC_SCHEMES = frozenset({"dns", "ipv4", "ipv6"}) | _GRPC_LOCAL | _GRPC_UNJUDGED
-_ADDRESS_LIMIT = 64  # the longest server.address reported for a destination that is unreadable
+# What server.address says for a destination that cannot be read (its text may hold a password).
+UNREADABLE = "<unreadable>"
 
 
 class Host(NamedTuple):
@@ -328,21 +329,13 @@ def allow_list(entries: tuple[str, ...]) -> AllowList:
     return AllowList(tuple(networks), frozenset(names), tuple(suffixes), single_label)
 
 
-def _reported(destination: str) -> str:
-    """A short, printable form of an unreadable destination, for ``server.address``."""
-    return "".join(
-        c if " " <= c < "\x7f" else c.encode("unicode_escape").decode("ascii")
-        for c in destination[:_ADDRESS_LIMIT]
-    )
-
-
 @functools.lru_cache(maxsize=4096)
 def judge(destination: str, allow: tuple[str, ...]) -> tuple[bool, str]:
     """Whether identity may go to ``destination``, and the ``server.address`` to report: the
     first host it may reach that is not allowed (or its first host when all are)."""
     hosts = hosts_of(destination)
     if not hosts:
-        return False, _reported(destination)
+        return False, UNREADABLE
     rules = allow_list(allow)
     for host in hosts:
         if not rules.admits(host):
@@ -358,8 +351,8 @@ def is_allowed(destination: str, allow: tuple[str, ...]) -> bool:
 def host_of(destination: str, allow: tuple[str, ...] | None = None) -> str:
     """What ``server.address`` reports for ``destination``: the first host it may reach that
     is off the allow list (``allow``, else the current ``egress_allow``), or its first host
-    when all are on it, as the resolver reads them; an escaped prefix of the text when it
-    cannot be read."""
+    when all are on it, as the resolver reads them; ``<unreadable>`` when it cannot be read
+    (never the text itself: it may hold credentials)."""
     if allow is None:
         allow = (_config.current or _config.get_settings()).egress_allow
     return judge(destination, allow)[1]
