@@ -168,6 +168,16 @@ def url_destination(url: str) -> str:
     return url[:end]
 
 
+def destination_of(find: Callable[..., str], *args: Any) -> str:
+    """``find(*args)``, the destination a request is judged by; "" (which no allow list
+    admits) when finding it fails on an object we did not expect (never raises)."""
+    try:
+        return find(*args)
+    except Exception:  # noqa: BLE001 - the request goes out; identity fails closed
+        _telemetry.log_internal_error("http.client.destination")
+        return ""
+
+
 def first_outside(destinations: list[str]) -> str:
     """The destination a request is judged by: the first of those it reaches (the host, a
     proxy that reads the request) that is off the allow list, else the first."""
@@ -456,7 +466,7 @@ def wrap_requests_send(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) 
         headers = getattr(request, "headers", None)
         if headers is not None:
             url = request.url
-            host = _requests_destination(url if type(url) is str else str(url), kwargs)
+            host = destination_of(_requests_destination, str(url), kwargs)
             if type(headers) is (_requests_dict or _case_insensitive_dict()):
                 apply_policy(headers, requests_headers, host)
             else:
@@ -490,7 +500,7 @@ def _connection_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any)
 
     url = args[1] if len(args) > 1 else kwargs.get("url", "")
     original = args[3] if len(args) > 3 else kwargs.get("headers")
-    host = _connection_destination(instance, url)
+    host = destination_of(_connection_destination, instance, url)
     try:
         plan = plan_policy(_urllib3_view(original), urllib3_headers, host)
     except Exception:  # noqa: BLE001 - the request goes out; identity fails closed below
@@ -548,7 +558,7 @@ def wrap_httpcore_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: An
     if not suppressed(current_context()):
         request = args[0] if args else kwargs.get("request")
         if request is not None and isinstance(request.headers, list):
-            host = _httpcore_destination(instance, request)
+            host = destination_of(_httpcore_destination, instance, request)
             apply_policy(request.headers, httpcore_headers, host)
     return wrapped(*args, **kwargs)
 
@@ -557,7 +567,7 @@ def wrap_aiohttp_send(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -
     if not suppressed(current_context()):
         headers = getattr(instance, "headers", None)
         if headers is not None:
-            apply_policy(headers, mapping_headers, _aiohttp_destination(instance))
+            apply_policy(headers, mapping_headers, destination_of(_aiohttp_destination, instance))
     return wrapped(*args, **kwargs)
 
 

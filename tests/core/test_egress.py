@@ -279,3 +279,14 @@ def test_a_grpc_address_list_is_allowed_only_when_every_address_is(
         for reading in readings
     )
     assert _egress.is_allowed(target, allow) is expected
+
+
+@given(st.text(max_size=80), st.sampled_from(["", "http://", "ipv4:", "dns:///", "ipv6:["]))
+def test_judging_never_raises_and_an_unreadable_destination_is_refused(
+    text: str, prefix: str
+) -> None:
+    destination = prefix + text
+    allowed, address = _egress.judge(destination, DEFAULT)
+    assert isinstance(address, str)
+    if _egress.hosts_of(destination) is None:
+        assert (allowed, address) == (False, "<unreadable>")
