@@ -46,7 +46,7 @@ def _carrying(
     oi.inject(carrier, _metadata.setter, context=out)
     if not filtering or target is None:
         return carrier, out
-    stripped, address = _wire.filter_metadata(carrier, target)
+    stripped, address = _wire.filter_or_drop(carrier, target)
     if stripped:
         _wire.record_stripped(address)
     if _wire.judge(target)[0]:

@@ -82,6 +82,16 @@ def filter_metadata(carrier: list[Any], target: str | None) -> tuple[bool, str]:
     return stripped, address
 
 
+def filter_or_drop(carrier: list[Any], target: str) -> tuple[bool, str]:
+    """``filter_metadata``, never raising: on an internal error no baggage goes at all."""
+    try:
+        return filter_metadata(carrier, target)
+    except Exception:  # noqa: BLE001 - the call goes out; identity fails closed
+        _telemetry.log_internal_error("grpc.client.egress")
+        carrier[:] = [item for item in carrier if not _is_baggage(item)]
+        return False, _egress.UNREADABLE
+
+
 def without_identity(ctx: Context, target: str) -> Context:
     """``ctx`` as the interceptors nearer the wire may see it for ``target``, off the list.
     Not recorded: ``filter_metadata`` says what was removed from what leaves."""
