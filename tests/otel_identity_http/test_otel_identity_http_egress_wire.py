@@ -375,3 +375,23 @@ def test_http_client_used_directly_carries_identity_only_inside(
     got_outside = _call(tracer, lambda _url: fetch(outside), "", "identity-alone")
     assert got_outside["baggage"] is None
     assert _stripped(spans) == [(SpanKind.INTERNAL, OUTSIDE)]
+
+
+def test_uninstrument_leaves_http_client_as_it_was(
+    wsgi_server: Callable[..., Server], tracer: trace.Tracer
+) -> None:
+    import http.client
+
+    original = http.client.HTTPConnection.request
+    inside = wsgi_server(echo_app, ALLOWED)
+    ours = HttpClientIdentityInstrumentor()
+    ours.instrument()
+    ours.instrument()  # idempotent
+    try:
+        assert http.client.HTTPConnection.request is not original
+        got = _call(tracer, _urllib, inside.url(), "identity-alone")
+        _assert_carries_identity(got["baggage"], "identity-alone")
+    finally:
+        ours.uninstrument()
+    assert http.client.HTTPConnection.request is original
+    assert _call(tracer, _urllib, inside.url(), "identity-alone")["baggage"] is None
