@@ -628,12 +628,19 @@ def strip_for_egress(
     hop: str | None = None,
     settings: _config.Settings | None = None,
     span: trace.Span | None = None,
+    record: bool = True,
 ) -> Context:
-    """``ctx`` without identity (or any baggage, if so configured), recording the removal."""
+    """``ctx`` without identity (or any baggage, if so configured), recording the removal
+    unless ``record`` is false (a caller that decides later whether anything was removed
+    from what leaves records it itself).
+
+    ``identity.stripped`` is recorded (on ``span``, else the current span of ``ctx``) only
+    when identity members were there to remove: never for baggage that held none."""
     settings = settings or _config.get_settings()
     baggage = cast("Mapping[str, object]", ctx.get(_BAGGAGE_KEY) or {})
     drop = set(all_identity_keys())
-    if not settings.egress_strip_all_baggage and not drop.intersection(baggage):
+    had_identity = not drop.isdisjoint(baggage)
+    if not settings.egress_strip_all_baggage and not had_identity:
         return ctx
     values = dict(ctx)
     if settings.egress_strip_all_baggage:
@@ -642,12 +649,15 @@ def strip_for_egress(
         values[_BAGGAGE_KEY] = {k: v for k, v in baggage.items() if k not in drop}
     values.pop(_STATE_KEY, None)
     values.pop(_SLOT_KEY, None)
+    if not (record and had_identity):
+        return Context(values)
     _telemetry.add_event(
         span or trace.get_current_span(ctx),
         names.EVENT_STRIPPED,
         {
             names.ATTR_HOP: hop or names.HOP_MANUAL,
-            names.ATTR_SERVER_ADDRESS: _egress.host_of(destination),
+            # The first host it may reach that is off the list (a gRPC target may have several).
+            names.ATTR_SERVER_ADDRESS: _egress.host_of(destination, settings.egress_allow),
         },
     )
     return Context(values)

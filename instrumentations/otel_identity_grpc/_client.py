@@ -7,9 +7,16 @@ for all four shapes, through ``send``) and the channel wrapper the instrumentor 
 channels; ``asend`` does it for the asyncio interceptors (grpc.aio files each interceptor
 object under the first shape it matches, so there are four tiny subclasses of one base).
 
-Egress holds whichever order the interceptors run in: closest to the wire, ours overwrites
-what an outer interceptor (OpenTelemetry's, say) injected; further out, the context without
-identity stays attached while the inner interceptors run, so what they inject has none either.
+Egress is decided on the metadata as it goes to the wire (``_wire``), whoever injected it, so
+it holds in whichever order the interceptors run:
+
+- sync channels of the instrumentor: the filter sits under every interceptor (``_wire``), so
+  our layer only injects (signed, when signing is on); the filter strips identity for a target
+  off the list and records ``identity.stripped`` on the span current there (OpenTelemetry's
+  client span, when its interceptor is on the channel);
+- our interceptors by hand, and asyncio channels (where ours is last, nearest the wire): our
+  layer filters the metadata it passes on, and keeps the context without identity attached
+  while the inner interceptors run, so what they inject has none either.
 """
 
 from __future__ import annotations
@@ -25,16 +32,26 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
 import otel_identity as oi
-from otel_identity import names
 from otel_identity._hops import current_context, outgoing_context, suppressed
-from otel_identity_grpc import _metadata, _state
+from otel_identity_grpc import _metadata, _state, _wire
 
 
-def _carrying(metadata: Any, out: Context) -> list[Any]:
+def _carrying(
+    metadata: Any, out: Context, target: str | None, *, filtering: bool
+) -> tuple[list[Any], Context]:
+    """The metadata to pass on (``out`` injected, filtered for ``target`` when ``filtering``)
+    and the context the inner interceptors run under."""
     carrier = _metadata.pairs(metadata)
-    # Egress was decided by outgoing_context; oi.inject adds nothing but the propagator's work.
+    # Signing and limits were applied by outgoing_context; oi.inject adds the propagator's work.
     oi.inject(carrier, _metadata.setter, context=out)
-    return carrier
+    if not filtering or target is None:
+        return carrier, out
+    stripped, address = _wire.filter_or_drop(carrier, target)
+    if stripped:
+        _wire.record_stripped(address)
+    if _wire.judge(target)[0]:
+        return carrier, out
+    return carrier, _wire.without_identity(out, target)
 
 
 def send(
@@ -42,38 +59,44 @@ def send(
 ) -> Any:
     """Start a sync call through ``invoke(metadata)`` with the caller's identity in it."""
     ctx = current_context()
-    out = outgoing_context(ctx, destination=target, hop=names.HOP_GRPC_CLIENT)
-    return carry(ctx, out, metadata, invoke, streaming=streaming)
+    return carry(ctx, outgoing_context(ctx), target, metadata, invoke, streaming=streaming)
 
 
 def carry(
-    ctx: Context, out: Context, metadata: Any, invoke: Callable[[Any], Any], *, streaming: bool
+    ctx: Context,
+    out: Context,
+    target: str | None,
+    metadata: Any,
+    invoke: Callable[[Any], Any],
+    *,
+    streaming: bool,
 ) -> Any:
-    """``send``, once it is known that ``ctx`` leaves as ``out``."""
-    carried = tuple(_carrying(metadata, out))
-    if out is ctx:
-        return invoke(carried)
-    token = otel_context.attach(out)
+    """``send``, once it is known that ``ctx`` leaves as ``out`` (signed, within limits)."""
+    # Under the instrumentor's wire filter, this layer only injects; else it filters too.
+    carried, inner = _carrying(metadata, out, target, filtering=not _wire.active)
+    if inner is ctx:
+        return invoke(tuple(carried))
+    token = otel_context.attach(inner)
     try:
-        call = invoke(carried)
+        call = invoke(tuple(carried))
     finally:
         otel_context.detach(token)
     # An inner interceptor may start its work (and inject) only when the responses are
     # iterated, as OpenTelemetry's does for server streaming: keep the context leaving this
     # process attached for that too.
-    return _ResponsesInContext(call, out) if streaming else call
+    return _ResponsesInContext(call, inner) if streaming else call
 
 
 async def asend(target: str | None, metadata: Any, invoke: Callable[[Any], Awaitable[Any]]) -> Any:
     """``send`` for grpc.aio, where the interceptors finish starting the call when awaited."""
     ctx = otel_context.get_current()
-    out = outgoing_context(ctx, destination=target, hop=names.HOP_GRPC_CLIENT)
-    carried = grpc.aio.Metadata(*_carrying(metadata, out))
-    if out is ctx:
-        return await invoke(carried)
-    token = otel_context.attach(out)
+    carried, inner = _carrying(metadata, outgoing_context(ctx), target, filtering=True)
+    md = grpc.aio.Metadata(*carried)
+    if inner is ctx:
+        return await invoke(md)
+    token = otel_context.attach(inner)
     try:
-        return await invoke(carried)
+        return await invoke(md)
     finally:
         otel_context.detach(token)
 
@@ -245,10 +268,10 @@ class _MultiCallable(_Base):
         ctx = current_context()
         if not _state.active or suppressed(ctx):
             return invoke(request, *args, **kwargs)
-        out = outgoing_context(ctx, destination=self._target, hop=names.HOP_GRPC_CLIENT)
-        if out is ctx and self._injected_inside:
+        out = outgoing_context(ctx)
+        if out is ctx and self._injected_inside and _wire.active:
             # OpenTelemetry's interceptor between us and the wire injects the current
-            # context, and it may leave as it is: the common case, nothing to add.
+            # context, and the wire filter under it decides egress: nothing to add.
             return invoke(request, *args, **kwargs)
         # (request, timeout=None, metadata=None, ...): metadata may come positionally.
         if len(args) >= 2:
@@ -256,6 +279,7 @@ class _MultiCallable(_Base):
             return carry(
                 ctx,
                 out,
+                self._target,
                 metadata,
                 lambda md: invoke(request, *head, md, *tail, **kwargs),
                 streaming=self._streaming,
@@ -264,6 +288,7 @@ class _MultiCallable(_Base):
         return carry(
             ctx,
             out,
+            self._target,
             metadata,
             lambda md: invoke(request, *args, metadata=md, **kwargs),
             streaming=self._streaming,

@@ -6,11 +6,12 @@ load order:
 - servers: ours goes right after OpenTelemetry's server interceptor (or first, if there is
   none), so OpenTelemetry's SERVER span is current when the hop is extracted and application
   interceptors further in already see the identity;
-- asyncio channels: ours goes last, nearest the wire, after everything that injects;
+- asyncio channels: ours goes last, nearest the wire, after everything that injects (moved
+  there if it was given earlier in the list);
 - sync channels: the channel grpc returns is wrapped (``IdentityChannel``: what
-  ``grpc.intercept_channel`` with our interceptor does, at a fraction of the per-call cost);
-  when OpenTelemetry wrapped channel creation after us, ours is the innermost, otherwise it
-  keeps the outgoing context attached for the inner ones (see _client).
+  ``grpc.intercept_channel`` with our interceptor does, at a fraction of the per-call cost)
+  to inject, and egress is decided under every interceptor, on the metadata grpc's own
+  channel receives (``_wire``), so it holds whatever injected it.
 
 OpenTelemetry replaces ``grpc.server``/``grpc.aio.*`` with plain functions that keep a
 reference to what was there, so a patch of ours underneath cannot always be removed: every
@@ -30,7 +31,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
 from wrapt import wrap_function_wrapper
 
-from otel_identity_grpc import _client, _server, _state
+from otel_identity_grpc import _client, _server, _state, _wire
 from otel_identity_grpc.package import _instruments
 
 _SERVER_PARAMS = (
@@ -145,10 +146,14 @@ def _aio_channel_patch(params: Sequence[str]) -> Callable[..., Any]:
         if not _on():
             return wrapped(*args, **kwargs)
         args, kwargs = _as_kwargs(args, kwargs, params)
-        interceptors = list(kwargs.get("interceptors") or ())
-        if not any(isinstance(i, _client.AIO_CLASSES) for i in interceptors):
-            interceptors.extend(_client.aio_interceptors(_target_of(args, kwargs), managed=True))
-        kwargs["interceptors"] = interceptors
+        given = list(kwargs.get("interceptors") or ())
+        ours = [i for i in given if isinstance(i, _client.AIO_CLASSES)]
+        if not ours:
+            ours = list(_client.aio_interceptors(_target_of(args, kwargs), managed=True))
+        # Ours last, nearest the wire, whatever was put after it: egress is decided on what
+        # every other interceptor injected.
+        rest = [i for i in given if not isinstance(i, _client.AIO_CLASSES)]
+        kwargs["interceptors"] = [*rest, *ours]
         return wrapped(*args, **kwargs)
 
     return patch
@@ -183,6 +188,15 @@ def _ours_in_chain(function: object, patch: Callable[..., Any]) -> bool:
     return False
 
 
+def _log_no_wire_filter() -> None:  # pragma: no cover - see _wire.internals_known
+    import logging
+
+    logging.getLogger("otel_identity").warning(
+        "otel-identity: this grpc has no known channel class; egress is decided by our "
+        "interceptor at its place in each channel's chain"
+    )
+
+
 class GrpcIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Installs the otel-identity interceptors on ``grpc.server``, ``grpc.aio.server`` and
     channel creation (``grpc.insecure_channel``/``secure_channel`` and their asyncio twins).
@@ -197,10 +211,13 @@ class GrpcIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         for module, name, patch in _patches():
             if not _ours_in_chain(getattr(module, name), patch):
                 wrap_function_wrapper(module, name, patch)
+        if not _wire.install():  # pragma: no cover - a grpc without the known channel class
+            _log_no_wire_filter()
         _state.active = True
 
     def _uninstrument(self, **kwargs: Any) -> None:
         _state.active = False
+        _wire.uninstall()
         for module, name, patch in _patches():
             if getattr(getattr(module, name), "_self_wrapper", None) is patch:
                 unwrap(module, name)

@@ -16,8 +16,9 @@ Identity from the app's own authentication: ``jwt_identity`` (a verified bearer 
 ``StarletteUserIdentityMiddleware`` (``request.user``), ``otel_identity_http.django.
 IdentityUserMiddleware`` (Django's ``request.user``); Flask-Login is ``otel_identity_flask``.
 
-Client side, requests, httpx, urllib3 and aiohttp carry identity, and egress filtering runs
-at the transport: a destination outside ``egress_allow`` never receives identity::
+Client side, requests, httpx, urllib3, aiohttp, urllib.request and ``http.client`` carry
+identity, and egress filtering runs at the transport, on every redirect hop: a destination
+outside ``egress_allow`` (or a plain-HTTP proxy outside it) never receives identity::
 
     HttpClientIdentityInstrumentor().instrument()
 """

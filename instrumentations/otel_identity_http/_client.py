@@ -2,8 +2,12 @@
 
 Each library is patched at the last point before its headers reach the wire (urllib3's
 ``HTTPConnection.request``, requests' ``HTTPAdapter.send``, httpcore's connection pools under
-httpx, aiohttp's ``ClientRequest.send``), so the check runs after every instrumentation and
-hook has injected, whatever their load order:
+httpx, aiohttp's ``ClientRequest.send``, ``http.client.HTTPConnection.request`` under
+urllib.request), so the check runs after every instrumentation and hook has injected,
+whatever their load order, and again on every redirect hop. A request is judged by every
+host that reads it: the destination, and a proxy that receives the plain-HTTP request (not
+one that only relays a TLS tunnel); hosts are read by ``otel_identity._egress``, as the
+resolver reads them. At that point:
 
 * nothing injected yet (no OpenTelemetry client instrumentation): ``oi.inject`` writes trace
   context and baggage through the global propagator, egress policy included;
@@ -11,8 +15,8 @@ hook has injected, whatever their load order:
   ``egress_allow`` the baggage it wrote is decoded with the global propagator, identity (or all
   baggage) is removed, an ``identity.stripped`` event is recorded, and the rest re-encoded.
 
-This runs on every request, so the common cases cost a few dict lookups: the host of a URL is
-kept per scheme and authority, the egress decision per host, and (with W3C baggage, the
+This runs on every request, so the common cases cost a few dict lookups: the egress decision
+is kept per destination (a URL's scheme and authority, or a host), and (with W3C baggage, the
 OpenTelemetry default) what is left of a baggage header for an outside destination per header
 value, all for the current settings and global propagator. A destination inside
 ``egress_allow`` with baggage injected already is left untouched: no decoding, no re-encoding.
@@ -22,12 +26,13 @@ from __future__ import annotations
 
 import abc
 import contextvars
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.baggage import get_all
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator, default_getter
@@ -148,34 +153,68 @@ httpcore_headers = HttpcoreHeaders()
 
 # --- where a request goes ----------------------------------------------------------------------
 
-_hosts: dict[str, str] = {}  # scheme and authority of a URL (its text up to them) -> host
+
+def url_destination(url: str) -> str:
+    """What ``url`` is judged by: its scheme and authority (``_egress`` reads the host in it
+    as the resolver does, and fails closed on an authority readers could disagree on)."""
+    start = url.find("://")
+    if start < 0:
+        return url
+    end = len(url)
+    for stop in "/?#":
+        found = url.find(stop, start + 3)
+        if 0 <= found < end:
+            end = found
+    return url[:end]
 
 
-def _host_of(url: str) -> str:
+def destination_of(find: Callable[..., str], *args: Any) -> str:
+    """``find(*args)``, the destination a request is judged by; "" (which no allow list
+    admits) when finding it fails on an object we did not expect (never raises)."""
     try:
-        return (urlsplit(url).hostname or "").lower()
-    except ValueError:
+        return find(*args)
+    except Exception:  # noqa: BLE001 - the request goes out; identity fails closed
+        _telemetry.log_internal_error("http.client.destination")
         return ""
 
 
-def host_of_url(url: str) -> str:
-    """The host of ``url``, lower case ("" when it has none), as ``urlsplit`` finds it.
+def first_outside(destinations: list[str]) -> str:
+    """The destination a request is judged by: the first of those it reaches (the host, a
+    proxy that reads the request) that is off the allow list, else the first."""
+    if len(destinations) > 1:
+        allow = _config.get_settings().egress_allow
+        for destination in destinations:
+            if not _egress.is_allowed(destination, allow):
+                return destination
+    return destinations[0]
 
-    Remembered per URL prefix up to the end of the authority: the part that alone decides the
-    host (``urlsplit`` finds the authority between the first ``//`` after the scheme and the
-    next ``/``, ``?`` or ``#``), so paths and query strings never miss the table.
-    """
-    start = url.find("://")
-    if start < 0:
-        return _host_of(url)
-    end = url.find("/", start + 3)
-    prefix = url if end < 0 else url[:end]
-    if "?" in prefix or "#" in prefix:
-        prefix = prefix[: min(i for i in (prefix.find("?"), prefix.find("#")) if i >= 0)]
-    host = _hosts.get(prefix)
-    if host is None:
-        host = _memo.remember(_hosts, prefix, _host_of(prefix))
-    return host
+
+def _connection_destination(connection: Any, url: Any) -> str:
+    """What an ``http.client``/urllib3 connection sends a request to: the URL's host when the
+    request line is absolute (through a proxy), the tunnel's host, and the host the socket
+    connects to unless the request is inside a TLS tunnel that host cannot read."""
+    found: list[str] = []
+    url_text = url if isinstance(url, str) else str(url)
+    if "://" in url_text:
+        found.append(url_destination(url_text))
+    tunnel = getattr(connection, "_tunnel_host", None)
+    if tunnel:
+        found.append(str(tunnel))
+    if not (tunnel and _is_tls(connection)):
+        # (urllib3 keeps the host as given, trailing dot and all, in _dns_host)
+        host = getattr(connection, "_dns_host", None) or getattr(connection, "host", "")
+        found.append(str(host))
+    return first_outside(found) if found else ""
+
+
+def _is_tls(connection: Any) -> bool:
+    import http.client
+
+    urllib3_connection = sys.modules.get("urllib3.connection")
+    tls: tuple[type, ...] = (http.client.HTTPSConnection,)
+    if urllib3_connection is not None:
+        tls = (*tls, urllib3_connection.HTTPSConnection)
+    return isinstance(connection, tls)
 
 
 # --- what the global propagator and the settings decide, remembered --------------------------
@@ -227,9 +266,9 @@ class _Policy:
         # a W3C baggage header -> (the header to send outside egress_allow, identity removed)
         self.filtered: dict[str, tuple[str | None, bool]] = {}
 
-    def route(self, host: str) -> tuple[bool, str]:
-        allowed = _egress.is_allowed(host, self.settings.egress_allow)
-        return _memo.remember(self.routes, host, (allowed, _egress.host_of(host)))
+    def route(self, destination: str) -> tuple[bool, str]:
+        verdict = _egress.judge(destination, self.settings.egress_allow)
+        return _memo.remember(self.routes, destination, verdict)
 
     def filter(self, header: str, host: str) -> tuple[str | None, bool]:
         """What of ``header`` may go outside ``egress_allow``, and whether identity was removed.
@@ -240,10 +279,9 @@ class _Policy:
         found = self.filtered.get(header)
         if found is None:
             sent, _oversize = _propagation.extract({_BAGGAGE: header}, default_getter, self.keep)
-            kept = strip_for_egress(
-                sent, host, hop=HOP, settings=self.settings, span=trace.INVALID_SPAN
-            )
-            found = (encoded_baggage(kept).get(_BAGGAGE), kept is not sent)
+            kept = strip_for_egress(sent, host, hop=HOP, settings=self.settings, record=False)
+            # Stripped means identity was there to remove (not merely other baggage).
+            found = (encoded_baggage(kept).get(_BAGGAGE), not self.keep.isdisjoint(get_all(sent)))
             if len(header) <= _FILTERED_MAX_CHARS:  # identity baggage is short; floods are not
                 _memo.remember(self.filtered, header, found, limit=_FILTERED_LIMIT)
         return found
@@ -407,6 +445,19 @@ class _Unreadable:
     pass
 
 
+def _requests_destination(url: str, kwargs: Any) -> str:
+    """The URL, and the proxy when it reads the request (a plain ``http://`` URL)."""
+    destination = url_destination(url)
+    proxies = kwargs.get("proxies")
+    if proxies and url[:5].lower() == "http:":
+        from requests.utils import select_proxy
+
+        proxy = select_proxy(url, proxies)
+        if proxy:
+            return first_outside([destination, url_destination(proxy)])
+    return destination
+
+
 def wrap_requests_send(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
     if suppressed(current_context()):
         return wrapped(*args, **kwargs)
@@ -415,7 +466,7 @@ def wrap_requests_send(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) 
         headers = getattr(request, "headers", None)
         if headers is not None:
             url = request.url
-            host = host_of_url(url if type(url) is str else str(url))
+            host = destination_of(_requests_destination, str(url), kwargs)
             if type(headers) is (_requests_dict or _case_insensitive_dict()):
                 apply_policy(headers, requests_headers, host)
             else:
@@ -442,45 +493,73 @@ def _urllib3_view(original: Any) -> Any:
     return HTTPHeaderDict(original)
 
 
-def wrap_urllib3_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
-    if handled.get() or suppressed(current_context()):
-        return wrapped(*args, **kwargs)
+def _connection_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``request(method, url, body, headers, ...)`` of an ``http.client``/urllib3 connection:
+    the last point where the headers are one object, after every instrumentation."""
     from urllib3._collections import HTTPHeaderDict
 
     url = args[1] if len(args) > 1 else kwargs.get("url", "")
     original = args[3] if len(args) > 3 else kwargs.get("headers")
-    url_text = str(url)
-    host = host_of_url(url_text) if "://" in url_text else ""
-    if not host:
-        host = str(getattr(instance, "_tunnel_host", None) or getattr(instance, "host", ""))
-    host = host.lower()
+    host = destination_of(_connection_destination, instance, url)
     try:
         plan = plan_policy(_urllib3_view(original), urllib3_headers, host)
     except Exception:  # noqa: BLE001 - the request goes out; identity fails closed below
         _telemetry.log_internal_error("http.client")
         plan = (_DROP,)
-    if plan is None:
-        return wrapped(*args, **kwargs)  # right as they are: passed on untouched
-    # urllib3 may pass the pool's shared default headers: change a copy, never those.
-    headers = HTTPHeaderDict(original or {})
-    _carry_out_safely(plan, headers, mapping_headers, host)
-    if len(args) > 3:
-        args = (*args[:3], headers, *args[4:])
-    else:
-        kwargs = {**kwargs, "headers": headers}
-    return wrapped(*args, **kwargs)
+    if plan is not None:
+        # urllib3 may pass the pool's shared default headers: change a copy, never those.
+        changed = HTTPHeaderDict(original or {})
+        _carry_out_safely(plan, changed, mapping_headers, host)
+        headers: Any = changed
+        if not isinstance(original, HTTPHeaderDict):
+            headers = dict(changed.items())  # a plain dict, as http.client expects
+        if len(args) > 3:
+            args = (*args[:3], headers, *args[4:])
+        else:
+            kwargs = {**kwargs, "headers": headers}
+    # urllib3 1.x hands its request on to http.client's: decided once, here.
+    token = handled.set(True)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        handled.reset(token)
 
 
-def _httpcore_host(request: Any) -> str:
-    host = request.url.host
-    return (host.decode("ascii", "replace") if isinstance(host, bytes) else str(host)).lower()
+def wrap_urllib3_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
+    if handled.get() or suppressed(current_context()):
+        return wrapped(*args, **kwargs)
+    return _connection_request(wrapped, instance, args, kwargs)
+
+
+def wrap_http_client_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``http.client.HTTPConnection.request``: urllib.request (every redirect hop too) and
+    direct ``http.client`` use. (urllib3 has its own ``request``, wrapped on its own.)"""
+    if handled.get() or suppressed(current_context()):
+        return wrapped(*args, **kwargs)
+    return _connection_request(wrapped, instance, args, kwargs)
+
+
+def _text(value: Any) -> str:
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _httpcore_destination(pool: Any, request: Any) -> str:
+    """The request's host, and a forwarding proxy's (one that reads plain HTTP requests)."""
+    url = request.url
+    host = _text(url.host)
+    destination = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    proxy = getattr(pool, "_proxy_url", None)
+    if proxy is not None and _text(url.scheme).lower() == "http":
+        return first_outside([destination, _text(proxy.host)])
+    return destination
 
 
 def wrap_httpcore_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
     if not suppressed(current_context()):
         request = args[0] if args else kwargs.get("request")
         if request is not None and isinstance(request.headers, list):
-            apply_policy(request.headers, httpcore_headers, _httpcore_host(request))
+            host = destination_of(_httpcore_destination, instance, request)
+            apply_policy(request.headers, httpcore_headers, host)
     return wrapped(*args, **kwargs)
 
 
@@ -488,5 +567,16 @@ def wrap_aiohttp_send(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -
     if not suppressed(current_context()):
         headers = getattr(instance, "headers", None)
         if headers is not None:
-            apply_policy(headers, mapping_headers, str(instance.url.host or "").lower())
+            apply_policy(headers, mapping_headers, destination_of(_aiohttp_destination, instance))
     return wrapped(*args, **kwargs)
+
+
+def _aiohttp_destination(request: Any) -> str:
+    """The host aiohttp connects to (its encoded form), and a proxy that reads the request."""
+    url = request.url
+    host = str(url.raw_host or "")
+    destination = f"[{host}]" if ":" in host else host
+    proxy = getattr(request, "proxy", None)
+    if proxy is not None and str(url.scheme).lower() == "http":
+        return first_outside([destination, str(proxy.raw_host or "")])
+    return destination

@@ -153,6 +153,7 @@ class HttpServerIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 _CLIENT_TARGETS: Sequence[tuple[tuple[str, str], Any]] = (
     (("requests.adapters", "HTTPAdapter.send"), _client.wrap_requests_send),
     (("urllib3.connection", "HTTPConnection.request"), _client.wrap_urllib3_request),
+    (("http.client", "HTTPConnection.request"), _client.wrap_http_client_request),
     (("httpcore", "ConnectionPool.handle_request"), _client.wrap_httpcore_request),
     (("httpcore", "AsyncConnectionPool.handle_async_request"), _client.wrap_httpcore_request),
     (("aiohttp.client_reqrep", "ClientRequest.send"), _client.wrap_aiohttp_send),
@@ -160,8 +161,9 @@ _CLIENT_TARGETS: Sequence[tuple[tuple[str, str], Any]] = (
 
 
 class HttpClientIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
-    """Identity on outgoing requests of requests, httpx, urllib3 and aiohttp, with egress
-    filtering at the transport (after every other instrumentation has injected)."""
+    """Identity on outgoing requests of requests, httpx, urllib3, aiohttp, urllib.request and
+    ``http.client``, with egress filtering at the transport (after every other
+    instrumentation has injected), on every redirect hop."""
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments

@@ -1,7 +1,8 @@
 """What this instrumentation works with (mirrors the ``http`` extra of pyproject.toml).
 
 The server side works with any WSGI or ASGI application; the client side patches whichever of
-requests, httpx, urllib3 and aiohttp are installed. None of them is required, so no dependency
+requests, httpx, urllib3 and aiohttp are installed, and the standard library's ``http.client``
+(under urllib.request). None of them is required, so no dependency
 check is made at ``instrument()`` (a missing library is simply not patched).
 """
 

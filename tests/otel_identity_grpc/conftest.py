@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from otel_identity_grpc import GrpcIdentityInstrumentor, _state
+from otel_identity_grpc import GrpcIdentityInstrumentor, _state, _wire
 
 from .otel_identity_grpc_echo import ORIGINALS, otel_grpc
 
@@ -25,3 +25,4 @@ def _pristine_grpc() -> Iterator[None]:
     for (module, name), function in ORIGINALS.items():
         setattr(module, name, function)
     _state.active = False
+    _wire.uninstall()
