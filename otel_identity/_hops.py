@@ -108,7 +108,7 @@ class HopState:
     def __init__(self, hop: str, outcome: str, reason: str | None = None) -> None:
         self.hop = hop
         self.outcome = outcome
-        self.key = (hop, outcome)  # what the hop counter counts it under
+        self.key = _telemetry.hop_key(hop, outcome, reason)  # what the hop counter counts
         self.reason = reason
         self.pending: list[tuple[str, dict[str, Any]]] = []
 
@@ -606,8 +606,10 @@ def strip_for_egress(
     hop: str | None = None,
     settings: _config.Settings | None = None,
     span: trace.Span | None = None,
+    record: bool = True,
 ) -> Context:
-    """``ctx`` without identity (or any baggage, if so configured), recording the removal."""
+    """``ctx`` without identity (or any baggage, if so configured), recording the removal
+    (the ``identity.stripped`` event and the strip counter) unless ``record`` is false."""
     settings = settings or _config.get_settings()
     baggage = cast("Mapping[str, object]", ctx.get(_BAGGAGE_KEY) or {})
     drop = set(all_identity_keys())
@@ -620,12 +622,8 @@ def strip_for_egress(
         values[_BAGGAGE_KEY] = {k: v for k, v in baggage.items() if k not in drop}
     values.pop(_STATE_KEY, None)
     values.pop(_SLOT_KEY, None)
-    _telemetry.add_event(
-        span or trace.get_current_span(ctx),
-        names.EVENT_STRIPPED,
-        {
-            names.ATTR_HOP: hop or names.HOP_MANUAL,
-            names.ATTR_SERVER_ADDRESS: _egress.host_of(destination),
-        },
-    )
+    if record:
+        _telemetry.record_stripped(
+            span or trace.get_current_span(ctx), hop or names.HOP_MANUAL, destination
+        )
     return Context(values)

@@ -240,9 +240,7 @@ class _Policy:
         found = self.filtered.get(header)
         if found is None:
             sent, _oversize = _propagation.extract({_BAGGAGE: header}, default_getter, self.keep)
-            kept = strip_for_egress(
-                sent, host, hop=HOP, settings=self.settings, span=trace.INVALID_SPAN
-            )
+            kept = strip_for_egress(sent, host, hop=HOP, settings=self.settings, record=False)
             found = (encoded_baggage(kept).get(_BAGGAGE), kept is not sent)
             if len(header) <= _FILTERED_MAX_CHARS:  # identity baggage is short; floods are not
                 _memo.remember(self.filtered, header, found, limit=_FILTERED_LIMIT)
@@ -313,6 +311,7 @@ def carry_out(plan: Plan, headers: H, access: Headers[H], host: str) -> None:
     if kind == _SEND:
         _kind, out, stripped, address = plan
         if stripped:
+            _telemetry.count_stripped(HOP)
             _telemetry.add_event(
                 trace.get_current_span(),
                 names.EVENT_STRIPPED,
