@@ -116,6 +116,19 @@ def _report(path: str, html_path: str | None) -> int:
     return 0
 
 
+def _dashboards(out: str) -> int:
+    from otel_identity import _dashboards as dashboards
+
+    try:
+        written = dashboards.write(out)
+    except OSError as exc:
+        print(f"otel-identity dashboards: cannot write to {out}: {exc.strerror or exc}")
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="otel-identity", description="User and tenant identity across every hop."
@@ -130,9 +143,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("doctor", help="print the effective configuration and checks")
     sub.add_parser("keygen", help="print a new signing key (kid:base64key)")
     report = sub.add_parser("report", help="identity coverage of exported traces")
-    report.add_argument("file", help="OTLP JSON (lines) or ConsoleSpanExporter output")
+    report.add_argument(
+        "file",
+        help="OTLP JSON or protobuf, Zipkin v2 JSON or ConsoleSpanExporter output "
+        "(recognised from the content)",
+    )
     report.add_argument("--html", metavar="PATH", help="also write the report as a page")
-    args = parser.parse_args(argv)
+    dashboards = sub.add_parser(
+        "dashboards", help="write the Prometheus rules and the Grafana dashboard"
+    )
+    dashboards.add_argument("--out", metavar="DIR", required=True, help="directory to write to")
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's own usage, not the top-level one
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "demo":
         try:
             flow = importlib.import_module("otel_identity_demo")
@@ -144,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _doctor()
     if args.command == "report":
         return _report(args.file, args.html)
+    if args.command == "dashboards":
+        return _dashboards(args.out)
     if args.command == "keygen":
         import secrets
 

@@ -23,6 +23,7 @@ from otel_identity.version import __version__
 
 logger = logging.getLogger("otel_identity")
 
+_RESOLVE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _lock = threading.Lock()
 _instruments: Any = None  # (observable counter, histogram), created at first use
 
@@ -136,6 +137,9 @@ def _ensure_instruments() -> Any:
                     names.METRIC_RESOLVE_DURATION,
                     unit="s",
                     description="Time the user resolver took, cache misses only.",
+                    # The SDK's default buckets are for milliseconds (5 to 10000): in seconds
+                    # every lookup would land in the first one and the quantiles say nothing.
+                    explicit_bucket_boundaries_advisory=_RESOLVE_BUCKETS,
                 )
                 # Rare events (an egress strip, a failing resolver): a locked dict is cheap
                 # enough, and observed like the hops so the three counters read alike.
