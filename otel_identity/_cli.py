@@ -140,6 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument(
         "--broker", metavar="URL", help="queue hop through Celery on this broker (redis://...)"
     )
+    demo.add_argument(
+        "--prometheus", metavar="HOST:PORT", help="serve the metrics there for Prometheus"
+    )
+    demo.add_argument(
+        "--linger",
+        metavar="SECONDS",
+        type=float,
+        default=0.0,
+        help="repeat the flow for this long (traffic for rate() to see)",
+    )
     sub.add_parser("doctor", help="print the effective configuration and checks")
     sub.add_parser("keygen", help="print a new signing key (kid:base64key)")
     report = sub.add_parser("report", help="identity coverage of exported traces")
@@ -162,7 +172,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError as exc:
             print(f"the demo needs its extra: pip install 'otel-identity[demo]' ({exc})")
             return 2
-        return int(flow.run(sys.stdout, export=args.export, broker=args.broker))
+        if not 0 <= args.linger <= 3600:
+            demo.error("--linger wants 0 to 3600 seconds")
+        return int(
+            flow.run(
+                sys.stdout,
+                export=args.export,
+                broker=args.broker,
+                prometheus=args.prometheus,
+                linger=args.linger,
+            )
+        )
     if args.command == "doctor":
         return _doctor()
     if args.command == "report":
