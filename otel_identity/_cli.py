@@ -102,16 +102,29 @@ def _report(path: str, html_path: str | None) -> int:
     from otel_identity import _report as report
 
     try:
-        with open(path, encoding="utf-8") as handle:
-            spans = report.load(handle.read())
+        with open(path, "rb") as handle:
+            loaded = report.read(handle.read())
     except (OSError, ValueError) as exc:
         print(f"cannot read {path}: {exc}", file=sys.stderr)
         return 2
-    result = report.analyse(spans)
+    if not loaded.spans:
+        skipped = f" ({loaded.skipped} line(s) or value(s) that are not spans)"
+        print(
+            f"cannot read {path}: no spans found{skipped if loaded.skipped else ''}; expected "
+            "OTLP JSON or protobuf, Zipkin v2 JSON or ConsoleSpanExporter output",
+            file=sys.stderr,
+        )
+        return 2
+    result = report.analyse(loaded.spans)
+    result.skipped, result.format = loaded.skipped, loaded.format
     print(report.render_text(result), end="")
     if html_path:
-        with open(html_path, "w", encoding="utf-8") as handle:
-            handle.write(report.render_html(result))
+        try:
+            with open(html_path, "w", encoding="utf-8") as handle:
+                handle.write(report.render_html(result))
+        except OSError as exc:
+            print(f"cannot write {html_path}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         print(f"wrote {html_path}")
     return 0
 
