@@ -107,7 +107,10 @@ def _any_value(data: bytes) -> dict[str, Any]:
 
 
 def _key_value(data: bytes) -> dict[str, Any]:
-    return _message(data, {1: ("key", _text, False), 2: ("value", _any_value, False)})
+    # proto3 leaves out fields at their default: an empty key is no key at all on the wire
+    return {"key": "", "value": {}} | _message(
+        data, {1: ("key", _text, False), 2: ("value", _any_value, False)}
+    )
 
 
 _ATTRIBUTES = ("attributes", _key_value, True)

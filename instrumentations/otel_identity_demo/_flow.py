@@ -33,7 +33,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from otel_identity_grpc import GrpcIdentityInstrumentor
@@ -155,14 +155,19 @@ def _serve_grpc(handler: grpc.GenericRpcHandler) -> Iterator[str]:
         server.stop(grace=None).wait(5)
 
 
-def _pipeline() -> tuple[Callable[[str], trace.Tracer], InMemorySpanExporter]:
-    """One exporter, a tracer provider per demo service (so spans say which service)."""
+def _pipeline(
+    exporters: Sequence[Callable[[], SpanExporter]] = (),
+) -> tuple[Callable[[str], trace.Tracer], InMemorySpanExporter]:
+    """One exporter, a tracer provider per demo service (so spans say which service); each
+    of ``exporters`` makes one more exporter per service (an exporter serves one provider)."""
     exporter = InMemorySpanExporter()
 
     def tracer_for(service: str) -> trace.Tracer:
         provider = TracerProvider(resource=Resource.create({"service.name": service}))
         provider.add_span_processor(oi.IdentitySpanProcessor())
         provider.add_span_processor(SimpleSpanProcessor(exporter))
+        for make in exporters:
+            provider.add_span_processor(SimpleSpanProcessor(make()))
         return provider.get_tracer("otel_identity.demo")
 
     return tracer_for, exporter
@@ -241,8 +246,10 @@ def run(
     out: IO[str],
     export: str | None = None,
     broker: str | None = None,
+    *,
     prometheus: str | None = None,
     linger: float = 0.0,
+    exporters: Sequence[Callable[[], SpanExporter]] = (),
 ) -> int:
     """Run the demo flow and print its trace; 0 when every hop behaved as designed.
 
@@ -250,16 +257,24 @@ def run(
     ``broker`` (``redis://...``) sends the queue hop through Celery instead of the in-process
     queue; ``prometheus`` (``HOST:PORT``) serves the otel-identity metrics there for a
     Prometheus to scrape; ``linger`` repeats the flow for that many seconds, so that ``rate()``
-    has samples. The tree, the export and the check are of the first round.
+    has samples. The tree, the export and the check are of the first round. ``exporters``
+    are span exporter factories (say, an OTLP exporter to your collector): each service of
+    the demo exports through its own instance of each.
     """
     with _metrics.serving(prometheus, out) as serving:
         if not serving:
             return 2
-        return _run(out, export, broker, linger)
+        return _run(out, export, broker, linger, exporters)
 
 
-def _run(out: IO[str], export: str | None, broker: str | None, linger: float) -> int:
-    tracer_for, exporter = _pipeline()
+def _run(
+    out: IO[str],
+    export: str | None,
+    broker: str | None,
+    linger: float,
+    exporters: Sequence[Callable[[], SpanExporter]],
+) -> int:
+    tracer_for, exporter = _pipeline(exporters)
     done: list[str] = []
     worker_tracer = tracer_for("worker")
     jobs: Jobs = (
