@@ -65,9 +65,16 @@ _SCRIPT = """
       el.classList.toggle('hidden', !keep);
       if (el.closest('#coverage')) { total += 1; if (keep) { shown += 1; } }
     });
-    document.querySelectorAll('svg [data-nodes]').forEach(function (el) {
+    var near = {};  // the chosen service and the services it calls or is called by
+    near[s] = true;
+    document.querySelectorAll('svg .edge').forEach(function (el) {
       var ends = el.dataset.nodes.split(' ');
-      el.classList.toggle('dim', !!s && ends.indexOf(s) < 0);
+      var touches = ends.indexOf(s) >= 0;
+      if (touches) { near[ends[0]] = near[ends[1]] = true; }
+      el.classList.toggle('dim', !!s && !touches);
+    });
+    document.querySelectorAll('svg .node').forEach(function (el) {
+      el.classList.toggle('dim', !!s && !near[el.dataset.nodes]);
     });
     document.getElementById('shown').textContent = shown + ' of ' + total + ' rows shown';
   }
