@@ -94,3 +94,14 @@ def test_the_dashboards_command_says_in_one_line_when_it_cannot_write(
     assert main(["dashboards", "--out", str(blocker / "sub")]) == 2
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "cannot write" in out
+
+
+def test_the_docs_show_the_promql_of_every_panel() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "dashboards.md").read_text()
+    model = json.loads(_dashboards.read(_dashboards.DASHBOARD))
+    for panel in model["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            assert expr in docs or expr.replace("|", "\\|") in docs, (panel["title"], expr)
+    for rule in re.findall(r"record: (\S+)", _dashboards.read(_dashboards.RULES)):
+        assert rule.split(":")[1] in docs, rule
