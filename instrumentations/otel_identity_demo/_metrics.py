@@ -2,14 +2,16 @@
 
 OpenTelemetry's Prometheus exporter serves the metrics of the whole demo process. The demo's
 services (web, reports, workflows, worker) share that process, so they share one resource and
-one ``service.name`` (``otel-identity-demo``): the core counts hops per process, as a real
-deployment (one service per process) needs, and in the demo each hop kind belongs to one
-service (http.server: reports, grpc.server and thread: workflows, queue.consume: worker).
+one ``service.name``: ``otel-identity-demo``, or ``$OTEL_SERVICE_NAME`` when set (two demos
+then look like two services). The core counts hops per process, as a real deployment (one
+service per process) needs, and in the demo each hop kind belongs to one service
+(http.server: reports, grpc.server and thread: workflows, queue.consume: worker).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import IO
 
@@ -55,8 +57,9 @@ def serving(address: str | None, out: IO[str]) -> Iterator[bool]:
         yield False
         return
     reader = PrometheusMetricReader()
+    service = os.environ.get("OTEL_SERVICE_NAME") or SERVICE_NAME
     provider = MeterProvider(
-        metric_readers=[reader], resource=Resource.create({"service.name": SERVICE_NAME})
+        metric_readers=[reader], resource=Resource.create({"service.name": service})
     )
     metrics.set_meter_provider(provider)
     out.write(f"serving metrics on http://{address}/metrics\n")

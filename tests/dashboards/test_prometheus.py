@@ -1,16 +1,19 @@
 """The rules and every Grafana panel query against a real Prometheus scraping the demo.
 
-A Prometheus (Debian package ``prometheus``) on a free loopback port scrapes the demo's
-metrics every second while ``otel-identity demo --prometheus ... --linger ...`` keeps its flow
-running, with the shipped recording and alerting rules loaded. The demo has one deliberately
-broken hop (a legacy cron job queues work without identity), so the queue consumer's coverage
-is 3 hops in 4 and every other required hop has full coverage.
+A Prometheus (Debian package ``prometheus``) on a free loopback port scrapes the metrics of
+two demo processes every second while ``otel-identity demo --prometheus ... --linger ...``
+keeps their flows running, with the shipped recording and alerting rules loaded. Each demo
+process is one service (``OTEL_SERVICE_NAME``; its scrape job has the same name), so every
+figure below is checked per service. The demo has one deliberately broken hop (a legacy cron
+job queues work without identity), so the queue consumer's coverage is 3 hops in 4 and every
+other required hop has full coverage.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -27,7 +30,7 @@ from otel_identity import _dashboards
 from tests.services import need_tool
 
 SHIPPED = Path(_dashboards.__file__).parent / "dashboards"
-JOB = "otel-identity-demo"  # the scrape job: the service label of every rule
+JOBS = ("shop", "billing")  # two demo processes: the scrape jobs, and their service.name
 LINGER = 40  # seconds of demo traffic; the test stops waiting as soon as the rules have data
 
 
@@ -77,12 +80,13 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
     """Prometheus scraping the demo (which is running, lingering, while the tests query)."""
     binary = need_tool("prometheus", "prometheus")
     tmp = tmp_path_factory.mktemp("prometheus")
-    demo_port, port = free_port(), free_port()
+    demo_ports, port = {job: free_port() for job in JOBS}, free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(SHIPPED / _dashboards.RULES), str(SHIPPED / _dashboards.ALERTS)],
         "scrape_configs": [
-            {"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{demo_port}"]}]}
+            {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{demo_port}"]}]}
+            for job, demo_port in demo_ports.items()
         ],
     }
     (tmp / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
@@ -93,21 +97,32 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
          f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
         stdout=logs, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "otel_identity._cli", "demo",
-         "--prometheus", f"127.0.0.1:{demo_port}", "--linger", str(LINGER)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    demos = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "otel_identity._cli",
+                "demo",
+                "--prometheus",
+                f"127.0.0.1:{demo_port}",
+                "--linger",
+                str(LINGER),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OTEL_SERVICE_NAME": job},
+        )
+        for job, demo_port in demo_ports.items()
+    ]
     try:
         result = Prometheus(port)
         wait_until_ready(result.url, time.monotonic() + 30)
         yield result
     finally:
-        for process in (demo, server):
+        for process in (*demos, server):
             process.kill()
             process.wait(timeout=10)
-        if demo.stdout is not None:
-            demo.stdout.close()
         logs.close()
 
 
@@ -119,46 +134,48 @@ def scraped(prometheus: Prometheus) -> Prometheus:
         'otel_identity:coverage:ratio_rate5m{identity_hop="http.server"}',
         "otel_identity:resolve_duration_seconds:p99_5m",
     ]
-    deadline = time.monotonic() + LINGER - 5  # well before the demo stops its traffic
+    deadline = time.monotonic() + LINGER - 5  # well before the demos stop their traffic
     while time.monotonic() < deadline:
-        if all(prometheus.query(expr) for expr in wanted):
+        if all(len(prometheus.query(expr)) == len(JOBS) for expr in wanted):
             time.sleep(3)  # a few more rounds, so each rate spans several
             return prometheus
         time.sleep(0.5)
     raise AssertionError("Prometheus never computed the coverage rules from the demo")
 
 
-def test_the_demo_is_scraped_as_its_own_service(scraped: Prometheus) -> None:
-    assert scraped.values("up", "job") == {(JOB,): 1.0}
-    assert scraped.values("target_info", "job", "service_name") == {(JOB, JOB): 1.0}
+def test_each_demo_is_scraped_as_its_own_service(scraped: Prometheus) -> None:
+    assert scraped.values("up", "job") == {(job,): 1.0 for job in JOBS}
+    assert scraped.values("target_info", "job", "service_name") == {(job, job): 1.0 for job in JOBS}
+
+
+HOPS = ("http.server", "grpc.server", "queue.consume", "thread")
 
 
 def test_coverage_per_service_and_hop_kind(scraped: Prometheus) -> None:
     coverage = scraped.values("otel_identity:coverage:ratio_rate5m", "job", "identity_hop")
-    assert coverage[(JOB, "http.server")] == 1.0
-    assert coverage[(JOB, "grpc.server")] == 1.0
-    # the broken hop: 1 of the 4 jobs a round queues arrives without identity
-    assert coverage[(JOB, "queue.consume")] == pytest.approx(0.75, abs=0.05)
-    # threads: the 3 fan-out branches have identity; pool threads started outside any
-    # request do not (thread is not a required hop kind, so no alert reads it)
-    assert 0 < coverage[(JOB, "thread")] < 1
-    assert set(coverage) == {
-        (JOB, h) for h in ("http.server", "grpc.server", "queue.consume", "thread")
-    }
+    assert set(coverage) == {(job, hop) for job in JOBS for hop in HOPS}
+    for job in JOBS:
+        assert coverage[(job, "http.server")] == 1.0
+        assert coverage[(job, "grpc.server")] == 1.0
+        # the broken hop: 1 of the 4 jobs a round queues arrives without identity
+        assert coverage[(job, "queue.consume")] == pytest.approx(0.75, abs=0.05)
+        # threads: the 3 fan-out branches have identity; pool threads started outside any
+        # request do not (thread is not a required hop kind, so no alert reads it)
+        assert 0 < coverage[(job, "thread")] < 1
 
 
-def test_hop_rates_by_outcome(scraped: Prometheus) -> None:
-    rates = scraped.values("otel_identity:hops:rate5m", "identity_hop", "identity_outcome")
-    # per round: one request (http.server, grpc.server), 3 queued jobs with identity, 1 without
-    assert rates[("http.server", "present")] == pytest.approx(rates[("grpc.server", "present")])
-    assert rates[("queue.consume", "present")] == pytest.approx(
-        3 * rates[("queue.consume", "missing")], rel=0.2
-    )
-    assert rates[("queue.consume", "missing")] == pytest.approx(
-        rates[("http.server", "present")], rel=0.2
-    )
-    assert ("http.server", "missing") not in rates
-    assert not any(outcome == "rejected" for _, outcome in rates)
+def test_hop_rates_by_outcome_per_service(scraped: Prometheus) -> None:
+    rates = scraped.values("otel_identity:hops:rate5m", "job", "identity_hop", "identity_outcome")
+    for job in JOBS:
+        # per round: one request (http.server, grpc.server), 3 queued jobs with identity and
+        # 1 without
+        requests = rates[(job, "http.server", "present")]
+        assert requests > 0
+        assert rates[(job, "grpc.server", "present")] == pytest.approx(requests, rel=0.2)
+        assert rates[(job, "queue.consume", "present")] == pytest.approx(3 * requests, rel=0.2)
+        assert rates[(job, "queue.consume", "missing")] == pytest.approx(requests, rel=0.2)
+        assert (job, "http.server", "missing") not in rates
+    assert not any(outcome == "rejected" for _, _, outcome in rates)
 
 
 def test_nothing_is_rejected_stripped_or_failing_in_the_demo(scraped: Prometheus) -> None:
@@ -168,53 +185,67 @@ def test_nothing_is_rejected_stripped_or_failing_in_the_demo(scraped: Prometheus
         "otel_identity:resolve_failures:rate5m",
     ):
         assert scraped.query(rule) == [], rule
-    assert scraped.values("otel_identity:resolve_calls:rate5m", "job")[(JOB,)] > 0
+    calls = scraped.values("otel_identity:resolve_calls:rate5m", "job")
+    assert set(calls) == {(job,) for job in JOBS}
+    assert all(rate > 0 for rate in calls.values())
 
 
 def test_resolver_latency_quantiles_are_ordered_and_plausible(scraped: Prometheus) -> None:
-    quantiles = [
-        scraped.values(f"otel_identity:resolve_duration_seconds:{q}_5m", "job")[(JOB,)]
-        for q in ("p50", "p95", "p99")
-    ]
-    assert 0 < quantiles[0] <= quantiles[1] <= quantiles[2] < 1.0  # an SQLite lookup
+    for job in JOBS:
+        quantiles = [
+            scraped.values(f"otel_identity:resolve_duration_seconds:{q}_5m", "job")[(job,)]
+            for q in ("p50", "p95", "p99")
+        ]
+        assert 0 < quantiles[0] <= quantiles[1] <= quantiles[2] < 1.0  # an SQLite lookup
 
 
 def panel_queries() -> list[tuple[str, str]]:
     model = json.loads(_dashboards.read(_dashboards.DASHBOARD))
     return [
-        (panel["title"], target["expr"].replace("$service", ".*"))
+        (panel["title"], target["expr"])
         for panel in model["panels"]
         for target in panel.get("targets", [])
     ]
+
+
+PER_SERVICE = {(job, "", "") for job in JOBS}
+EXPECTED_SERIES = {
+    "Identity coverage by service": PER_SERVICE,
+    "Coverage by service and hop kind": {(job, hop, "") for job in JOBS for hop in HOPS},
+    "Top reject reasons": set(),
+    "Egress strips": set(),
+    "User resolver failures": set(),
+    "User resolver latency": PER_SERVICE,
+}
 
 
 @pytest.mark.parametrize(("title", "expr"), panel_queries())
 def test_every_panel_query_runs_and_matches_the_demo(
     scraped: Prometheus, title: str, expr: str
 ) -> None:
-    result = scraped.values(expr, "job", "identity_hop", "identity_outcome")
-    expected = {
-        "Identity coverage by service": {(JOB, "", "")},
-        "Coverage by service and hop kind": {
-            (JOB, hop, "") for hop in ("http.server", "grpc.server", "queue.consume", "thread")
-        },
-        "Top reject reasons": set(),
-        "Egress strips": set(),
-        "User resolver failures": set(),
-        "User resolver latency": {(JOB, "", "")},
-    }
+    labels = ("job", "identity_hop", "identity_outcome")
+    result = scraped.values(expr.replace("$service", ".*"), *labels)  # "All" services
     if title == "Hops without identity (missing, rejected)":
-        assert (JOB, "queue.consume", "missing") in result
+        assert {(job, "queue.consume", "missing") for job in JOBS} <= set(result)
         assert {key[2] for key in result} == {"missing"}
     else:
-        assert set(result) == expected[title], title
+        assert set(result) == EXPECTED_SERIES[title], title
     assert all(math.isfinite(v) and v >= 0 for v in result.values())
     if title == "Identity coverage by service":
-        assert 0 < result[(JOB, "", "")] < 1  # the lost queue hops pull it under 100%
+        assert all(0 < v < 1 for v in result.values())  # the lost queue hops pull it under 1
+    # the service variable narrows every panel to the chosen service
+    one = scraped.values(expr.replace("$service", JOBS[0]), *labels)
+    if title == "Top reject reasons":  # summed over services: no job label to compare
+        assert one == result == {}
+    else:
+        assert set(one) == {key for key in result if key[0] == JOBS[0]}
 
 
 def test_the_coverage_alert_is_pending_for_the_broken_hop_only(scraped: Prometheus) -> None:
     alerts = [a for a in scraped.alerts() if a["labels"]["alertname"] == "OtelIdentityCoverageLow"]
-    assert [(a["labels"]["job"], a["labels"]["identity_hop"], a["state"]) for a in alerts] == [
-        (JOB, "queue.consume", "pending")  # firing only after 15 minutes
+    assert sorted(
+        (a["labels"]["job"], a["labels"]["identity_hop"], a["state"]) for a in alerts
+    ) == [
+        (job, "queue.consume", "pending")
+        for job in sorted(JOBS)  # firing after 15 minutes
     ]
