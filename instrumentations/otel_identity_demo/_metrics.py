@@ -44,16 +44,15 @@ def serving(address: str | None, out: IO[str]) -> Iterator[bool]:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
 
+    if isinstance(metrics.get_meter_provider(), MeterProvider):
+        out.write("otel-identity demo: --prometheus needs a process without a meter provider\n")
+        yield False
+        return
     try:
         host, port = parse_address(address)
         server, thread = start_http_server(port, addr=host)
     except (ValueError, OSError) as exc:
         out.write(f"otel-identity demo: cannot serve metrics on {address}: {exc}\n")
-        yield False
-        return
-    if isinstance(metrics.get_meter_provider(), MeterProvider):
-        out.write("otel-identity demo: --prometheus needs a process without a meter provider\n")
-        server.shutdown()
         yield False
         return
     reader = PrometheusMetricReader()
