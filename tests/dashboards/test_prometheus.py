@@ -11,9 +11,11 @@ other required hop has full coverage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -95,7 +97,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
         # timeout(1): bounded even if this test process dies without its teardown
         ["timeout", "300", binary, f"--config.file={tmp / 'prometheus.yml'}",
          f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=logs, stderr=subprocess.STDOUT,
+        stdout=logs, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     demos = [
         subprocess.Popen(
@@ -120,10 +122,23 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
         wait_until_ready(result.url, time.monotonic() + 30)
         yield result
     finally:
-        for process in (*demos, server):
+        for process in demos:
             process.kill()
             process.wait(timeout=10)
+        stop_group(server)
         logs.close()
+
+
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop timeout(1) and the Prometheus under it: the whole process group it leads."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 @pytest.fixture(scope="module")
