@@ -1,10 +1,15 @@
 """``otel-identity report FILE``: identity coverage of exported traces.
 
-Reads spans exported as OTLP JSON (the Collector's ``file`` exporter: one
-``ExportTraceServiceRequest`` per line) or as the Python SDK's ``ConsoleSpanExporter`` output,
-and prints, per service and hop kind, how many receiving hops had identity, how many arrived
-without it or with identity that failed policy, and the hops where identity was lost (a span
-without identity whose parent had one). ``--html PATH`` writes the same as a page.
+Reads spans as OTLP JSON (the Collector's ``file`` exporter: one ``ExportTraceServiceRequest``
+per line), OTLP protobuf (request bodies as the OTLP/HTTP exporter sends them, one per file or
+length-delimited), Zipkin v2 JSON, or the Python SDK's ``ConsoleSpanExporter`` output (other
+lines skipped and counted), recognised from the content; and prints, per service and hop kind,
+how many receiving hops had identity, how many arrived without it or with identity that failed
+policy, the work of each tenant, and the hops where identity was lost (a span without identity
+whose parent had one). ``--html PATH`` writes the same as a page (``_report_page``)::
+
+    loaded = read(open("spans.json", "rb").read())
+    print(render_text(analyse(loaded.spans)))
 """
 
 from __future__ import annotations
