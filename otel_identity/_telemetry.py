@@ -25,7 +25,7 @@ logger = logging.getLogger("otel_identity")
 
 _RESOLVE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _lock = threading.Lock()
-_instruments: Any = None  # (observable counter, histogram), created at first use
+_instruments: Any = None  # (hops, resolve duration, egress strips, resolve failures), at first use
 
 # (hop, outcome), or (hop, outcome, reason) for a rejected hop: see ``hop_key``.
 Counts = dict[tuple[str, ...], int]
