@@ -1,12 +1,11 @@
 """``otel-identity report`` reads what people export from, and every format of one run gives
 the same tables: the demo's spans go out through OpenTelemetry's own exporters (OTLP/HTTP
-protobuf, Zipkin v2 JSON, console) to a receiver on loopback, and each capture is reported."""
+protobuf, OTLP/HTTP JSON, Zipkin v2 JSON, console) to a receiver on loopback, and each capture
+is reported."""
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.protobuf.json_format import MessageToDict
+from opentelemetry.exporter.otlp.json.http.trace_exporter import (
+    OTLPSpanExporter as OTLPJsonSpanExporter,
+)
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.zipkin.json import ZipkinExporter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from otel_identity_demo import run
 
@@ -57,19 +57,6 @@ def receiver() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
         thread.join(timeout=5)
 
 
-def otlp_json(body: bytes) -> str:
-    """An OTLP/HTTP protobuf body as one line of OTLP JSON (the Collector's file exporter):
-    camelCase names, ids in hex."""
-    request = MessageToDict(ExportTraceServiceRequest.FromString(body))
-    for resource_spans in request.get("resourceSpans", []):
-        for scope_spans in resource_spans.get("scopeSpans", []):
-            for span in scope_spans.get("spans", []):
-                for key in ("traceId", "spanId", "parentSpanId"):
-                    if key in span:
-                        span[key] = base64.b64decode(span[key]).hex()
-    return json.dumps(request)
-
-
 def delimited(bodies: list[bytes]) -> bytes:
     out = bytearray()
     for body in bodies:
@@ -95,17 +82,19 @@ def captures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     with receiver() as (url, received):
         exporters: list[Callable[[], SpanExporter]] = [
             lambda: OTLPSpanExporter(endpoint=f"{url}/v1/traces"),
+            lambda: OTLPJsonSpanExporter(endpoint=f"{url}/json/v1/traces"),
             lambda: ZipkinExporter(endpoint=f"{url}/api/v2/spans"),
             console,
         ]
         assert run(io.StringIO(), exporters=exporters) == 0
     protobuf = [body for path, body in received if path == "/v1/traces"]
+    otlp_json = [body for path, body in received if path == "/json/v1/traces"]
     zipkin = [body for path, body in received if path == "/api/v2/spans"]
-    assert protobuf and zipkin
+    assert protobuf and otlp_json and zipkin
     files = {
         "otlp-protobuf": delimited(protobuf),
         "otlp-protobuf-one-request": protobuf[0],
-        "otlp-json": "\n".join(otlp_json(b) for b in protobuf).encode(),
+        "otlp-json": b"\n".join(otlp_json),
         "zipkin": b"\n".join(zipkin),
         "console": "".join(c.getvalue() for c in consoles).encode(),
         "console-with-app-output": (
