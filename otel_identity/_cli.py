@@ -115,16 +115,29 @@ def _report(path: str, html_path: str | None) -> int:
     from otel_identity import _report as report
 
     try:
-        with open(path, encoding="utf-8") as handle:
-            spans = report.load(handle.read())
+        with open(path, "rb") as handle:
+            loaded = report.read(handle.read())
     except (OSError, ValueError) as exc:
         print(f"cannot read {path}: {exc}", file=sys.stderr)
         return 2
-    result = report.analyse(spans)
+    if not loaded.spans:
+        skipped = f" ({loaded.skipped} line(s) or value(s) that are not spans)"
+        print(
+            f"cannot read {path}: no spans found{skipped if loaded.skipped else ''}; expected "
+            "OTLP JSON or protobuf, Zipkin v2 JSON or ConsoleSpanExporter output",
+            file=sys.stderr,
+        )
+        return 2
+    result = report.analyse(loaded.spans)
+    result.skipped, result.format = loaded.skipped, loaded.format
     print(report.render_text(result), end="")
     if html_path:
-        with open(html_path, "w", encoding="utf-8") as handle:
-            handle.write(report.render_html(result))
+        try:
+            with open(html_path, "w", encoding="utf-8") as handle:
+                handle.write(report.render_html(result))
+        except OSError as exc:
+            print(f"cannot write {html_path}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         print(f"wrote {html_path}")
     return 0
 
@@ -143,6 +156,18 @@ def _keygen(*, ed25519: bool, public: str | None) -> int:
         print(f"keygen: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(document, indent=2))
+
+
+def _dashboards(out: str) -> int:
+    from otel_identity import _dashboards as dashboards
+
+    try:
+        written = dashboards.write(out)
+    except OSError as exc:
+        print(f"otel-identity dashboards: cannot write to {out}: {exc.strerror or exc}")
+        return 2
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 
@@ -157,6 +182,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument(
         "--broker", metavar="URL", help="queue hop through Celery on this broker (redis://...)"
     )
+    demo.add_argument(
+        "--prometheus", metavar="HOST:PORT", help="serve the metrics there for Prometheus"
+    )
+    demo.add_argument(
+        "--linger",
+        metavar="SECONDS",
+        type=float,
+        default=0.0,
+        help="repeat the flow for this long (traffic for rate() to see)",
+    )
     sub.add_parser("doctor", help="print the effective configuration and checks")
     keygen = sub.add_parser("keygen", help="print a new signing key (kid:base64key)")
     kind = keygen.add_mutually_exclusive_group()
@@ -167,20 +202,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--public", metavar="FILE", help="the public JWK Set of FILE (Ed25519 public keys only)"
     )
     report = sub.add_parser("report", help="identity coverage of exported traces")
-    report.add_argument("file", help="OTLP JSON (lines) or ConsoleSpanExporter output")
+    report.add_argument(
+        "file",
+        help="OTLP JSON or protobuf, Zipkin v2 JSON or ConsoleSpanExporter output "
+        "(recognised from the content)",
+    )
     report.add_argument("--html", metavar="PATH", help="also write the report as a page")
-    args = parser.parse_args(argv)
+    dashboards = sub.add_parser(
+        "dashboards", help="write the Prometheus rules and the Grafana dashboard"
+    )
+    dashboards.add_argument("--out", metavar="DIR", required=True, help="directory to write to")
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's own usage, not the top-level one
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "demo":
         try:
             flow = importlib.import_module("otel_identity_demo")
         except ImportError as exc:
             print(f"the demo needs its extra: pip install 'otel-identity[demo]' ({exc})")
             return 2
-        return int(flow.run(sys.stdout, export=args.export, broker=args.broker))
+        if not 0 <= args.linger <= 3600:
+            demo.error("--linger wants 0 to 3600 seconds")
+        return int(
+            flow.run(
+                sys.stdout,
+                export=args.export,
+                broker=args.broker,
+                prometheus=args.prometheus,
+                linger=args.linger,
+            )
+        )
     if args.command == "doctor":
         return _doctor()
     if args.command == "report":
         return _report(args.file, args.html)
+    if args.command == "dashboards":
+        return _dashboards(args.out)
     if args.command == "keygen":
         return _keygen(ed25519=args.ed25519, public=args.public)
     return 2  # pragma: no cover - argparse rejects unknown commands

@@ -110,7 +110,7 @@ class HopState:
     def __init__(self, hop: str, outcome: str, reason: str | None = None) -> None:
         self.hop = hop
         self.outcome = outcome
-        self.key = (hop, outcome)  # what the hop counter counts it under
+        self.key = _telemetry.hop_key(hop, outcome, reason)  # what the hop counter counts
         self.reason = reason
         self.pending: list[tuple[str, dict[str, Any]]] = []
 
@@ -634,8 +634,9 @@ def strip_for_egress(
     unless ``record`` is false (a caller that decides later whether anything was removed
     from what leaves records it itself).
 
-    ``identity.stripped`` is recorded (on ``span``, else the current span of ``ctx``) only
-    when identity members were there to remove: never for baggage that held none."""
+    ``identity.stripped`` and the strip counter are recorded (the event on ``span``, else the
+    current span of ``ctx``) only when identity members were there to remove: never for
+    baggage that held none."""
     settings = settings or _config.get_settings()
     baggage = cast("Mapping[str, object]", ctx.get(_BAGGAGE_KEY) or {})
     drop = set(all_identity_keys())
@@ -649,15 +650,10 @@ def strip_for_egress(
         values[_BAGGAGE_KEY] = {k: v for k, v in baggage.items() if k not in drop}
     values.pop(_STATE_KEY, None)
     values.pop(_SLOT_KEY, None)
-    if not (record and had_identity):
-        return Context(values)
-    _telemetry.add_event(
-        span or trace.get_current_span(ctx),
-        names.EVENT_STRIPPED,
-        {
-            names.ATTR_HOP: hop or names.HOP_MANUAL,
-            # The first host it may reach that is off the list (a gRPC target may have several).
-            names.ATTR_SERVER_ADDRESS: _egress.host_of(destination, settings.egress_allow),
-        },
-    )
+    if record and had_identity:
+        # The first host it may reach that is off the list (a gRPC target may have several).
+        address = _egress.host_of(destination, settings.egress_allow)
+        _telemetry.record_stripped(
+            span or trace.get_current_span(ctx), hop or names.HOP_MANUAL, address
+        )
     return Context(values)

@@ -1,15 +1,19 @@
 """``otel-identity report FILE``: identity coverage of exported traces.
 
-Reads spans exported as OTLP JSON (the Collector's ``file`` exporter: one
-``ExportTraceServiceRequest`` per line) or as the Python SDK's ``ConsoleSpanExporter`` output,
-and prints, per service and hop kind, how many receiving hops had identity, how many arrived
-without it or with identity that failed policy, and the hops where identity was lost (a span
-without identity whose parent had one). ``--html PATH`` writes the same as a page.
+Reads spans as OTLP JSON (the Collector's ``file`` exporter: one ``ExportTraceServiceRequest``
+per line), OTLP protobuf (request bodies as the OTLP/HTTP exporter sends them, one per file or
+length-delimited), Zipkin v2 JSON, or the Python SDK's ``ConsoleSpanExporter`` output (other
+lines skipped and counted), recognised from the content; and prints, per service and hop kind,
+how many receiving hops had identity, how many arrived without it or with identity that failed
+policy, the work of each tenant, and the hops where identity was lost (a span without identity
+whose parent had one). ``--html PATH`` writes the same as a page (``_report_page``)::
+
+    loaded = read(open("spans.json", "rb").read())
+    print(render_text(analyse(loaded.spans)))
 """
 
 from __future__ import annotations
 
-import html
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -84,8 +88,14 @@ def _attributes(raw: Any) -> dict[str, Any]:
     return {item["key"]: _value(item.get("value", {})) for item in raw or []}
 
 
+def _ident(raw: object) -> str:
+    """A trace or span id as lower-case hex, whichever way the format spelled it."""
+    return str(raw or "").lower().removeprefix("0x")
+
+
 def _documents(text: str) -> Iterator[Any]:
-    """Every JSON value in ``text``: JSON lines, concatenated objects or one array."""
+    """Every JSON value in ``text`` (JSON lines, concatenated or pretty-printed objects, arrays),
+    and ``None`` for each line that holds no JSON (an app's own output between spans)."""
     decoder = json.JSONDecoder()
     index, end = 0, len(text)
     while index < end:
@@ -93,7 +103,17 @@ def _documents(text: str) -> Iterator[Any]:
             index += 1
         if index >= end:
             return
-        value, index = decoder.raw_decode(text, index)
+        value: Any = None
+        if text[index] in "{[":
+            try:
+                value, index = decoder.raw_decode(text, index)
+            except ValueError:
+                value = None
+        if value is None:
+            newline = text.find("\n", index)
+            index = end if newline < 0 else newline + 1
+            yield None
+            continue
         if isinstance(value, list):
             yield from value
         else:
@@ -101,37 +121,45 @@ def _documents(text: str) -> Iterator[Any]:
 
 
 def _otlp_spans(doc: Mapping[str, Any]) -> Iterator[Span]:
-    for resource_spans in doc.get("resourceSpans", []):
-        resource = _attributes(resource_spans.get("resource", {}).get("attributes"))
+    for resource_spans in doc.get("resourceSpans") or []:
+        resource = _attributes((resource_spans.get("resource") or {}).get("attributes"))
         service = str(resource.get("service.name", "unknown_service"))
-        for scope_spans in resource_spans.get("scopeSpans", []):
-            for raw in scope_spans.get("spans", []):
+        for scope_spans in resource_spans.get("scopeSpans") or []:
+            for raw in scope_spans.get("spans") or []:
                 kind = str(raw.get("kind", "")).removeprefix("SPAN_KIND_")
-                kind = {"2": "SERVER", "3": "CLIENT", "4": "PRODUCER", "5": "CONSUMER"}.get(
-                    kind, kind
-                )
+                kind = _OTLP_KINDS.get(kind, kind)
                 yield Span(
-                    trace_id=str(raw.get("traceId", "")),
-                    span_id=str(raw.get("spanId", "")),
-                    parent_id=raw.get("parentSpanId") or None,
+                    trace_id=_ident(raw.get("traceId")),
+                    span_id=_ident(raw.get("spanId")),
+                    parent_id=_ident(raw.get("parentSpanId")) or None,
                     name=str(raw.get("name", "")),
                     kind=kind,
                     service=service,
                     attributes=_attributes(raw.get("attributes")),
                     events=[
                         (str(e.get("name", "")), _attributes(e.get("attributes")))
-                        for e in raw.get("events", [])
+                        for e in raw.get("events") or []
                     ],
                 )
+
+
+_OTLP_KINDS = {
+    "0": "",
+    "1": "INTERNAL",
+    "2": "SERVER",
+    "3": "CLIENT",
+    "4": "PRODUCER",
+    "5": "CONSUMER",
+}
 
 
 def _console_span(doc: Mapping[str, Any]) -> Span:
     context = doc.get("context") or {}
     resource = (doc.get("resource") or {}).get("attributes") or {}
     return Span(
-        trace_id=str(context.get("trace_id", "")),
-        span_id=str(context.get("span_id", "")),
-        parent_id=doc.get("parent_id") or None,
+        trace_id=_ident(context.get("trace_id")),
+        span_id=_ident(context.get("span_id")),
+        parent_id=_ident(doc.get("parent_id")) or None,
         name=str(doc.get("name", "")),
         kind=str(doc.get("kind", "")).removeprefix("SpanKind."),
         service=str(resource.get("service.name", "unknown_service")),
@@ -143,16 +171,89 @@ def _console_span(doc: Mapping[str, Any]) -> Span:
     )
 
 
-def load(text: str) -> list[Span]:
+def _zipkin_event(annotation: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """OpenTelemetry's Zipkin exporter writes an event as ``{"<name>": {attributes}}`` text."""
+    value = annotation.get("value")
+    try:
+        decoded = json.loads(str(value))
+    except ValueError:
+        decoded = None
+    if isinstance(decoded, dict) and len(decoded) == 1:
+        ((name, attributes),) = decoded.items()
+        return str(name), dict(attributes) if isinstance(attributes, Mapping) else {}
+    return str(value), {}
+
+
+def _zipkin_span(doc: Mapping[str, Any]) -> Span:
+    endpoint = doc.get("localEndpoint") or {}
+    return Span(
+        trace_id=_ident(doc.get("traceId")),
+        span_id=_ident(doc.get("id")),
+        parent_id=_ident(doc.get("parentId")) or None,
+        name=str(doc.get("name", "")),
+        kind=str(doc.get("kind") or "INTERNAL"),
+        service=str(endpoint.get("serviceName") or "unknown_service"),
+        attributes=dict(doc.get("tags") or {}),
+        events=[_zipkin_event(a) for a in doc.get("annotations") or [] if isinstance(a, Mapping)],
+    )
+
+
+@dataclass
+class Loaded:
+    """The spans read from one file, in which format, and how much of it was not spans."""
+
+    spans: list[Span]
+    format: str
+    skipped: int = 0
+
+
+def _from_text(text: str) -> Loaded:
     spans: list[Span] = []
+    formats: set[str] = set()
+    skipped = 0
     for doc in _documents(text):
         if not isinstance(doc, Mapping):
-            continue
-        if "resourceSpans" in doc:
+            skipped += 1
+        elif "resourceSpans" in doc:
             spans.extend(_otlp_spans(doc))
+            formats.add("OTLP JSON")
         elif "context" in doc and "name" in doc:
             spans.append(_console_span(doc))
-    return spans
+            formats.add("ConsoleSpanExporter")
+        elif "traceId" in doc and "id" in doc:
+            spans.append(_zipkin_span(doc))
+            formats.add("Zipkin v2 JSON")
+        else:
+            skipped += 1
+    return Loaded(spans, " + ".join(sorted(formats)) or "text", skipped)
+
+
+def _is_text(data: bytes) -> bool:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return not any(ord(c) < 32 and c not in "\t\r\n" for c in text)
+
+
+def read(data: bytes) -> Loaded:
+    """The spans in an export file, its format recognised from the content: OTLP JSON, OTLP
+    protobuf (one request, or length-delimited requests), Zipkin v2 JSON, or the console
+    exporter's output (lines that are not spans, such as an app's banner, are skipped)."""
+    if _is_text(data):
+        return _from_text(data.decode("utf-8"))
+    from otel_identity import _otlp_proto
+
+    spans = [span for req in _otlp_proto.requests(data) for span in _otlp_spans(req)]
+    return Loaded(spans, "OTLP protobuf")
+
+
+def load(text: str) -> list[Span]:
+    """The spans in ``text`` (any of the text formats ``read`` knows)."""
+    return _from_text(text).spans
+
+
+NO_IDENTITY = "(no identity)"  # the tenant row of work that never had an identity
 
 
 @dataclass
@@ -160,13 +261,39 @@ class Report:
     rows: dict[tuple[str, str], Row]
     lost: list[tuple[Span, Span | None]]
     spans: int
+    # tenant (or NO_IDENTITY) -> hops of its traces; a hop's tenant is its trace's
+    tenants: dict[str, Row] = field(default_factory=dict)
+    # (calling service, receiving service) -> the receiving hops across that edge
+    edges: dict[tuple[str, str], Row] = field(default_factory=dict)
+    skipped: int = 0
+    format: str = ""
+
+
+def _count(row: Row, span: Span, missing: Any, rejected: Any) -> None:
+    row.hops += 1
+    if span.has_identity:
+        row.present += 1
+    if missing is not None:
+        row.missing += 1
+    if rejected is not None:
+        row.rejected += 1
+        row.reasons[str(rejected.get(names.ATTR_REJECT_REASON, "?"))] += 1
+
+
+def _trace_tenants(spans: list[Span]) -> dict[str, str]:
+    tenants: dict[str, str] = {}
+    for span in spans:
+        tenant = span.attributes.get(names.TENANT_ID)
+        if tenant is not None and span.trace_id not in tenants:
+            tenants[span.trace_id] = str(tenant)
+    return tenants
 
 
 def analyse(spans: Iterable[Span]) -> Report:
     spans = list(spans)
     by_id = {(s.trace_id, s.span_id): s for s in spans}
-    rows: dict[tuple[str, str], Row] = {}
-    lost: list[tuple[Span, Span | None]] = []
+    tenant_of = _trace_tenants(spans)
+    report = Report({}, [], len(spans))
     for span in spans:
         missing = span.event(names.EVENT_MISSING)
         rejected = span.event(names.EVENT_REJECTED)
@@ -174,19 +301,25 @@ def analyse(spans: Iterable[Span]) -> Report:
         hop = span.hop
         if not receiving or hop is None:
             continue
-        row = rows.setdefault((span.service, hop), Row())
-        row.hops += 1
-        if span.has_identity:
-            row.present += 1
-        if missing is not None:
-            row.missing += 1
-        if rejected is not None:
-            row.rejected += 1
-            row.reasons[str(rejected.get(names.ATTR_REJECT_REASON, "?"))] += 1
+        _count(report.rows.setdefault((span.service, hop), Row()), span, missing, rejected)
+        tenant = tenant_of.get(span.trace_id, NO_IDENTITY)
+        _count(report.tenants.setdefault(tenant, Row()), span, missing, rejected)
+        parent = by_id.get((span.trace_id, span.parent_id or ""))
+        if parent is not None and parent.service != span.service:
+            edge = report.edges.setdefault((parent.service, span.service), Row())
+            _count(edge, span, missing, rejected)
         if not span.has_identity and (missing is not None or rejected is not None):
-            parent = by_id.get((span.trace_id, span.parent_id or ""))
-            lost.append((span, parent))
-    return Report(rows, lost, len(spans))
+            report.lost.append((span, parent))
+    return report
+
+
+def _table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in [header, *body]
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return lines
 
 
 def _reasons(row: Row) -> str:
@@ -195,61 +328,62 @@ def _reasons(row: Row) -> str:
     return " (" + ", ".join(f"{k}={v}" for k, v in sorted(row.reasons.items())) + ")"
 
 
-def render_text(report: Report) -> str:
-    header = ("service", "hop", "hops", "identity", "missing", "rejected", "coverage")
-    body = [
+def coverage_rows(report: Report) -> list[tuple[str, ...]]:
+    """The coverage table's rows as text cells (the terminal table and the page show these)."""
+    return [
         (
             service,
             hop,
             str(row.hops),
             str(row.present),
             str(row.missing),
-            str(row.rejected)
-            + (
-                f" ({', '.join(f'{k}={v}' for k, v in row.reasons.items())})" if row.reasons else ""
-            ),
+            str(row.rejected) + _reasons(row),
             f"{row.coverage:.0%}",
         )
         for (service, hop), row in sorted(report.rows.items())
     ]
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in [header, *body]
-    ]
-    lines.insert(1, "-" * len(lines[0]))
-    lines.append("")
-    lines.append(f"{report.spans} spans read; identity lost on {len(report.lost)} hop(s)")
-    for span, parent in report.lost:
-        came_from = (
-            f"after {parent.service}/{parent.name!r}"
-            + (" which had identity" if parent.has_identity else "")
-            if parent is not None
-            else "(no parent in the file)"
+
+
+def tenant_rows(report: Report) -> list[tuple[str, ...]]:
+    """Per tenant: its hops, and how many ran without identity (NO_IDENTITY last)."""
+    order = sorted(report.tenants, key=lambda t: (t == NO_IDENTITY, t))
+    return [
+        (
+            tenant,
+            str(report.tenants[tenant].hops),
+            str(report.tenants[tenant].hops - report.tenants[tenant].present),
         )
-        lines.append(f"  {span.service}/{span.name!r} [{span.hop}] {came_from}")
+        for tenant in order
+    ]
+
+
+COVERAGE_HEADER = ("service", "hop", "hops", "identity", "missing", "rejected", "coverage")
+TENANT_HEADER = ("tenant", "hops", "without identity")
+
+
+def _came_from(parent: Span | None) -> str:
+    if parent is None:
+        return "(no parent in the file)"
+    had = " which had identity" if parent.has_identity else ""
+    return f"after {parent.service}/{parent.name!r}{had}"
+
+
+def render_text(report: Report) -> str:
+    lines = _table(COVERAGE_HEADER, coverage_rows(report))
+    if report.tenants:
+        lines += ["", *_table(TENANT_HEADER, tenant_rows(report))]
+    lines.append("")
+    skipped = f"; {report.skipped} non-span line(s) skipped" if report.skipped else ""
+    lines.append(f"{report.spans} spans read{skipped}; identity lost on {len(report.lost)} hop(s)")
+    lines += [
+        f"  {span.service}/{span.name!r} [{span.hop}] {_came_from(parent)}"
+        for span, parent in report.lost
+    ]
     return "\n".join(lines) + "\n"
 
 
 def render_html(report: Report) -> str:
-    esc = html.escape
-    rows = "".join(
-        f"<tr><td>{esc(service)}</td><td>{esc(hop)}</td><td>{row.hops}</td>"
-        f"<td>{row.present}</td><td>{row.missing}</td><td>{row.rejected}</td>"
-        f"<td class='{'ok' if row.coverage == 1 else 'bad'}'>{row.coverage:.0%}</td></tr>"
-        for (service, hop), row in sorted(report.rows.items())
-    )
-    lost = "".join(
-        f"<li><b>{esc(span.service)}</b> {esc(span.name)} [{esc(str(span.hop))}]"
-        + (f" after {esc(parent.service)} {esc(parent.name)}" if parent else "")
-        + "</li>"
-        for span, parent in report.lost
-    )
-    return (
-        "<!doctype html><meta charset='utf-8'><title>otel-identity coverage</title>"
-        "<style>body{font-family:sans-serif}td,th{padding:4px 10px;text-align:left}"
-        ".ok{color:#080}.bad{color:#b00;font-weight:bold}</style>"
-        "<h1>Identity coverage</h1><table><tr><th>service</th><th>hop</th><th>hops</th>"
-        "<th>identity</th><th>missing</th><th>rejected</th><th>coverage</th></tr>"
-        f"{rows}</table><h2>Where identity was lost ({len(report.lost)})</h2><ul>{lost}</ul>"
-        f"<p>{report.spans} spans read.</p>"
-    )
+    """The report as one self-contained page (no network): see ``_report_page``."""
+    from otel_identity import _report_page
+
+    return _report_page.render(report)

@@ -213,6 +213,7 @@ def _load(spec: str | Callable[..., Any] | None) -> Resolver | None:
 
 
 def _fail(exc: BaseException, hop: str | None, message: str | None = None) -> None:
+    _telemetry.count_resolve_failure(type(exc).__name__)
     _telemetry.add_event(
         trace.get_current_span(),
         names.EVENT_RESOLVE_FAILED,

@@ -23,10 +23,19 @@ from otel_identity.version import __version__
 
 logger = logging.getLogger("otel_identity")
 
+_RESOLVE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _lock = threading.Lock()
-_instruments: Any = None  # (observable counter, histogram), created at first use
+_instruments: Any = None  # (hops, resolve duration, egress strips, resolve failures), at first use
 
-Counts = dict[tuple[str, str], int]
+# (hop, outcome), or (hop, outcome, reason) for a rejected hop: see ``hop_key``.
+Counts = dict[tuple[str, ...], int]
+
+
+def hop_key(hop: str, outcome: str, reason: str | None = None) -> tuple[str, ...]:
+    """What the hop counter counts a hop under: rejected hops also by their reason."""
+    if outcome == names.OUTCOME_REJECTED:
+        return (hop, outcome, reason or names.REASON_MALFORMED)
+    return (hop, outcome)
 
 
 class ThreadState:
@@ -63,7 +72,15 @@ def thread_state() -> ThreadState:
 
 
 def hop_counts() -> Counts:
-    """The running hop totals, all threads added up (for the counter, doctor and tests)."""
+    """The running hop totals by ``(hop, outcome)``, all threads added up (doctor, tests)."""
+    folded: Counts = {}
+    for key, count in hop_totals().items():
+        folded[key[:2]] = folded.get(key[:2], 0) + count
+    return folded
+
+
+def hop_totals() -> Counts:
+    """The running hop totals by ``hop_key``, all threads added up (for the counter)."""
     with _lock:
         live: list[tuple[weakref.ref[threading.Thread], Counts]] = []
         total = dict(_retired)
@@ -82,10 +99,26 @@ def hop_counts() -> Counts:
 
 
 def _observe_hops(_options: CallbackOptions) -> Iterable[Observation]:
-    return [
-        Observation(count, {names.ATTR_HOP: hop, names.ATTR_OUTCOME: outcome})
-        for (hop, outcome), count in hop_counts().items()
-    ]
+    return [Observation(count, _hop_attributes(key)) for key, count in hop_totals().items()]
+
+
+def _hop_attributes(key: tuple[str, ...]) -> dict[str, str]:
+    attributes = {names.ATTR_HOP: key[0], names.ATTR_OUTCOME: key[1]}
+    if len(key) > 2:
+        attributes[names.ATTR_REJECT_REASON] = key[2]
+    return attributes
+
+
+def _observe_stripped(_options: CallbackOptions) -> Iterable[Observation]:
+    with _lock:
+        stripped = list(_stripped.items())
+    return [Observation(count, {names.ATTR_HOP: hop}) for hop, count in stripped]
+
+
+def _observe_failures(_options: CallbackOptions) -> Iterable[Observation]:
+    with _lock:
+        failures = list(_failures.items())
+    return [Observation(count, {names.ATTR_EXCEPTION_TYPE: kind}) for kind, count in failures]
 
 
 def _ensure_instruments() -> Any:
@@ -104,18 +137,70 @@ def _ensure_instruments() -> Any:
                     names.METRIC_RESOLVE_DURATION,
                     unit="s",
                     description="Time the user resolver took, cache misses only.",
+                    # The SDK's default buckets are for milliseconds (5 to 10000): in seconds
+                    # every lookup would land in the first one and the quantiles say nothing.
+                    explicit_bucket_boundaries_advisory=_RESOLVE_BUCKETS,
                 )
-                _instruments = (counter, histogram)
+                # Rare events (an egress strip, a failing resolver): a locked dict is cheap
+                # enough, and observed like the hops so the three counters read alike.
+                stripped = meter.create_observable_counter(
+                    names.METRIC_EGRESS_STRIPPED,
+                    callbacks=[_observe_stripped],
+                    unit="{hop}",
+                    description="Outgoing hops whose identity egress removed.",
+                )
+                failures = meter.create_observable_counter(
+                    names.METRIC_RESOLVE_FAILURES,
+                    callbacks=[_observe_failures],
+                    unit="{failure}",
+                    description="User resolver calls that raised or timed out.",
+                )
+                _instruments = (counter, histogram, stripped, failures)
     return _instruments
 
 
-def count(key: tuple[str, str]) -> None:
-    """Account one ``(hop, outcome)``; the observable counter reports the running totals."""
+def count(key: tuple[str, ...]) -> None:
+    """Account one hop under its ``hop_key``; the observable counter reports the totals."""
     try:
         table: Counts = local.state.counts
     except AttributeError:
         table = thread_state().counts
     table[key] = table.get(key, 0) + 1
+
+
+_stripped: dict[str, int] = {}  # identity.hop -> egress strips
+_failures: dict[str, int] = {}  # exception.type -> resolver failures
+
+
+def count_stripped(hop: str) -> None:
+    """Account one outgoing hop whose identity egress removed (whether or not a span records)."""
+    _ensure_instruments()
+    with _lock:
+        _stripped[hop] = _stripped.get(hop, 0) + 1
+
+
+def count_resolve_failure(exception_type: str) -> None:
+    """Account one resolver call that raised or timed out."""
+    _ensure_instruments()
+    with _lock:
+        _failures[exception_type] = _failures.get(exception_type, 0) + 1
+
+
+def record_stripped(span: trace.Span | None, hop: str, address: str) -> None:
+    """One egress strip of identity bound for ``address`` (``server.address``): counted
+    always, and an ``identity.stripped`` event if ``span`` records."""
+    count_stripped(hop)
+    add_event(span, names.EVENT_STRIPPED, {names.ATTR_HOP: hop, names.ATTR_SERVER_ADDRESS: address})
+
+
+def stripped_counts() -> dict[str, int]:
+    with _lock:
+        return dict(_stripped)
+
+
+def resolve_failure_counts() -> dict[str, int]:
+    with _lock:
+        return dict(_failures)
 
 
 def record_resolve_duration(seconds: float, hop: str | None) -> None:

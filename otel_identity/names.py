@@ -30,6 +30,8 @@ ATTR_SERVER_ADDRESS: Final = "server.address"
 # Metrics.
 METRIC_HOPS: Final = "otel_identity.hops"
 METRIC_RESOLVE_DURATION: Final = "otel_identity.resolve.duration"
+METRIC_EGRESS_STRIPPED: Final = "otel_identity.egress.stripped"
+METRIC_RESOLVE_FAILURES: Final = "otel_identity.resolve.failures"
 
 # identity.outcome values.
 OUTCOME_PRESENT: Final = "present"

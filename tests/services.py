@@ -30,3 +30,16 @@ def need_service(name: str, port: int, host: str = "127.0.0.1") -> None:
     if IN_CI:
         pytest.fail(f"{message} (CI=true: .ci/run should have started it)")
     pytest.skip(f"{message}; start it to run this test")
+
+
+def need_tool(name: str, package: str) -> str:
+    """The path of the program ``name``; skipped off CI when absent, a failure under CI."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    message = f"{name} is not installed (Debian package {package})"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: .ci/run should have installed it)")
+    pytest.skip(f"{message}; install it to run this test")

@@ -16,6 +16,7 @@ import json
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from otel_identity_grpc import GrpcIdentityInstrumentor
@@ -41,6 +42,7 @@ from otel_identity_threading import ThreadingIdentityInstrumentor
 
 import otel_identity as oi
 from otel_identity import _telemetry, names
+from otel_identity_demo import _metrics
 from otel_identity_demo._jobs import CeleryJobs, InProcessJobs, Jobs
 
 USERS = [("u-1", "Ada", "acme"), ("u-2", "Grace", "globex")]
@@ -153,14 +155,19 @@ def _serve_grpc(handler: grpc.GenericRpcHandler) -> Iterator[str]:
         server.stop(grace=None).wait(5)
 
 
-def _pipeline() -> tuple[Callable[[str], trace.Tracer], InMemorySpanExporter]:
-    """One exporter, a tracer provider per demo service (so spans say which service)."""
+def _pipeline(
+    exporters: Sequence[Callable[[], SpanExporter]] = (),
+) -> tuple[Callable[[str], trace.Tracer], InMemorySpanExporter]:
+    """One exporter, a tracer provider per demo service (so spans say which service); each
+    of ``exporters`` makes one more exporter per service (an exporter serves one provider)."""
     exporter = InMemorySpanExporter()
 
     def tracer_for(service: str) -> trace.Tracer:
         provider = TracerProvider(resource=Resource.create({"service.name": service}))
         provider.add_span_processor(oi.IdentitySpanProcessor())
         provider.add_span_processor(SimpleSpanProcessor(exporter))
+        for make in exporters:
+            provider.add_span_processor(SimpleSpanProcessor(make()))
         return provider.get_tracer("otel_identity.demo")
 
     return tracer_for, exporter
@@ -182,39 +189,92 @@ def _instrumented() -> Iterator[None]:
             instrumentor.uninstrument()
 
 
-def _flow(tracer_for: Callable[[str], trace.Tracer], jobs: Jobs) -> dict[str, Any]:
+@dataclass
+class _Rounds:
+    """What the flow did: the first round's reply and traces, and how many rounds ran."""
+
+    reply: dict[str, Any]
+    first_traces: set[int]
+    count: int = 1
+
+
+_JOBS_PER_ROUND = len(SECTIONS) + 1
+_LINGER_PAUSE = 0.25  # seconds between rounds while lingering: a few hops a second
+
+
+def _flow(tracer_for: Callable[[str], trace.Tracer], jobs: Jobs, linger: float) -> _Rounds:
+    """One round of the flow, then more rounds for ``linger`` seconds (for rate() to see)."""
     with (
         _serve_grpc(_workflows_service(tracer_for("workflows"), jobs)) as target,
         _serve_http(_reports_app(tracer_for("reports"), target)) as port,
     ):
-        web = tracer_for("web")
-        with (
-            oi.use_identity(user_id="u-1", tenant_id="acme", roles=["analyst"]),
-            web.start_as_current_span("Ada asks for a report"),
-            web.start_as_current_span("POST /reports", kind=SpanKind.CLIENT),
-        ):
-            reply: dict[str, Any] = requests.post(
-                f"http://127.0.0.1:{port}/reports", timeout=10
-            ).json()
-        # The broken hop: a legacy producer queues from an empty context (a cron job that
-        # never had identity), so its job reaches the worker without one.
-        token = otel_context.attach(otel_context.Context())
-        try:
-            with tracer_for("legacy-cron").start_as_current_span("publish cleanup"):
-                jobs.publish("cleanup")
-        finally:
-            otel_context.detach(token)
-    return reply
+        web, cron = tracer_for("web"), tracer_for("legacy-cron")
+        reply, traces = _round(web, cron, port, jobs)
+        rounds = _Rounds(reply, traces)
+        jobs.wait_for(_JOBS_PER_ROUND)
+        deadline = time.monotonic() + linger
+        while time.monotonic() < deadline:
+            time.sleep(_LINGER_PAUSE)
+            _round(web, cron, port, jobs)
+            rounds.count += 1
+            jobs.wait_for(rounds.count * _JOBS_PER_ROUND)
+    return rounds
 
 
-def run(out: IO[str], export: str | None = None, broker: str | None = None) -> int:
+def _round(
+    web: trace.Tracer, cron: trace.Tracer, port: int, jobs: Jobs
+) -> tuple[dict[str, Any], set[int]]:
+    """Ada's request, then the legacy cron job; the reply and the two traces' ids."""
+    with (
+        oi.use_identity(user_id="u-1", tenant_id="acme", roles=["analyst"]),
+        web.start_as_current_span("Ada asks for a report") as asked,
+        web.start_as_current_span("POST /reports", kind=SpanKind.CLIENT),
+    ):
+        reply: dict[str, Any] = requests.post(f"http://127.0.0.1:{port}/reports", timeout=10).json()
+    # The broken hop: a legacy producer queues from an empty context (a cron job that
+    # never had identity), so its job reaches the worker without one.
+    token = otel_context.attach(otel_context.Context())
+    try:
+        with cron.start_as_current_span("publish cleanup") as published:
+            jobs.publish("cleanup")
+    finally:
+        otel_context.detach(token)
+    return reply, {asked.get_span_context().trace_id, published.get_span_context().trace_id}
+
+
+def run(
+    out: IO[str],
+    export: str | None = None,
+    broker: str | None = None,
+    *,
+    prometheus: str | None = None,
+    linger: float = 0.0,
+    exporters: Sequence[Callable[[], SpanExporter]] = (),
+) -> int:
     """Run the demo flow and print its trace; 0 when every hop behaved as designed.
 
     ``export`` writes the spans as ConsoleSpanExporter JSON lines, for ``otel-identity report``;
     ``broker`` (``redis://...``) sends the queue hop through Celery instead of the in-process
-    queue.
+    queue; ``prometheus`` (``HOST:PORT``) serves the otel-identity metrics there for a
+    Prometheus to scrape; ``linger`` repeats the flow for that many seconds, so that ``rate()``
+    has samples. The tree, the export and the check are of the first round. ``exporters``
+    are span exporter factories (say, an OTLP exporter to your collector): each service of
+    the demo exports through its own instance of each.
     """
-    tracer_for, exporter = _pipeline()
+    with _metrics.serving(prometheus, out) as serving:
+        if not serving:
+            return 2
+        return _run(out, export, broker, linger, exporters)
+
+
+def _run(
+    out: IO[str],
+    export: str | None,
+    broker: str | None,
+    linger: float,
+    exporters: Sequence[Callable[[], SpanExporter]],
+) -> int:
+    tracer_for, exporter = _pipeline(exporters)
     done: list[str] = []
     worker_tracer = tracer_for("worker")
     jobs: Jobs = (
@@ -225,22 +285,30 @@ def run(out: IO[str], export: str | None = None, broker: str | None = None) -> i
         oi.set_user_resolver(users.resolve)
         try:
             with jobs:
-                reply = _flow(tracer_for, jobs)
-                jobs.wait_for(len(SECTIONS) + 1)
+                rounds = _flow(tracer_for, jobs, linger)
         finally:
             oi.set_user_resolver(None)
-    finished = exporter.get_finished_spans()
+    reply = rounds.reply
+    finished = [
+        s
+        for s in exporter.get_finished_spans()
+        if s.context is not None and s.context.trace_id in rounds.first_traces
+    ]
+    complete = len(done) == rounds.count * _JOBS_PER_ROUND
+    done = done[:_JOBS_PER_ROUND]
     if export:
         with open(export, "w", encoding="utf-8") as handle:
             handle.writelines(span.to_json(indent=None) + "\n" for span in finished)
     out.write(render_tree(finished) + "\n\n")
     out.write(f"reports replied: {reply}\n")
     out.write(f"worker ({jobs.name}) processed: " + "; ".join(sorted(done)) + "\n")
+    if rounds.count > 1:
+        out.write(f"lingered: {rounds.count - 1} more round(s) of the same flow\n")
     out.write(f"users loaded from SQLite: {users.loads} (once per hop, in the hop's thread)\n")
     counts = sorted(_telemetry.hop_counts().items())
     out.write("otel_identity.hops: " + ", ".join(f"{h}/{o}={n}" for (h, o), n in counts) + "\n")
     missing = [s for s in finished if any(e.name == names.EVENT_MISSING for e in s.events)]
-    ok = reply.get("user") == "Ada" and len(missing) == 1 and len(done) == len(SECTIONS) + 1
+    ok = reply.get("user") == "Ada" and len(missing) == 1 and complete
     out.write("demo: OK\n" if ok else "demo: UNEXPECTED RESULT\n")
     return 0 if ok else 1
 

@@ -69,7 +69,7 @@ class InProcessJobs:
         _wait(self.done, count)
 
     def _drain(self) -> None:
-        for _ in range(600):  # bounded: at most a minute, whatever happens upstream
+        while True:  # until __exit__ sets stop (a daemon thread: never holds the process)
             try:
                 envelope = self.jobs.get(timeout=0.1)
             except queue.Empty:

@@ -99,11 +99,7 @@ def without_identity(ctx: Context, target: str) -> Context:
 
 
 def record_stripped(address: str, span: trace.Span | None = None) -> None:
-    _telemetry.add_event(
-        span if span is not None else trace.get_current_span(),
-        names.EVENT_STRIPPED,
-        {names.ATTR_HOP: HOP, names.ATTR_SERVER_ADDRESS: address},
-    )
+    _telemetry.record_stripped(span if span is not None else trace.get_current_span(), HOP, address)
 
 
 def filtered(metadata: Any, target: str) -> Any:

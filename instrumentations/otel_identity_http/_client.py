@@ -351,11 +351,7 @@ def carry_out(plan: Plan, headers: H, access: Headers[H], host: str) -> None:
     if kind == _SEND:
         _kind, out, stripped, address = plan
         if stripped:
-            _telemetry.add_event(
-                trace.get_current_span(),
-                names.EVENT_STRIPPED,
-                {names.ATTR_HOP: HOP, names.ATTR_SERVER_ADDRESS: address},
-            )
+            _telemetry.record_stripped(trace.get_current_span(), HOP, address)
         # Set even when unchanged: every value of the header goes, not just the one decoded.
         if out is None:
             access.remove(headers, _BAGGAGE)

@@ -100,7 +100,7 @@ class ServerHop(HopState):
             self.outcome = names.OUTCOME_PRESENT
         elif self.outcome not in (names.OUTCOME_REJECTED, names.OUTCOME_ANONYMOUS):
             self.outcome = names.OUTCOME_MISSING
-        self.key = (self.hop, self.outcome)
+        self.key = _telemetry.hop_key(self.hop, self.outcome, self.reason)
         _telemetry.count(self.key)
 
     def flush(self, span: trace.Span) -> None:

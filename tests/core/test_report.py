@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from otel_identity import _report
 from otel_identity._cli import main
@@ -102,3 +104,21 @@ def test_unreadable_report_input_is_a_clear_error(
     assert main(["report", str(bad)]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "absent.json")]) == 2
+
+
+@given(st.text(max_size=300))
+def test_any_input_is_read_or_refused_with_value_error(text: str) -> None:
+    try:  # text with control characters is taken for protobuf, and may not be valid protobuf
+        loaded = _report.read(text.encode("utf-8", "surrogatepass"))
+    except ValueError:
+        return
+    assert loaded.skipped >= 0
+
+
+@given(
+    st.lists(st.sampled_from(["banner line", "", "{not json", "[1, 2]", '{"a": 1}']), max_size=6)
+)
+def test_non_span_lines_around_spans_are_skipped_and_the_spans_kept(noise: list[str]) -> None:
+    span = json.dumps(otlp_doc())
+    loaded = _report.read(("\n".join([*noise, span, *noise]) + "\n").encode())
+    assert len(loaded.spans) == len(list(_report._otlp_spans(otlp_doc())))

@@ -34,7 +34,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from otel_identity_http import HttpClientIdentityInstrumentor
 
 import otel_identity as oi
-from otel_identity import names
+from otel_identity import _telemetry, names
 
 from .conftest import Server
 
@@ -167,7 +167,9 @@ def test_identity_reaches_allowed_server_and_never_the_outside_one(
     inside, outside = echo_servers
     fetch = CLIENTS[client]
 
+    strips = _telemetry.stripped_counts().get("http.client", 0)
     got_inside = _members(_call_under_identity(tracer, fetch, inside.url())["baggage"])
+    assert _telemetry.stripped_counts().get("http.client", 0) == strips
     assert got_inside.get("user.id") == "u-1"
     assert got_inside.get("tenant.id") == "acme"
     assert got_inside.get("other") == "kept"
@@ -175,6 +177,7 @@ def test_identity_reaches_allowed_server_and_never_the_outside_one(
 
     spans.clear()
     got_outside = _members(_call_under_identity(tracer, fetch, outside.url())["baggage"])
+    assert _telemetry.stripped_counts().get("http.client", 0) == strips + 1  # the counter too
     assert "user.id" not in got_outside
     assert "tenant.id" not in got_outside
     assert got_outside.get("other") == "kept"
