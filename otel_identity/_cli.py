@@ -156,6 +156,7 @@ def _keygen(*, ed25519: bool, public: str | None) -> int:
         print(f"keygen: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(document, indent=2))
+    return 0
 
 
 def _dashboards(out: str) -> int:
