@@ -6,6 +6,8 @@ things are specific to HTTP servers and live here:
 * ``identity.missing`` waits until the response starts: an edge service authenticates the user
   *inside* the app (Flask-Login, Django, Starlette, a bearer token), so "missing" is only known
   once the app had its chance. The event still lands on the hop's server span, exactly once.
+  Likewise the identity the app's authentication yielded is stamped on that server span (which
+  started before it was known) and the hop counts as ``present``, when the response starts.
 * OpenTelemetry's own server middleware, when it runs *inside* ours, extracts the raw headers
   again and overlays their baggage on the current context. When our policy changed the
   baggage (identity rejected, or set from the app's authentication) the headers handed on are
@@ -32,7 +34,7 @@ from opentelemetry.trace.propagation import _SPAN_KEY
 import otel_identity as oi
 from otel_identity import _propagation, _telemetry, names
 from otel_identity._context import _SLOT_KEY, _STATE_KEY, HOP_KEY, state_of
-from otel_identity._hops import HopState, is_anonymous_route, missing_event
+from otel_identity._hops import HopState, current_context, is_anonymous_route, missing_event
 
 HOP = names.HOP_HTTP_SERVER
 
@@ -76,9 +78,11 @@ class ServerHop(HopState):
     puts every event there except ``identity.missing``, which ``settle`` decides later.
     """
 
-    __slots__ = ("accounted", "authenticated", "route", "settled", "span")
+    __slots__ = ("accounted", "arrived", "authenticated", "route", "settled", "span", "yielded")
 
-    def __init__(self, state: HopState, route: str | None) -> None:
+    def __init__(
+        self, state: HopState, route: str | None, arrived: oi.Identity | None = None
+    ) -> None:
         super().__init__(state.hop, state.outcome, state.reason)
         self.pending = list(state.pending)
         self.route = route
@@ -86,6 +90,9 @@ class ServerHop(HopState):
         self.authenticated = False
         self.settled = False
         self.accounted = False
+        self.arrived = arrived  # the identity policy admitted from the request itself
+        # The context holding the identity the app's own authentication yielded, if any.
+        self.yielded: Context | None = None
 
     def account(self, identity_present: bool) -> None:
         """Count the hop once the app has answered, with the outcome it ended with.
@@ -119,8 +126,10 @@ class ServerHop(HopState):
     def drop_missing(self) -> None:
         self.pending = [e for e in self.pending if e[0] != names.EVENT_MISSING]
 
-    def note_authenticated(self) -> None:
+    def note_authenticated(self, ctx: Context | None = None) -> None:
         self.authenticated = True
+        if ctx is not None and oi.get_identity(ctx) is not None:
+            self.yielded = ctx
         self.drop_missing()
 
     def settle(self, identity_present: bool) -> None:
@@ -159,7 +168,7 @@ def mark_authenticated() -> None:
     """
     hop = server_hop()
     if hop is not None:
-        hop.note_authenticated()
+        hop.note_authenticated(current_context())
 
 
 R = TypeVar("R", bound="MutableMapping[str, Any]")
@@ -210,7 +219,9 @@ def enter(
     )
     state = ctx.get(HOP_KEY)
     hop = ServerHop(
-        state if isinstance(state, HopState) else HopState(HOP, names.OUTCOME_MISSING), route
+        state if isinstance(state, HopState) else HopState(HOP, names.OUTCOME_MISSING),
+        route,
+        oi.get_identity(ctx),
     )
     values = dict(ctx)
     values[HOP_KEY] = hop
@@ -245,15 +256,32 @@ def settle(hop: ServerHop, present: bool | None = None) -> None:
     if hop.accounted and hop.settled:
         return  # the response started already; closing it changes nothing
     try:
+        here = current_context()
         if present is None:
-            present = oi.get_identity() is not None
+            present = oi.get_identity(here) is not None
         hop.account(present)
+        _stamp_yielded(hop, here if present else hop.yielded)
         if hop.pending:
             hop.settle(present)  # decides a held "missing"; nothing else is pending long
         else:
             hop.settled = True
     except Exception:  # noqa: BLE001 - never break the response
         _telemetry.log_internal_error("http settle")
+
+
+def _stamp_yielded(hop: ServerHop, ctx: Context | None) -> None:
+    """Stamp the hop's server span with the identity the app's own authentication yielded
+    during the request (Flask-Login, a Django or Starlette user): that span started before
+    the identity was known. An identity that arrived on the request was stamped at start."""
+    identity = oi.get_identity(ctx) if ctx is not None else None
+    if identity is None or identity == hop.arrived:
+        return
+    span = hop.span
+    if span is None or not span.is_recording():
+        span = trace.get_current_span(ctx)
+        if getattr(span, "kind", None) is not SpanKind.SERVER:
+            return
+    stamp(span, ctx)  # type: ignore[arg-type]  # not None: it holds an identity
 
 
 def _authenticate(
@@ -279,7 +307,7 @@ def _authenticate(
             ctx = oi.set_identity(result, context=ctx)
         except (TypeError, ValueError):
             return _reject(ctx, hop, names.REASON_MALFORMED), True
-        hop.note_authenticated()
+        hop.note_authenticated(ctx)
         return ctx, True
     return ctx, False
 

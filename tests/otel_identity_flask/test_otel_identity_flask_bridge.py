@@ -350,3 +350,37 @@ def test_an_unusable_tenant_of_setting_is_logged_and_ignored(
     monkeypatch.setenv("OTEL_IDENTITY_FLASK_TENANT_OF", value)
     assert tenant_of_from_environment() is None
     assert "OTEL_IDENTITY_FLASK_TENANT_OF" in caplog.text
+
+
+def test_the_server_span_gets_the_logged_in_user_and_the_hop_counts_present(
+    app: Flask, spans: Any
+) -> None:
+    """Under OpenTelemetry's Flask instrumentation and the HTTP hop (what
+    ``opentelemetry-instrument`` loads), the server span starts before Flask-Login loads the
+    user; it still ends with the user's identity, and the hop is counted ``present``."""
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from opentelemetry.trace import SpanKind
+    from otel_identity_http import HttpServerIdentityInstrumentor
+
+    oi.configure(inbound="strip")
+    FlaskInstrumentor().instrument_app(app)  # type: ignore[no-untyped-call]
+    HttpServerIdentityInstrumentor().instrument()
+    try:
+        FlaskIdentityInstrumentor().instrument(tenant_of=_tenant_of)
+        client = app.test_client()
+        client.post("/login/1")
+        spans.clear()
+        before = _telemetry.hop_counts()
+        assert client.get("/whoami").get_json()["identity"] == ["1", "acme"]
+        after = _telemetry.hop_counts()
+    finally:
+        HttpServerIdentityInstrumentor().uninstrument()
+        FlaskInstrumentor().uninstrument_app(app)  # type: ignore[no-untyped-call]
+    (server,) = [s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert server.attributes["user.id"] == "1"
+    assert server.attributes["tenant.id"] == "acme"
+    assert not [e for e in server.events if e.name == "identity.missing"]
+    present = ("http.server", "present")
+    missing = ("http.server", "missing")
+    assert after.get(present, 0) - before.get(present, 0) == 1
+    assert after.get(missing, 0) == before.get(missing, 0)
