@@ -8,6 +8,7 @@ tables up at collection time, instead of a synchronous ``Counter.add`` on the re
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import weakref
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.util.types import Attributes
 
 from otel_identity import names
+from otel_identity._errors import ConfigurationError
 from otel_identity.version import __version__
 
 logger = logging.getLogger("otel_identity")
@@ -155,8 +157,12 @@ def log_once(level: int, key: tuple[str, ...], message: str, *args: object) -> N
 def log_internal_error(where: str) -> None:
     """The library's own failure on the request path: logged (with traceback), never raised.
 
-    Tests turn every call of this into a failure (see ``tests/conftest.py``).
+    Tests turn every call of this into a failure (see ``tests/conftest.py``). An invalid
+    configuration is no internal error: ``_config.get_settings`` said so once, in one line,
+    and the caller has failed closed (nothing sent, nothing accepted); it is not logged again.
     """
+    if isinstance(sys.exc_info()[1], ConfigurationError):
+        return
     # Always called from an except block: the traceback is the one being handled.
     logger.exception("otel-identity internal error in %s (ignored)", where)  # noqa: LOG004
 
