@@ -340,16 +340,48 @@ def test_tenant_of_comes_from_the_environment_under_auto_instrumentation(
     assert tenant_of(_Member()) == expected
 
 
-@pytest.mark.parametrize("value", ["no.such.module:fn", "attr:not an identifier", "garbage"])
-def test_an_unusable_tenant_of_setting_is_logged_and_ignored(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, value: str
+@pytest.mark.parametrize(
+    "value",
+    ["no.such.module:fn", "attr:not an identifier", "garbage", "attr:nope", "logging:DEBUG"],
+)
+def test_an_unusable_tenant_of_setting_fails_closed_with_one_log_line(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, value: str
 ) -> None:
-    from otel_identity_flask._instrumentor import tenant_of_from_environment
-
+    """A logged-in request carries no identity rather than one without its tenant (the
+    cross-tenant incident this library exists for), the request itself is unharmed, and the
+    log names the setting once."""
     caplog.set_level("ERROR", logger="otel_identity")
     monkeypatch.setenv("OTEL_IDENTITY_FLASK_TENANT_OF", value)
-    assert tenant_of_from_environment() is None
-    assert "OTEL_IDENTITY_FLASK_TENANT_OF" in caplog.text
+    FlaskIdentityInstrumentor().instrument()
+    client = app.test_client()
+    client.post("/login/1")
+    for _ in range(2):
+        reply = client.get("/whoami")
+        assert reply.status_code == 200
+        assert reply.get_json()["identity"] is None
+        assert reply.get_json()["kind"] == "User"  # Flask-Login itself is untouched
+    lines = [r for r in caplog.records if "OTEL_IDENTITY_FLASK_TENANT_OF" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]  # at instrument, at login
+    assert all(r.exc_info is None for r in lines)
+
+
+@pytest.mark.parametrize(
+    ("value", "level"),
+    [
+        ("no.such.module:fn", "error"),
+        ("attr:not an identifier", "error"),
+        ("logging:DEBUG", "error"),
+        ("attr:tenant", "info"),
+        (f"{__name__}:tenant_by_function", "ok"),
+    ],
+)
+def test_doctor_names_an_unusable_tenant_of_setting_as_an_error(
+    monkeypatch: pytest.MonkeyPatch, value: str, level: str
+) -> None:
+    monkeypatch.setenv("OTEL_IDENTITY_FLASK_TENANT_OF", value)
+    (finding,) = FlaskIdentityInstrumentor.doctor()
+    assert finding[0] == level
+    assert "OTEL_IDENTITY_FLASK_TENANT_OF" in finding[1]
 
 
 def test_the_server_span_gets_the_logged_in_user_and_the_hop_counts_present(
