@@ -29,6 +29,18 @@ inside theirs (after them in a server's list, last in a channel's); the instrume
 
 from __future__ import annotations
 
+# Without its extra this package cannot work: say which extra, instead of a bare "No module
+# named 'grpc'". A ModuleNotFoundError (not a plain ImportError) so that
+# opentelemetry-instrument skips this entry point quietly when the library is absent.
+try:
+    import grpc
+except ModuleNotFoundError as exc:
+    raise ModuleNotFoundError(
+        f"otel_identity_grpc needs grpcio ({exc.name!r} is not installed): "
+        "pip install 'otel-identity[grpc]'",
+        name=exc.name,
+    ) from exc
+
 from otel_identity_grpc import _client, _server
 from otel_identity_grpc._instrumentor import GrpcIdentityInstrumentor
 from otel_identity_grpc._metadata import MetadataGetter, MetadataSetter
@@ -73,3 +85,4 @@ __all__ = [
     "client_interceptor",
     "server_interceptor",
 ]
+del grpc  # imported above only to name the extra when it is missing
