@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import tempfile
+import textwrap
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +42,7 @@ from otel_identity_http import HttpClientIdentityInstrumentor, IdentityWSGIMiddl
 from otel_identity_threading import ThreadingIdentityInstrumentor
 
 import otel_identity as oi
-from otel_identity import _telemetry, names
+from otel_identity import _config, _telemetry, names
 from otel_identity_demo._jobs import CeleryJobs, InProcessJobs, Jobs
 
 USERS = [("u-1", "Ada", "acme"), ("u-2", "Grace", "globex")]
@@ -207,13 +209,46 @@ def _flow(tracer_for: Callable[[str], trace.Tracer], jobs: Jobs) -> dict[str, An
     return reply
 
 
+class DemoError(Exception):
+    """Why the demo cannot run, in one line for its user (``otel-identity demo`` exits 2)."""
+
+
 def run(out: IO[str], export: str | None = None, broker: str | None = None) -> int:
     """Run the demo flow and print its trace; 0 when every hop behaved as designed.
 
     ``export`` writes the spans as ConsoleSpanExporter JSON lines, for ``otel-identity report``;
     ``broker`` (``redis://...``) sends the queue hop through Celery instead of the in-process
-    queue.
+    queue. What stops the demo from running (a bad ``OTEL_IDENTITY_*`` value, an ``export``
+    path that cannot be written, a broker that does not answer within seconds) is one line on
+    stderr and exit status 2, checked before the flow starts.
     """
+    try:
+        return _run(out, export, broker)
+    except DemoError as exc:
+        sys.stderr.write(f"otel-identity demo: {exc}\n")
+        return 2
+
+
+def _check_settings() -> None:
+    try:
+        _config.environment_settings()
+    except oi.ConfigurationError as exc:
+        raise DemoError(f"configuration error: {exc}") from None
+
+
+def _check_export(export: str | None) -> None:
+    if export is None:
+        return
+    try:
+        with open(export, "w", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise DemoError(f"cannot write --export {export}: {exc.strerror or exc}") from None
+
+
+def _run(out: IO[str], export: str | None, broker: str | None) -> int:
+    _check_settings()
+    _check_export(export)
     tracer_for, exporter = _pipeline()
     done: list[str] = []
     worker_tracer = tracer_for("worker")
@@ -231,18 +266,73 @@ def run(out: IO[str], export: str | None = None, broker: str | None = None) -> i
             oi.set_user_resolver(None)
     finished = exporter.get_finished_spans()
     if export:
-        with open(export, "w", encoding="utf-8") as handle:
-            handle.writelines(span.to_json(indent=None) + "\n" for span in finished)
-    out.write(render_tree(finished) + "\n\n")
-    out.write(f"reports replied: {reply}\n")
-    out.write(f"worker ({jobs.name}) processed: " + "; ".join(sorted(done)) + "\n")
-    out.write(f"users loaded from SQLite: {users.loads} (once per hop, in the hop's thread)\n")
-    counts = sorted(_telemetry.hop_counts().items())
-    out.write("otel_identity.hops: " + ", ".join(f"{h}/{o}={n}" for (h, o), n in counts) + "\n")
+        try:
+            with open(export, "w", encoding="utf-8") as handle:
+                handle.writelines(span.to_json(indent=None) + "\n" for span in finished)
+        except OSError as exc:
+            raise DemoError(f"cannot write --export {export}: {exc.strerror or exc}") from None
     missing = [s for s in finished if any(e.name == names.EVENT_MISSING for e in s.events)]
     ok = reply.get("user") == "Ada" and len(missing) == 1 and len(done) == len(SECTIONS) + 1
-    out.write("demo: OK\n" if ok else "demo: UNEXPECTED RESULT\n")
+    out.write(render_tree(finished) + "\n\n")
+    out.write(_summary(reply, jobs.name, done, users.loads, len(missing)))
+    out.write("demo: OK (every hop behaved as designed)\n" if ok else "demo: UNEXPECTED RESULT\n")
+    if export:
+        out.write(f"spans written to {export}: otel-identity report {export}\n")
     return 0 if ok else 1
+
+
+def _summary(reply: dict[str, Any], worker: str, done: list[str], loads: int, missing: int) -> str:
+    """The run's figures, each said in words."""
+    sections = ", ".join(reply.get("sections") or [])
+    lines = [
+        "Summary",
+        f"  the reports service answered for: {reply.get('user')} (sections: {sections})",
+        f"  the worker ({worker}) processed: " + "; ".join(sorted(done)),
+        f"  users loaded from SQLite: {loads} ({_LOADS})",
+        f"  spans with identity.missing: {missing} (expected: 1, the legacy-cron job's)",
+        "  receiving hops, as the otel_identity.hops metric counted them, by kind:",
+        *_hop_lines(),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+_LOADS = "once on each hop that read current_user, in that hop's own thread"
+_OUTCOME_WORDS = {
+    names.OUTCOME_PRESENT: "with identity",
+    names.OUTCOME_MISSING: "without",
+    names.OUTCOME_REJECTED: "rejected by policy",
+    names.OUTCOME_ANONYMOUS: "on anonymous routes",
+}
+# Why a kind of hop arrives without identity in this demo (when it does).
+_MISSING_WHY = {
+    names.HOP_THREAD: "threads the servers and libraries start outside any request; "
+    "threads are not a required hop, so this is expected and not flagged",
+    names.HOP_QUEUE_CONSUME: "the legacy-cron job, the deliberately broken hop above",
+}
+
+
+def _hop_lines() -> list[str]:
+    counts: dict[str, dict[str, int]] = {}
+    for (hop, outcome), n in _telemetry.hop_counts().items():
+        counts.setdefault(hop, {})[outcome] = n
+    width = max((len(hop) for hop in counts), default=0)
+    lines = []
+    for hop, outcomes in sorted(counts.items()):
+        said = ", ".join(
+            f"{outcomes[o]} {words}" for o, words in _OUTCOME_WORDS.items() if outcomes.get(o)
+        )
+        if outcomes.get(names.OUTCOME_MISSING) and hop in _MISSING_WHY:
+            said += f": {_MISSING_WHY[hop]}"
+        indent = " " * (6 + width)
+        lines.extend(
+            textwrap.wrap(
+                f"{hop:<{width}}  {said}",
+                width=96,
+                initial_indent="    ",
+                subsequent_indent=indent,
+            )
+        )
+    return lines
 
 
 _KINDS = {
