@@ -12,6 +12,8 @@ packages are reached only through their ``opentelemetry_instrumentor`` entry poi
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -33,14 +35,26 @@ class Finding:
 
 
 def findings(settings: _config.Settings) -> list[Finding]:
-    """Every check, in the order doctor prints them."""
-    return [
-        *_resolver(settings),
-        *_allow_list(settings),
-        *_instrumentor_checks(),
-        *_span_instrumentations(),
-        *_configurator(),
-    ]
+    """Every check, in the order doctor prints them.
+
+    Settings that name code (``module:function``) are imported from the current directory
+    too, as ``python app.py`` run there would find them: the ``otel-identity`` script's own
+    directory is not the application's.
+    """
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return [
+            *_resolver(settings),
+            *_allow_list(settings),
+            *_instrumentor_checks(),
+            *_span_instrumentations(),
+            *_configurator(),
+        ]
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
 
 
 def _resolver(settings: _config.Settings) -> Iterator[Finding]:

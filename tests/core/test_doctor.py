@@ -3,6 +3,8 @@ listed), each in one line that says what is wrong."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from otel_identity import _checks
@@ -130,3 +132,16 @@ def test_with_every_span_instrumentation_installed_no_boundary_is_flagged(
     assert status == 0
     assert not [w for w in _lines(lines, "WARN") if "is not installed" in w]
     assert _lines(lines, "ERROR") == []
+
+
+def test_a_resolver_in_the_current_directory_is_found_as_the_app_would_find_it(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "doctor_probe_users.py").write_text("def load(identity):\n    return None\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OTEL_IDENTITY_RESOLVER", "doctor_probe_users:load")
+    status, lines = _doctor(capsys)
+    assert status == 0, lines
+    assert any("ok    resolver doctor_probe_users:load imports" in line for line in lines)

@@ -227,3 +227,24 @@ def test_report_shows_full_coverage_on_the_authenticated_paths(run: Run, tmp_pat
     assert _rows(text)[("edge", "http.server")][-1] == "100%"
     assert "identity lost on 1 hop(s)" in text
     assert "after cron/" in text
+
+
+def test_doctor_finds_nothing_wrong_with_the_edges_environment() -> None:
+    command = shutil.which("otel-identity", path=str(BIN))
+    assert command
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [command, "doctor"],
+        cwd=APPS,  # where the services run: the resolver module is found from here
+        env={**clean, **COMMON, **EDGE},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout
+    assert "ok    resolver zc_users:resolve imports" in done.stdout
+    assert "info  OTEL_IDENTITY_FLASK_TENANT_OF='attr:tenant': checked at each login" in (
+        done.stdout
+    )
+    assert "0 error(s)" in done.stdout
