@@ -305,8 +305,9 @@ _OUTCOME_WORDS = {
 }
 # Why a kind of hop arrives without identity in this demo (when it does).
 _MISSING_WHY = {
-    names.HOP_THREAD: "threads the servers and libraries start outside any request; "
-    "threads are not a required hop, so this is expected and not flagged",
+    names.HOP_THREAD: "threads and pool tasks the servers and libraries start outside any "
+    "request, for their own plumbing; threads are not a required hop, so this is expected "
+    "and not flagged",
     names.HOP_QUEUE_CONSUME: "the legacy-cron job, the deliberately broken hop above",
 }
 

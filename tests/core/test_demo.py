@@ -40,8 +40,9 @@ def test_every_figure_of_the_summary_is_said_in_words() -> None:
     assert "spans with identity.missing: 1 (expected: 1" in summary
     hops = " ".join(summary.split("by kind:\n", 1)[1].split())  # the wrapping undone
     assert re.search(
-        r"thread \d+ with identity, \d+ without: threads the servers and libraries start "
-        r"outside any request; threads are not a required hop, so this is expected",
+        r"thread \d+ with identity, \d+ without: threads and pool tasks the servers and "
+        r"libraries start outside any request, for their own plumbing; threads are not a "
+        r"required hop, so this is expected",
         hops,
     ), hops
     assert "queue.consume 3 with identity, 1 without: the legacy-cron job" in hops
