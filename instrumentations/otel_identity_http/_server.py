@@ -257,10 +257,15 @@ def settle(hop: ServerHop, present: bool | None = None) -> None:
         return  # the response started already; closing it changes nothing
     try:
         here = current_context()
+        identity = oi.get_identity(here)
         if present is None:
-            present = oi.get_identity(here) is not None
+            present = identity is not None
         hop.account(present)
-        _stamp_yielded(hop, here if present else hop.yielded)
+        if identity is None and hop.yielded is not None:
+            # (Django's middleware, say, has detached the identity it set by now)
+            here, identity = hop.yielded, oi.get_identity(hop.yielded)
+        if identity is not None and identity != hop.arrived:
+            _stamp_server_span(hop, here)
         if hop.pending:
             hop.settle(present)  # decides a held "missing"; nothing else is pending long
         else:
@@ -269,19 +274,17 @@ def settle(hop: ServerHop, present: bool | None = None) -> None:
         _telemetry.log_internal_error("http settle")
 
 
-def _stamp_yielded(hop: ServerHop, ctx: Context | None) -> None:
-    """Stamp the hop's server span with the identity the app's own authentication yielded
-    during the request (Flask-Login, a Django or Starlette user): that span started before
-    the identity was known. An identity that arrived on the request was stamped at start."""
-    identity = oi.get_identity(ctx) if ctx is not None else None
-    if identity is None or identity == hop.arrived:
-        return
+def _stamp_server_span(hop: ServerHop, ctx: Context) -> None:
+    """Stamp the hop's server span with the identity of ``ctx``, which the app's own
+    authentication yielded during the request (Flask-Login, a Django or Starlette user, a
+    JWT): that span started before the identity was known. (An identity that arrived on the
+    request was put on it when it started.)"""
     span = hop.span
     if span is None or not span.is_recording():
         span = trace.get_current_span(ctx)
         if getattr(span, "kind", None) is not SpanKind.SERVER:
             return
-    stamp(span, ctx)  # type: ignore[arg-type]  # not None: it holds an identity
+    stamp(span, ctx)
 
 
 def _authenticate(

@@ -96,6 +96,10 @@ def make_app() -> Flask:
             branch=pool.submit(_branch_view).result(),
         )
 
+    @app.get("/ping")
+    def ping() -> str:  # never reads current_user
+        return "pong"
+
     @app.post("/logout")
     def logout() -> Any:
         flask_login.current_user.id  # noqa: B018 - load the user first, as a view would
@@ -416,3 +420,28 @@ def test_the_server_span_gets_the_logged_in_user_and_the_hop_counts_present(
     missing = ("http.server", "missing")
     assert after.get(present, 0) - before.get(present, 0) == 1
     assert after.get(missing, 0) == before.get(missing, 0)
+
+
+def test_a_request_that_never_reads_the_user_is_not_made_to_load_it(app: Flask, spans: Any) -> None:
+    """Stamping the server span reads the identity the app's login yielded; it never asks
+    Flask-Login for a user the app did not load."""
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from opentelemetry.trace import SpanKind
+    from otel_identity_http import HttpServerIdentityInstrumentor
+
+    oi.configure(inbound="strip")
+    FlaskInstrumentor().instrument_app(app)  # type: ignore[no-untyped-call]
+    HttpServerIdentityInstrumentor().instrument()
+    try:
+        FlaskIdentityInstrumentor().instrument(tenant_of=_tenant_of)
+        client = app.test_client()
+        client.post("/login/1")
+        loaded = list(app.extensions["loaded"])
+        spans.clear()
+        assert client.get("/ping").data == b"pong"
+    finally:
+        HttpServerIdentityInstrumentor().uninstrument()
+        FlaskInstrumentor().uninstrument_app(app)  # type: ignore[no-untyped-call]
+    assert app.extensions["loaded"] == loaded  # no user_loader call for /ping
+    (server,) = [s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert "user.id" not in server.attributes
