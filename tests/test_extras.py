@@ -46,6 +46,8 @@ def _import_without(package: str, *blocked: str) -> dict[str, str] | None:
         ("otel_identity_flask", "flask", "flask"),
         ("otel_identity_flask", "flask_login", "flask"),
         ("otel_identity_grpc", "grpc", "grpc"),
+        ("otel_identity_demo", "grpc", "demo"),
+        ("otel_identity_demo", "requests", "demo"),
     ],
 )
 def test_a_package_that_needs_its_library_names_the_extra_to_install(
@@ -76,3 +78,18 @@ def test_packages_that_load_their_library_lazily_import_without_it(
     package: str, blocked: list[str]
 ) -> None:
     assert _import_without(package, *blocked) is None
+
+
+def test_jwt_identity_without_pyjwt_names_the_extra() -> None:
+    probe = (
+        "import sys; sys.modules['jwt'] = None\n"
+        "from otel_identity_http import jwt_identity\n"
+        "try:\n"
+        "    jwt_identity(key='k' * 32, algorithms=['HS256'])\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "pip install 'otel-identity[http-jwt]'" in done.stdout
