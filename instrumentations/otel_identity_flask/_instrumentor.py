@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import typing
 from collections.abc import Collection
 from typing import Any, cast
 
@@ -109,6 +110,39 @@ def _tenant_of(spec: str) -> tuple[TenantOf | None, str]:
     return cast("TenantOf", target), ""
 
 
+def _check_attribute(spec: str, name: str) -> tuple[str, str]:
+    """doctor's best guess at ``attr:name``: the user class the resolver says it returns
+    (its return annotation) should have that attribute, by class attribute or annotation.
+    Only a warning: an attribute set in ``__init__`` is invisible to this check."""
+    lacking = [cls.__name__ for cls in _resolver_user_classes() if not _declares(cls, name)]
+    if lacking:
+        said = f"the resolver's user class {', '.join(lacking)} declares no attribute {name!r}"
+        return ("warn", f"{TENANT_OF_ENV}={spec!r}: {said}; a user without it gets no identity")
+    checked = "checked at each login (a user without it gets no identity, logged)"
+    return ("info", f"{TENANT_OF_ENV}={spec!r}: {checked}")
+
+
+def _resolver_user_classes() -> list[type]:
+    spec = os.environ.get("OTEL_IDENTITY_RESOLVER", "").strip()
+    if ":" not in spec:
+        return []
+    try:
+        returns = typing.get_type_hints(import_object(spec)).get("return")
+    except Exception:  # noqa: BLE001 - no usable annotation: nothing to check against
+        return []
+    candidates = typing.get_args(returns) or (returns,)
+    return [c for c in candidates if isinstance(c, type) and c is not type(None)]
+
+
+def _declares(cls: type, name: str) -> bool:
+    if hasattr(cls, name):
+        return True
+    try:
+        return name in typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - annotations that cannot be resolved: do not guess
+        return True
+
+
 class FlaskIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """``instrument(tenant_of=None)`` for every app, or ``instrument_app(app)`` for one.
 
@@ -138,8 +172,7 @@ class FlaskIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if tenant_of is None:
             return [("error", f"{TENANT_OF_ENV}={spec!r}: {problem}")]
         if spec.startswith("attr:"):
-            checked = "checked at each login (a user without it gets no identity, logged)"
-            return [("info", f"{TENANT_OF_ENV}={spec!r}: {checked}")]
+            return [_check_attribute(spec, spec[len("attr:") :].strip())]
         return [("ok", f"{TENANT_OF_ENV}={spec!r} imports")]
 
     @staticmethod

@@ -369,6 +369,27 @@ def test_an_unusable_tenant_of_setting_fails_closed_with_one_log_line(
     assert all(r.exc_info is None for r in lines)
 
 
+def resolve_annotated(identity: oi.Identity) -> User | None:
+    return resolve(identity)
+
+
+@pytest.mark.parametrize(
+    ("value", "level"), [("attr:nope", "warn"), ("attr:current_tenant", "info")]
+)
+def test_doctor_checks_attr_against_the_user_class_the_resolver_returns(
+    monkeypatch: pytest.MonkeyPatch, value: str, level: str
+) -> None:
+    """User sets current_tenant in __init__ (invisible on the class): annotate it, as the
+    check reads class attributes and annotations."""
+    monkeypatch.setattr(User, "__annotations__", {"current_tenant": str}, raising=False)
+    monkeypatch.setenv("OTEL_IDENTITY_RESOLVER", f"{__name__}:resolve_annotated")
+    monkeypatch.setenv("OTEL_IDENTITY_FLASK_TENANT_OF", value)
+    (finding,) = FlaskIdentityInstrumentor.doctor()
+    assert finding[0] == level, finding
+    if level == "warn":
+        assert "the resolver's user class User declares no attribute 'nope'" in finding[1]
+
+
 @pytest.mark.parametrize(
     ("value", "level"),
     [
