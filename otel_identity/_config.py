@@ -275,7 +275,8 @@ def parse_bool(name: str, value: Any) -> bool:
 
 def parse_seconds(name: str, value: Any) -> int:
     """A positive whole number of seconds."""
-    if isinstance(value, bool):  # (bool is an int subclass: True is not 1 second)
+    # (bool is an int subclass, and int() truncates a float: neither is a whole second)
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise ConfigurationError(f"{name} must be whole seconds, got {value!r}")
     try:
         seconds = int(str(value).strip()) if isinstance(value, str) else int(value)

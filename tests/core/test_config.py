@@ -73,6 +73,7 @@ def test_signing_keys_from_a_file_turn_verify_on(
         ("egress_strip_all_baggage", ""),
         ("token_ttl", True),
         ("token_ttl", "1.5"),
+        ("token_ttl", 1.5),
     ],
 )
 def test_invalid_settings_are_refused_with_a_clear_error(setting: str, value: object) -> None:
