@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequenc
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import Context
@@ -34,7 +35,7 @@ from opentelemetry.trace.propagation import _SPAN_KEY
 import otel_identity as oi
 from otel_identity import _propagation, _telemetry, names
 from otel_identity._context import _SLOT_KEY, _STATE_KEY, HOP_KEY, state_of
-from otel_identity._hops import HopState, current_context, is_anonymous_route, missing_event
+from otel_identity._hops import HopState, is_anonymous_route, missing_event
 
 HOP = names.HOP_HTTP_SERVER
 
@@ -168,7 +169,7 @@ def mark_authenticated() -> None:
     """
     hop = server_hop()
     if hop is not None:
-        hop.note_authenticated(current_context())
+        hop.note_authenticated(otel_context.get_current())
 
 
 R = TypeVar("R", bound="MutableMapping[str, Any]")
@@ -256,7 +257,7 @@ def settle(hop: ServerHop, present: bool | None = None) -> None:
     if hop.accounted and hop.settled:
         return  # the response started already; closing it changes nothing
     try:
-        here = current_context()
+        here = otel_context.get_current()
         identity = oi.get_identity(here)
         if present is None:
             present = identity is not None
