@@ -249,6 +249,7 @@ def _check_export(export: str | None) -> None:
 def _run(out: IO[str], export: str | None, broker: str | None) -> int:
     _check_settings()
     _check_export(export)
+    counted_before = _telemetry.hop_counts()  # this run's hops only, whatever ran before
     tracer_for, exporter = _pipeline()
     done: list[str] = []
     worker_tracer = tracer_for("worker")
@@ -274,14 +275,23 @@ def _run(out: IO[str], export: str | None, broker: str | None) -> int:
     missing = [s for s in finished if any(e.name == names.EVENT_MISSING for e in s.events)]
     ok = reply.get("user") == "Ada" and len(missing) == 1 and len(done) == len(SECTIONS) + 1
     out.write(render_tree(finished) + "\n\n")
-    out.write(_summary(reply, jobs.name, done, users.loads, len(missing)))
+    hops = {k: n - counted_before.get(k, 0) for k, n in _telemetry.hop_counts().items()}
+    out.write(_summary(reply, jobs.name, done, loads=users.loads, missing=len(missing), hops=hops))
     out.write("demo: OK (every hop behaved as designed)\n" if ok else "demo: UNEXPECTED RESULT\n")
     if export:
         out.write(f"spans written to {export}: otel-identity report {export}\n")
     return 0 if ok else 1
 
 
-def _summary(reply: dict[str, Any], worker: str, done: list[str], loads: int, missing: int) -> str:
+def _summary(
+    reply: dict[str, Any],
+    worker: str,
+    done: list[str],
+    *,
+    loads: int,
+    missing: int,
+    hops: dict[tuple[str, str], int],
+) -> str:
     """The run's figures, each said in words."""
     sections = ", ".join(reply.get("sections") or [])
     lines = [
@@ -291,7 +301,7 @@ def _summary(reply: dict[str, Any], worker: str, done: list[str], loads: int, mi
         f"  users loaded from SQLite: {loads} ({_LOADS})",
         f"  spans with identity.missing: {missing} (expected: 1, the legacy-cron job's)",
         "  receiving hops, as the otel_identity.hops metric counted them, by kind:",
-        *_hop_lines(),
+        *_hop_lines(hops),
     ]
     return "\n".join(lines) + "\n"
 
@@ -312,10 +322,11 @@ _MISSING_WHY = {
 }
 
 
-def _hop_lines() -> list[str]:
+def _hop_lines(hops: dict[tuple[str, str], int]) -> list[str]:
     counts: dict[str, dict[str, int]] = {}
-    for (hop, outcome), n in _telemetry.hop_counts().items():
-        counts.setdefault(hop, {})[outcome] = n
+    for (hop, outcome), n in hops.items():
+        if n:
+            counts.setdefault(hop, {})[outcome] = n
     width = max((len(hop) for hop in counts), default=0)
     lines = []
     for hop, outcomes in sorted(counts.items()):

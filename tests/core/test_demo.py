@@ -132,3 +132,16 @@ def test_an_unreachable_broker_fails_within_10_seconds_in_one_line(
     took = time.monotonic() - started
     _one_clear_line(result, f"cannot reach the broker {url}")
     assert took < 10, f"took {took:.1f} s"  # the issue's bound, process start included
+
+
+def test_the_summary_counts_this_runs_hops_only(capsys: pytest.CaptureFixture[str]) -> None:
+    """Run twice in one process: the second summary is not the sum of both runs."""
+    from otel_identity._cli import main
+
+    summaries = []
+    for _ in range(2):
+        assert main(["demo"]) == 0
+        summaries.append(" ".join(capsys.readouterr().out.split("by kind:", 1)[1].split()))
+    for summary in summaries:
+        assert "queue.consume 3 with identity, 1 without" in summary, summary
+        assert "http.server 1 with identity" in summary, summary
