@@ -2,7 +2,8 @@
 only by environment, exporting their spans with OpenTelemetry's console exporter.
 
 A Flask + Flask-Login ``edge`` (a thread pool, then a gRPC call) and a gRPC ``workflows``
-service (a thread pool per call) carry no identity code at all (``apps/``). A ``cron`` job calls
+service (a thread pool per call, then a ``requests`` call to its own Flask ``audit``
+endpoint) carry no identity code at all (``apps/``). A ``cron`` job calls
 ``workflows`` with nobody logged in. What a newcomer is promised: the edge's server span has
 the user, every span downstream has it, ``current_user`` is rebuilt by the resolver in each
 hop's own thread, the cron hop says ``identity.missing``, and ``otel-identity report`` shows
@@ -128,12 +129,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     return Run(reply, spans, files, edge_traces)
 
 
-def _server(run: Run, service: str, *, authenticated: bool = True) -> _report.Span:
+def _server(run: Run, service: str, hop: str, *, authenticated: bool = True) -> _report.Span:
     found = [
         s
         for s in run.spans
         if s.service == service
         and s.kind == "SERVER"
+        and s.hop == hop
         and (s.trace_id in run.authenticated_traces) is authenticated
     ]
     assert len(found) == 1, [(s.service, s.name, s.kind) for s in run.spans]
@@ -141,7 +143,7 @@ def _server(run: Run, service: str, *, authenticated: bool = True) -> _report.Sp
 
 
 def test_the_edge_server_span_has_the_user_its_login_yielded(run: Run) -> None:
-    span = _server(run, "edge")
+    span = _server(run, "edge", names.HOP_HTTP_SERVER)
     assert span.attributes[names.USER_ID] == "u-1"
     assert span.attributes[names.TENANT_ID] == "acme"
     assert span.event(names.EVENT_MISSING) is None
@@ -150,19 +152,26 @@ def test_the_edge_server_span_has_the_user_its_login_yielded(run: Run) -> None:
 def test_every_span_downstream_of_the_login_has_the_user(run: Run) -> None:
     downstream = [s for s in run.spans if s.trace_id in run.authenticated_traces]
     assert {s.service for s in downstream} == {"edge", "workflows"}
-    assert len(downstream) >= 3  # edge server, edge gRPC client, workflows server
+    # edge server, edge gRPC client, workflows gRPC server, its HTTP client, audit server
+    assert len(downstream) >= 5
     for span in downstream:
         assert span.attributes.get(names.USER_ID) == "u-1", (span.service, span.name)
         assert span.attributes.get(names.TENANT_ID) == "acme", (span.service, span.name)
-    # The gRPC hop was signed by the edge and verified by workflows.
-    assert _server(run, "workflows").attributes[names.IDENTITY_VERIFIED] is True
+    # Each hop between processes was signed by the sender and verified by the receiver.
+    for hop in (names.HOP_GRPC_SERVER, names.HOP_HTTP_SERVER):
+        assert _server(run, "workflows", hop).attributes[names.IDENTITY_VERIFIED] is True
 
 
 def test_the_resolver_ran_on_each_hop_in_that_hops_thread(run: Run) -> None:
     reply = run.reply
     workflows = reply["workflows"]
     assert isinstance(workflows, dict)
-    hops = [*reply["branches"], workflows["handler"], *workflows["branches"]]  # type: ignore[misc]
+    hops = [
+        *reply["branches"],  # type: ignore[misc]
+        workflows["handler"],
+        *workflows["branches"],
+        workflows["audit"],
+    ]
     for hop in hops:
         assert hop["user"] == "u-1" and hop["tenant"] == "acme", hop
         assert hop["loaded_in"] == hop["thread"], hop  # a fresh object, built right there
@@ -172,11 +181,12 @@ def test_the_resolver_ran_on_each_hop_in_that_hops_thread(run: Run) -> None:
     assert any(t.startswith("wf-branch") for t in threads)
 
 
-def test_the_cron_hop_without_identity_records_identity_missing(run: Run) -> None:
-    span = _server(run, "workflows", authenticated=False)
+@pytest.mark.parametrize("hop", [names.HOP_GRPC_SERVER, names.HOP_HTTP_SERVER])
+def test_the_cron_hop_without_identity_records_identity_missing(run: Run, hop: str) -> None:
+    span = _server(run, "workflows", hop, authenticated=False)
     assert names.USER_ID not in span.attributes
     missing = span.event(names.EVENT_MISSING)
-    assert missing is not None and missing[names.ATTR_HOP] == names.HOP_GRPC_SERVER
+    assert missing is not None and missing[names.ATTR_HOP] == hop
 
 
 def _report_of(path: Path) -> str:
@@ -220,12 +230,16 @@ def test_report_shows_full_coverage_on_the_authenticated_paths(run: Run, tmp_pat
             if context["trace_id"] in run.authenticated_traces:
                 out.write(json.dumps(document, indent=4) + "\n")
     rows = _rows(_report_of(authenticated))
-    assert set(rows) == {("edge", "http.server"), ("workflows", "grpc.server")}
+    assert set(rows) == {
+        ("edge", "http.server"),
+        ("workflows", "grpc.server"),
+        ("workflows", "http.server"),
+    }
     assert all(cells[-1] == "100%" for cells in rows.values()), rows
     # The whole run: the cron hop is the one place identity was missing.
     text = _report_of(everything)
     assert _rows(text)[("edge", "http.server")][-1] == "100%"
-    assert "identity lost on 1 hop(s)" in text
+    assert "identity lost on 2 hop(s)" in text  # the cron call, and the audit call it made
     assert "after cron/" in text
 
 
