@@ -145,3 +145,20 @@ def test_a_resolver_in_the_current_directory_is_found_as_the_app_would_find_it(
     status, lines = _doctor(capsys)
     assert status == 0, lines
     assert any("ok    resolver doctor_probe_users:load imports" in line for line in lines)
+
+
+def test_without_a_configurator_opentelemetry_instrument_exports_nothing_and_doctor_says_so(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = _checks.metadata.entry_points
+
+    def entry_points(**selection: str) -> object:
+        if selection.get("group") == "opentelemetry_configurator":
+            return []
+        return real(**selection)
+
+    monkeypatch.setattr(_checks.metadata, "entry_points", entry_points)
+    status, lines = _doctor(capsys)
+    assert status == 0
+    (warning,) = [w for w in _lines(lines, "WARN") if "configurator" in w]
+    assert "opentelemetry-distro" in warning and "no exporter" in warning
