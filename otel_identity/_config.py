@@ -20,7 +20,6 @@ import binascii
 import dataclasses
 import importlib
 import ipaddress
-import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from otel_identity._errors import ConfigurationError
+from otel_identity._telemetry import log_configuration_error
 
 InboundPolicy = Literal["trust", "verify", "strip"]
 AttributeMode = Literal["id", "hash", "none"]
@@ -106,7 +106,6 @@ _listeners: list[Callable[[Settings | None], None]] = []
 # call while it stays broken, and re-reading the environment each time would cost more than
 # the request. reset_settings() forgets it.
 _refused: ConfigurationError | None = None
-_logger = logging.getLogger("otel_identity")
 
 
 def get_settings() -> Settings:
@@ -123,11 +122,7 @@ def get_settings() -> Settings:
                 _install(_from_environment(os.environ))
             except ConfigurationError as exc:
                 _refused = exc
-                _logger.error(  # noqa: TRY400 - one clear line; the traceback says nothing more
-                    "otel-identity: invalid configuration: %s. Identity is off until it is "
-                    "fixed: nothing is sent, nothing is accepted (run 'otel-identity doctor')",
-                    exc,
-                )
+                log_configuration_error(exc)
                 raise
         return current  # type: ignore[return-value]  # _install set it
 
