@@ -16,10 +16,11 @@ from otel_identity.version import __version__
 def _doctor() -> int:
     from opentelemetry import propagate, trace
 
+    from otel_identity import _checks
     from otel_identity._instrumentor import carries_baggage
 
     try:
-        settings = _config.get_settings()
+        settings = _config.environment_settings()
         keys = _keys.load(settings)  # a bad keys file or a duplicate key id is an error here
     except ConfigurationError as exc:
         print(f"configuration error: {exc}")
@@ -83,8 +84,13 @@ def _doctor() -> int:
     if "0.0.0.0/0" in settings.egress_allow or "::/0" in settings.egress_allow:
         warnings += 1
         print("  WARN  egress_allow admits every address: identity may reach third parties")
-    print(f"{warnings} warning(s)")
-    return 0
+    errors = 0
+    for finding in _checks.findings(settings):
+        print(finding.line())
+        errors += finding.level == "error"
+        warnings += finding.level == "warn"
+    print(f"{errors} error(s), {warnings} warning(s)")
+    return 2 if errors else 0
 
 
 def _instrumentors() -> list[str]:

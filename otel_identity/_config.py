@@ -6,6 +6,11 @@
 
 Nothing is read at import: the environment is consulted the first time a setting is needed,
 so an application may set variables (or call ``configure``) after importing the library.
+
+An invalid environment is refused with one clear ``ConfigurationError`` (``otel-identity
+doctor`` exits 2 on it). In a running app that error is logged once, and every identity path
+fails closed until it is fixed: nothing is sent, nothing is accepted, nothing raises into a
+request (the request paths catch it; see ``_telemetry.log_internal_error``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any, Literal
 
 from otel_identity import _keys
 from otel_identity._errors import ConfigurationError
+from otel_identity._telemetry import log_configuration_error
 
 InboundPolicy = Literal["trust", "verify", "strip"]
 AttributeMode = Literal["id", "hash", "none"]
@@ -108,6 +114,10 @@ _lock = threading.Lock()
 # (``current or get_settings()``): a call less on every span.
 current: Settings | None = None
 _listeners: list[Callable[[Settings | None], None]] = []
+# Why the environment was refused, once it was: the request paths ask for settings on every
+# call while it stays broken, and re-reading the environment each time would cost more than
+# the request. reset_settings() forgets it.
+_refused: ConfigurationError | None = None
 
 
 def get_settings() -> Settings:
@@ -115,9 +125,17 @@ def get_settings() -> Settings:
     settings = current
     if settings is not None:
         return settings
+    global _refused
     with _lock:
         if current is None:
-            _install(_from_environment(os.environ))
+            if _refused is not None:
+                raise ConfigurationError(str(_refused))
+            try:
+                _install(_from_environment(os.environ))
+            except ConfigurationError as exc:
+                _refused = exc
+                log_configuration_error(exc)
+                raise
         return current  # type: ignore[return-value]  # _install set it
 
 
@@ -140,11 +158,18 @@ def configure(**settings: Any) -> Settings:
     return new
 
 
+def environment_settings() -> Settings:
+    """The settings the environment gives, validated, neither installed nor logged (for
+    ``otel-identity doctor``). Raises ``ConfigurationError`` naming the variable."""
+    return _from_environment(os.environ)
+
+
 def reset_settings() -> None:
     """Forget code changes; the environment is read again at next use (for tests)."""
-    global current
+    global current, _refused
     with _lock:
         current = None
+        _refused = None
         for listener in _listeners:
             listener(None)
 
@@ -224,13 +249,7 @@ def _parse(name: str, value: Any) -> Any:
     if name == "signing_keys":
         return _parse_keys(value)
     if name in ("token_ttl", "queue_token_ttl"):
-        try:
-            ttl = int(value)
-        except (TypeError, ValueError):
-            raise ConfigurationError(f"{name} must be whole seconds, got {value!r}") from None
-        if ttl <= 0:
-            raise ConfigurationError(f"{name} must be positive")
-        return ttl
+        return parse_seconds(name, value)
     if name == "keys_file":
         if value is None:
             return None
@@ -241,15 +260,46 @@ def _parse(name: str, value: Any) -> Any:
             _check_egress_entry(entry)
         return entries
     if name == "egress_strip_all_baggage":
-        if isinstance(value, bool):
-            return value
-        return str(value).strip().lower() in ("1", "true", "yes", "on")
+        return parse_bool(name, value)
     if name == "span_attributes":
         text = str(value).strip().lower()
         if text not in ("id", "hash", "none"):
             raise ConfigurationError(f"span_attributes must be id, hash or none, got {text!r}")
         return text
     raise ConfigurationError(f"unknown setting {name!r}")  # pragma: no cover - guarded above
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def parse_bool(name: str, value: Any) -> bool:
+    """A yes/no setting: ``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off``.
+
+    Anything else is refused rather than read as false: ``maybe`` is a typo, not a choice.
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {str(value)!r}")
+
+
+def parse_seconds(name: str, value: Any) -> int:
+    """A positive whole number of seconds."""
+    # (bool is an int subclass, and int() truncates a float: neither is a whole second)
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigurationError(f"{name} must be whole seconds, got {value!r}")
+    try:
+        seconds = int(str(value).strip()) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{name} must be whole seconds, got {value!r}") from None
+    if seconds <= 0:
+        raise ConfigurationError(f"{name} must be positive, got {seconds}")
+    return seconds
 
 
 def import_object(spec: str) -> Any:
@@ -300,13 +350,24 @@ def _parse_keys(value: Any) -> _keys.HmacKeys:
 
 
 def _check_egress_entry(entry: str) -> None:
+    if "://" in entry:
+        # A URL names a host; the list holds hosts (a common slip: pasting an endpoint).
+        from urllib.parse import urlsplit
+
+        host = urlsplit(entry).hostname or "the host"
+        raise ConfigurationError(
+            f"egress_allow: {entry!r} is a URL; list the host ({host!r}), "
+            "a '*.suffix' pattern or a CIDR"
+        )
     if entry == "<single-label>" or entry.startswith("*."):
         return
     if "/" in entry:
         try:
             ipaddress.ip_network(entry, strict=False)
         except ValueError:
-            raise ConfigurationError(f"egress_allow: {entry!r} is not a valid CIDR") from None
+            raise ConfigurationError(
+                f"egress_allow: {entry!r} is not a valid CIDR (address/prefix length)"
+            ) from None
 
 
 def _validate(settings: Settings, *, read_keys: bool = True) -> None:

@@ -27,7 +27,7 @@ from opentelemetry.context import Context, create_key
 from opentelemetry.util.types import AttributeValue
 
 from otel_identity import _codec, _config, _memo, _policy, names
-from otel_identity._errors import MissingIdentityError
+from otel_identity._errors import ConfigurationError, MissingIdentityError
 from otel_identity._identity import Identity
 from otel_identity._telemetry import ThreadState, thread_state
 from otel_identity._telemetry import local as _per_thread
@@ -58,7 +58,12 @@ _config.on_change(_on_settings)
 def identity_keys() -> tuple[str, str, str, str]:
     keys = _keys
     if keys is None:
-        keys = _config.get_settings().identity_keys  # installs them, through _on_settings
+        try:
+            keys = _config.get_settings().identity_keys  # installs them, through _on_settings
+        except ConfigurationError:
+            # The environment was refused (and logged): identity still works inside this
+            # process, under the default keys, while every hop out or in fails closed.
+            keys = _config.Settings().identity_keys
     return keys
 
 

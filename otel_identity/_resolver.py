@@ -209,6 +209,11 @@ def _load(spec: str | Callable[..., Any] | None) -> Resolver | None:
             type(exc).__name__,
         )
         return None
+    if not callable(target):  # called on every hop, it would fail on every hop
+        _telemetry.logger.error(
+            "otel-identity: resolver %r is not callable; current_user stays None", spec
+        )
+        return None
     return cast("Resolver", target)
 
 

@@ -8,6 +8,7 @@ tables up at collection time, instead of a synchronous ``Counter.add`` on the re
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -19,6 +20,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.util.types import Attributes
 
 from otel_identity import names
+from otel_identity._errors import ConfigurationError
 from otel_identity.version import __version__
 
 logger = logging.getLogger("otel_identity")
@@ -279,10 +281,27 @@ def reset_log_limits() -> None:
 def log_internal_error(where: str) -> None:
     """The library's own failure on the request path: logged (with traceback), never raised.
 
-    Tests turn every call of this into a failure (see ``tests/conftest.py``).
+    Tests turn every call of this into a failure (see ``tests/conftest.py``). An invalid
+    configuration is no internal error: it is said once, in one line, and the caller has
+    failed closed (nothing sent, nothing accepted).
     """
+    handled = sys.exc_info()[1]
+    if isinstance(handled, ConfigurationError):
+        log_configuration_error(handled)
+        return
     # Always called from an except block: the traceback is the one being handled.
     logger.exception("otel-identity internal error in %s (ignored)", where)  # noqa: LOG004
+
+
+def log_configuration_error(error: ConfigurationError) -> None:
+    """One line, once per distinct error, for a setting a running app cannot use."""
+    log_once(
+        logging.ERROR,
+        ("configuration", str(error)),
+        "otel-identity: invalid configuration: %s. Identity is off until it is fixed: "
+        "nothing is sent, nothing is accepted (run 'otel-identity doctor')",
+        error,
+    )
 
 
 def short(text: object, limit: int = 32) -> str:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,7 +43,7 @@ from otel_identity_http import HttpClientIdentityInstrumentor, IdentityWSGIMiddl
 from otel_identity_threading import ThreadingIdentityInstrumentor
 
 import otel_identity as oi
-from otel_identity import _telemetry, names
+from otel_identity import _config, _telemetry, names
 from otel_identity_demo import _metrics
 from otel_identity_demo._jobs import CeleryJobs, InProcessJobs, Jobs
 
@@ -242,6 +244,10 @@ def _round(
     return reply, {asked.get_span_context().trace_id, published.get_span_context().trace_id}
 
 
+class DemoError(Exception):
+    """Why the demo cannot run, in one line for its user (``otel-identity demo`` exits 2)."""
+
+
 def run(
     out: IO[str],
     export: str | None = None,
@@ -260,11 +266,36 @@ def run(
     has samples. The tree, the export and the check are of the first round. ``exporters``
     are span exporter factories (say, an OTLP exporter to your collector): each service of
     the demo exports through its own instance of each.
+
+    What stops the demo from running (a bad ``OTEL_IDENTITY_*`` value, an ``export`` path
+    that cannot be written, a broker that does not answer within seconds) is one line on
+    stderr and exit status 2, checked before the flow starts.
     """
-    with _metrics.serving(prometheus, out) as serving:
-        if not serving:
-            return 2
-        return _run(out, export, broker, linger, exporters)
+    try:
+        with _metrics.serving(prometheus, out) as serving:
+            if not serving:
+                return 2
+            return _run(out, export, broker, linger, exporters)
+    except DemoError as exc:
+        sys.stderr.write(f"otel-identity demo: {exc}\n")
+        return 2
+
+
+def _check_settings() -> None:
+    try:
+        _config.environment_settings()
+    except oi.ConfigurationError as exc:
+        raise DemoError(f"configuration error: {exc}") from None
+
+
+def _check_export(export: str | None) -> None:
+    if export is None:
+        return
+    try:
+        with open(export, "w", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise DemoError(f"cannot write --export {export}: {exc.strerror or exc}") from None
 
 
 def _run(
@@ -274,6 +305,9 @@ def _run(
     linger: float,
     exporters: Sequence[Callable[[], SpanExporter]],
 ) -> int:
+    _check_settings()
+    _check_export(export)
+    counted_before = _telemetry.hop_counts()  # this run's hops only, whatever ran before
     tracer_for, exporter = _pipeline(exporters)
     done: list[str] = []
     worker_tracer = tracer_for("worker")
@@ -297,20 +331,86 @@ def _run(
     complete = len(done) == rounds.count * _JOBS_PER_ROUND
     done = done[:_JOBS_PER_ROUND]
     if export:
-        with open(export, "w", encoding="utf-8") as handle:
-            handle.writelines(span.to_json(indent=None) + "\n" for span in finished)
-    out.write(render_tree(finished) + "\n\n")
-    out.write(f"reports replied: {reply}\n")
-    out.write(f"worker ({jobs.name}) processed: " + "; ".join(sorted(done)) + "\n")
-    if rounds.count > 1:
-        out.write(f"lingered: {rounds.count - 1} more round(s) of the same flow\n")
-    out.write(f"users loaded from SQLite: {users.loads} (once per hop, in the hop's thread)\n")
-    counts = sorted(_telemetry.hop_counts().items())
-    out.write("otel_identity.hops: " + ", ".join(f"{h}/{o}={n}" for (h, o), n in counts) + "\n")
+        try:
+            with open(export, "w", encoding="utf-8") as handle:
+                handle.writelines(span.to_json(indent=None) + "\n" for span in finished)
+        except OSError as exc:
+            raise DemoError(f"cannot write --export {export}: {exc.strerror or exc}") from None
     missing = [s for s in finished if any(e.name == names.EVENT_MISSING for e in s.events)]
     ok = reply.get("user") == "Ada" and len(missing) == 1 and complete
-    out.write("demo: OK\n" if ok else "demo: UNEXPECTED RESULT\n")
+    out.write(render_tree(finished) + "\n\n")
+    hops = {k: n - counted_before.get(k, 0) for k, n in _telemetry.hop_counts().items()}
+    out.write(_summary(reply, jobs.name, done, loads=users.loads, missing=len(missing), hops=hops))
+    if rounds.count > 1:
+        out.write(f"lingered: {rounds.count - 1} more round(s) of the same flow\n")
+    out.write("demo: OK (every hop behaved as designed)\n" if ok else "demo: UNEXPECTED RESULT\n")
+    if export:
+        out.write(f"spans written to {export}: otel-identity report {export}\n")
     return 0 if ok else 1
+
+
+def _summary(
+    reply: dict[str, Any],
+    worker: str,
+    done: list[str],
+    *,
+    loads: int,
+    missing: int,
+    hops: dict[tuple[str, ...], int],
+) -> str:
+    """The run's figures, each said in words."""
+    sections = ", ".join(reply.get("sections") or [])
+    lines = [
+        "Summary",
+        f"  the reports service answered for: {reply.get('user')} (sections: {sections})",
+        f"  the worker ({worker}) processed: " + "; ".join(sorted(done)),
+        f"  users loaded from SQLite: {loads} ({_LOADS})",
+        f"  spans with identity.missing: {missing} (expected: 1, the legacy-cron job's)",
+        "  receiving hops, as the otel_identity.hops metric counted them, by kind:",
+        *_hop_lines(hops),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+_LOADS = "once on each hop that read current_user, in that hop's own thread"
+_OUTCOME_WORDS = {
+    names.OUTCOME_PRESENT: "with identity",
+    names.OUTCOME_MISSING: "without",
+    names.OUTCOME_REJECTED: "rejected by policy",
+    names.OUTCOME_ANONYMOUS: "on anonymous routes",
+}
+# Why a kind of hop arrives without identity in this demo (when it does).
+_MISSING_WHY = {
+    names.HOP_THREAD: "threads and pool tasks the servers and libraries start outside any "
+    "request, for their own plumbing; threads are not a required hop, so this is expected "
+    "and not flagged",
+    names.HOP_QUEUE_CONSUME: "the legacy-cron job, the deliberately broken hop above",
+}
+
+
+def _hop_lines(hops: dict[tuple[str, ...], int]) -> list[str]:
+    counts: dict[str, dict[str, int]] = {}
+    for (hop, outcome), n in hops.items():
+        if n:
+            counts.setdefault(hop, {})[outcome] = n
+    width = max((len(hop) for hop in counts), default=0)
+    lines = []
+    for hop, outcomes in sorted(counts.items()):
+        said = ", ".join(
+            f"{outcomes[o]} {words}" for o, words in _OUTCOME_WORDS.items() if outcomes.get(o)
+        )
+        if outcomes.get(names.OUTCOME_MISSING) and hop in _MISSING_WHY:
+            said += f": {_MISSING_WHY[hop]}"
+        indent = " " * (6 + width)
+        lines.extend(
+            textwrap.wrap(
+                f"{hop:<{width}}  {said}",
+                width=96,
+                initial_indent="    ",
+                subsequent_indent=indent,
+            )
+        )
+    return lines
 
 
 _KINDS = {

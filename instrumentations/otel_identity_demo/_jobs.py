@@ -87,6 +87,7 @@ class CeleryJobs:
         from celery import Celery
 
         self.name = f"Celery via {broker}"
+        self.broker = broker
         self.done = done
         self.app = Celery("otel_identity_demo", broker=broker)
         self.app.conf.update(
@@ -109,6 +110,7 @@ class CeleryJobs:
         from celery.contrib.testing.worker import start_worker
         from otel_identity_celery import CeleryIdentityInstrumentor
 
+        self._reach_broker()
         self._instrumentor = CeleryIdentityInstrumentor()
         self._instrumentor.instrument()
         # Celery's worker sets the root logger's level for the whole process; put it back.
@@ -118,6 +120,22 @@ class CeleryJobs:
         )
         self._worker.__enter__()
         return self
+
+    def _reach_broker(self) -> None:
+        """Fail within seconds, in one line, when the broker does not answer: Celery itself
+        would retry for ever (a closed port) or wait on a silent one."""
+        from otel_identity_demo._flow import DemoError
+
+        # Short socket timeouts for this probe only: the worker keeps Celery's own.
+        options = {"socket_timeout": 2, "socket_connect_timeout": 2}
+        try:
+            with self.app.connection_for_write(transport_options=options) as connection:
+                connection.ensure_connection(
+                    max_retries=1, interval_start=0, interval_step=0, timeout=4
+                )
+        except Exception as exc:  # noqa: BLE001 - any failure to connect, whatever the transport
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DemoError(f"cannot reach the broker {self.broker}: {reason}") from None
 
     def __exit__(self, *exc_info: object) -> None:
         try:

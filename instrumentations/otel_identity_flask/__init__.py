@@ -17,6 +17,20 @@ behaves exactly as before.
 
 from __future__ import annotations
 
+# Without its extra this package cannot work: say which extra, instead of a bare "No module
+# named 'flask'". A ModuleNotFoundError (not a plain ImportError) so that
+# opentelemetry-instrument skips this entry point quietly when the library is absent.
+try:
+    import flask
+    import flask_login
+except ModuleNotFoundError as exc:
+    raise ModuleNotFoundError(
+        f"otel_identity_flask needs Flask and Flask-Login ({exc.name!r} is not installed): "
+        "pip install 'otel-identity[flask]'",
+        name=exc.name,
+    ) from exc
+
 from otel_identity_flask._instrumentor import FlaskIdentityInstrumentor
 
 __all__ = ["FlaskIdentityInstrumentor"]
+del flask, flask_login  # imported above only to name the extra when one is missing

@@ -147,6 +147,14 @@ def _claims_of(user: Any, config: AppConfig) -> tuple[str, str | None] | None:
 
 
 def _log_bad_user(exc: Exception) -> None:
+    if isinstance(exc, oi.ConfigurationError):  # a bad setting: say which, once
+        _telemetry.log_once(
+            logging.ERROR,
+            ("flask.setting", str(exc)),
+            "otel-identity: %s; logged-in requests carry no identity until it is fixed",
+            exc,
+        )
+        return
     _telemetry.log_once(
         logging.WARNING,
         ("flask.claims", type(exc).__qualname__),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import typing
 from collections.abc import Collection
 from typing import Any, cast
 
@@ -14,6 +15,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
+from otel_identity import ConfigurationError
 from otel_identity._config import import_object
 from otel_identity._telemetry import logger
 from otel_identity_flask import _hooks
@@ -60,28 +62,85 @@ def tenant_of_from_environment() -> TenantOf | None:
     """``tenant_of`` for ``opentelemetry-instrument``, which passes no arguments.
 
     ``OTEL_IDENTITY_FLASK_TENANT_OF`` is ``module:function`` (called with the user) or
-    ``attr:name`` (the user's attribute). Read when instrumenting, never at import; a value
-    that cannot be used is logged and ignored, so the app still starts.
+    ``attr:name`` (the user's attribute). Read when instrumenting, never at import. A value
+    that cannot be used never stops the app: it is logged once, and the bridge fails closed
+    (a logged-in request carries no identity rather than one without its tenant), as does an
+    ``attr:name`` that the user object does not have.
     """
     spec = os.environ.get(TENANT_OF_ENV, "").strip()
     if not spec:
         return None
+    tenant_of, problem = _tenant_of(spec)
+    if tenant_of is not None:
+        return tenant_of
+    message = f"{TENANT_OF_ENV}={spec!r}: {problem}"
+    logger.error("otel-identity: %s; logged-in requests carry no identity", message)
+
+    def refuse(user: Any) -> str | None:
+        raise ConfigurationError(message)
+
+    return refuse
+
+
+def _tenant_of(spec: str) -> tuple[TenantOf | None, str]:
+    """(``tenant_of``, "") for a usable setting, else (None, what is wrong with it)."""
     if spec.startswith("attr:"):
         name = spec[len("attr:") :].strip()
-        if name.isidentifier():
-            return lambda user: getattr(user, name, None)
-    else:
-        try:
-            target = import_object(spec)
-        except Exception as exc:  # noqa: BLE001 - a bad setting must not stop the app
-            logger.error("otel-identity: %s=%r cannot be loaded (%s)", TENANT_OF_ENV, spec, exc)
-            return None
-        if callable(target):
-            return cast("TenantOf", target)
-    logger.error(
-        "otel-identity: %s=%r is neither module:function nor attr:name", TENANT_OF_ENV, spec
-    )
-    return None
+        if not name.isidentifier():
+            return None, f"{name!r} is not an attribute name"
+
+        def attribute(user: Any) -> str | None:
+            try:
+                return cast("str | None", getattr(user, name))
+            except AttributeError:
+                raise ConfigurationError(
+                    f"{TENANT_OF_ENV}='attr:{name}': the user "
+                    f"({type(user).__name__}) has no attribute {name!r}"
+                ) from None
+
+        return attribute, ""
+    if ":" not in spec:
+        return None, "neither module:function nor attr:name"
+    try:
+        target = import_object(spec)
+    except Exception as exc:  # noqa: BLE001 - a bad setting must not stop the app
+        return None, f"cannot import it ({type(exc).__name__}: {exc})"
+    if not callable(target):
+        return None, "not callable"
+    return cast("TenantOf", target), ""
+
+
+def _check_attribute(spec: str, name: str) -> tuple[str, str]:
+    """doctor's best guess at ``attr:name``: the user class the resolver says it returns
+    (its return annotation) should have that attribute, by class attribute or annotation.
+    Only a warning: an attribute set in ``__init__`` is invisible to this check."""
+    lacking = [cls.__name__ for cls in _resolver_user_classes() if not _declares(cls, name)]
+    if lacking:
+        said = f"the resolver's user class {', '.join(lacking)} declares no attribute {name!r}"
+        return ("warn", f"{TENANT_OF_ENV}={spec!r}: {said}; a user without it gets no identity")
+    checked = "checked at each login (a user without it gets no identity, logged)"
+    return ("info", f"{TENANT_OF_ENV}={spec!r}: {checked}")
+
+
+def _resolver_user_classes() -> list[type]:
+    spec = os.environ.get("OTEL_IDENTITY_RESOLVER", "").strip()
+    if ":" not in spec:
+        return []
+    try:
+        returns = typing.get_type_hints(import_object(spec)).get("return")
+    except Exception:  # noqa: BLE001 - no usable annotation: nothing to check against
+        return []
+    candidates = typing.get_args(returns) or (returns,)
+    return [c for c in candidates if isinstance(c, type) and c is not type(None)]
+
+
+def _declares(cls: type, name: str) -> bool:
+    if hasattr(cls, name):
+        return True
+    try:
+        return name in typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - annotations that cannot be resolved: do not guess
+        return True
 
 
 class FlaskIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -102,6 +161,19 @@ class FlaskIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _uninstrument(self, **kwargs: Any) -> None:
         REGISTRY.global_config = None
         _sync_hooks()
+
+    @staticmethod
+    def doctor() -> list[tuple[str, str]]:
+        """``otel-identity doctor``'s check of ``OTEL_IDENTITY_FLASK_TENANT_OF``."""
+        spec = os.environ.get(TENANT_OF_ENV, "").strip()
+        if not spec:
+            return []
+        tenant_of, problem = _tenant_of(spec)
+        if tenant_of is None:
+            return [("error", f"{TENANT_OF_ENV}={spec!r}: {problem}")]
+        if spec.startswith("attr:"):
+            return [_check_attribute(spec, spec[len("attr:") :].strip())]
+        return [("ok", f"{TENANT_OF_ENV}={spec!r} imports")]
 
     @staticmethod
     def instrument_app(app: Any, *, tenant_of: TenantOf | None = None) -> None:

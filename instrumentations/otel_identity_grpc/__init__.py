@@ -15,8 +15,8 @@ Or by hand, per server and channel::
     )
     aio_server = grpc.aio.server(interceptors=[oi_grpc.aio_server_interceptor()])
     aio_channel = grpc.aio.insecure_channel(
-        target, interceptors=oi_grpc.aio_client_interceptor(target)
-    )
+        target, interceptors=oi_grpc.aio_client_interceptors(target)
+    )   # a list already: pass it as it is, or splice it, [*oi_grpc.aio_client_interceptors(t)]
 
 Each RPC a server handles is a ``grpc.server`` hop: inbound policy, hop accounting, and
 ``identity.missing`` on the server span unless the method is in ``anonymous_routes``
@@ -28,6 +28,20 @@ inside theirs (after them in a server's list, last in a channel's); the instrume
 """
 
 from __future__ import annotations
+
+# Without its extra this package cannot work: say which extra, instead of a bare "No module
+# named 'grpc'". A ModuleNotFoundError (not a plain ImportError) so that
+# opentelemetry-instrument skips this entry point quietly when the library is absent.
+try:
+    import grpc
+except ModuleNotFoundError as exc:
+    raise ModuleNotFoundError(
+        f"otel_identity_grpc needs grpcio ({exc.name!r} is not installed): "
+        "pip install 'otel-identity[grpc]'",
+        name=exc.name,
+    ) from exc
+
+import warnings
 
 from otel_identity_grpc import _client, _server
 from otel_identity_grpc._instrumentor import GrpcIdentityInstrumentor
@@ -56,9 +70,26 @@ def client_interceptor(target: str | None = None) -> _client.ClientInterceptor:
     return _client.ClientInterceptor(target, managed=False)
 
 
-def aio_client_interceptor(target: str | None = None) -> _client.AioClientInterceptors:
+def aio_client_interceptors(target: str | None = None) -> _client.AioClientInterceptors:
     """The interceptors for ``grpc.aio.*_channel(..., interceptors=...)``: a list, one per
-    call shape, because grpc.aio files each interceptor object under a single shape."""
+    call shape, because grpc.aio files each interceptor object under a single shape (the
+    plural name is OpenTelemetry's, ``aio_client_interceptors()``, for the same reason).
+
+    Pass it as it is or splice it (``[*aio_client_interceptors(t), other]``); nested in
+    another list, grpc.aio refuses the channel with a message saying so. ``target`` as for
+    ``client_interceptor``.
+    """
+    return _client.aio_interceptors(target, managed=False)
+
+
+def aio_client_interceptor(target: str | None = None) -> _client.AioClientInterceptors:
+    """Deprecated: ``aio_client_interceptors`` (it always returned a list of four)."""
+    warnings.warn(
+        "otel_identity_grpc.aio_client_interceptor() is deprecated: it returns a list, use "
+        "aio_client_interceptors() (pass it as it is, or splice it with *)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return _client.aio_interceptors(target, managed=False)
 
 
@@ -69,7 +100,9 @@ __all__ = [
     "__version__",
     "_instruments",
     "aio_client_interceptor",
+    "aio_client_interceptors",
     "aio_server_interceptor",
     "client_interceptor",
     "server_interceptor",
 ]
+del grpc  # imported above only to name the extra when it is missing

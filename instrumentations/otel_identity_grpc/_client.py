@@ -222,20 +222,24 @@ class AioStreamStream(_AioBase, grpc.aio.StreamStreamClientInterceptor):  # type
 AIO_CLASSES = (AioUnaryUnary, AioUnaryStream, AioStreamUnary, AioStreamStream)
 
 
-class AioClientInterceptors(list[_AioBase], grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """The four per-shape interceptors, as a list: ``interceptors=aio_client_interceptor(t)``,
+class AioClientInterceptors(list[_AioBase]):
+    """The four per-shape interceptors, as a list: ``interceptors=aio_client_interceptors(t)``,
     or spliced into a list of one's own with ``*``.
 
     grpc.aio files each interceptor object under the first call shape it matches, so one
-    object cannot serve all four. Put inside another list by mistake
-    (``interceptors=[aio_client_interceptor(t)]``), this list is still a unary-unary
-    interceptor: the most common calls keep their identity instead of grpc refusing the list.
+    object cannot serve all four. Nested in another list by mistake
+    (``interceptors=[aio_client_interceptors(t)]``) it is no interceptor at all, so grpc.aio
+    refuses the channel at creation, naming it by this ``repr``, which says what to write:
+    never a channel whose unary calls carry identity while its streams silently do not.
     """
 
-    async def intercept_unary_unary(
-        self, continuation: Callable[..., Awaitable[Any]], details: Any, request: Any
-    ) -> Any:
-        return await self[0]._intercept(continuation, details, request)
+    def __repr__(self) -> str:
+        return (
+            "[otel_identity_grpc.aio_client_interceptors(): a list of 4 interceptors, one per "
+            "call shape, nested in another list; pass it as it is, "
+            "interceptors=aio_client_interceptors(target), or spliced into yours, "
+            "interceptors=[*aio_client_interceptors(target), ...]]"
+        )
 
 
 def aio_interceptors(target: str | None, *, managed: bool) -> AioClientInterceptors:

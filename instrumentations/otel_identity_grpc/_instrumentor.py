@@ -147,7 +147,7 @@ def _aio_channel_patch(params: Sequence[str]) -> Callable[..., Any]:
             return wrapped(*args, **kwargs)
         args, kwargs = _as_kwargs(args, kwargs, params)
         given = list(kwargs.get("interceptors") or ())
-        ours = [i for i in given if isinstance(i, _client.AIO_CLASSES)]
+        ours: list[object] = [i for i in given if isinstance(i, _client.AIO_CLASSES)]
         if not ours:
             ours = list(_client.aio_interceptors(_target_of(args, kwargs), managed=True))
         # Ours last, nearest the wire, whatever was put after it: egress is decided on what

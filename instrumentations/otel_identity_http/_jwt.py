@@ -78,7 +78,14 @@ def jwt_identity(
     path: ``user_claim`` (default ``sub``), ``tenant_claim``, ``roles_claim`` (a list, or a
     space-separated string), ``session_claim``. The identity is marked ``verified``.
     """
-    import jwt
+    try:
+        import jwt
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            f"jwt_identity needs PyJWT ({exc.name!r} is not installed): "
+            "pip install 'otel-identity[http-jwt]'",
+            name=exc.name,
+        ) from exc
 
     if key is None and not keys:
         raise ValueError("jwt_identity needs key= or keys=")

@@ -6,6 +6,8 @@ things are specific to HTTP servers and live here:
 * ``identity.missing`` waits until the response starts: an edge service authenticates the user
   *inside* the app (Flask-Login, Django, Starlette, a bearer token), so "missing" is only known
   once the app had its chance. The event still lands on the hop's server span, exactly once.
+  Likewise the identity the app's authentication yielded is stamped on that server span (which
+  started before it was known) and the hop counts as ``present``, when the response starts.
 * OpenTelemetry's own server middleware, when it runs *inside* ours, extracts the raw headers
   again and overlays their baggage on the current context. When our policy changed the
   baggage (identity rejected, or set from the app's authentication) the headers handed on are
@@ -22,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequenc
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import Context
@@ -76,9 +79,11 @@ class ServerHop(HopState):
     puts every event there except ``identity.missing``, which ``settle`` decides later.
     """
 
-    __slots__ = ("accounted", "authenticated", "route", "settled", "span")
+    __slots__ = ("accounted", "arrived", "authenticated", "route", "settled", "span", "yielded")
 
-    def __init__(self, state: HopState, route: str | None) -> None:
+    def __init__(
+        self, state: HopState, route: str | None, arrived: oi.Identity | None = None
+    ) -> None:
         super().__init__(state.hop, state.outcome, state.reason)
         self.pending = list(state.pending)
         self.route = route
@@ -86,6 +91,9 @@ class ServerHop(HopState):
         self.authenticated = False
         self.settled = False
         self.accounted = False
+        self.arrived = arrived  # the identity policy admitted from the request itself
+        # The context holding the identity the app's own authentication yielded, if any.
+        self.yielded: Context | None = None
 
     def account(self, identity_present: bool) -> None:
         """Count the hop once the app has answered, with the outcome it ended with.
@@ -119,8 +127,10 @@ class ServerHop(HopState):
     def drop_missing(self) -> None:
         self.pending = [e for e in self.pending if e[0] != names.EVENT_MISSING]
 
-    def note_authenticated(self) -> None:
+    def note_authenticated(self, ctx: Context | None = None) -> None:
         self.authenticated = True
+        if ctx is not None and oi.get_identity(ctx) is not None:
+            self.yielded = ctx
         self.drop_missing()
 
     def settle(self, identity_present: bool) -> None:
@@ -159,7 +169,7 @@ def mark_authenticated() -> None:
     """
     hop = server_hop()
     if hop is not None:
-        hop.note_authenticated()
+        hop.note_authenticated(otel_context.get_current())
 
 
 R = TypeVar("R", bound="MutableMapping[str, Any]")
@@ -210,7 +220,9 @@ def enter(
     )
     state = ctx.get(HOP_KEY)
     hop = ServerHop(
-        state if isinstance(state, HopState) else HopState(HOP, names.OUTCOME_MISSING), route
+        state if isinstance(state, HopState) else HopState(HOP, names.OUTCOME_MISSING),
+        route,
+        oi.get_identity(ctx),
     )
     values = dict(ctx)
     values[HOP_KEY] = hop
@@ -245,15 +257,35 @@ def settle(hop: ServerHop, present: bool | None = None) -> None:
     if hop.accounted and hop.settled:
         return  # the response started already; closing it changes nothing
     try:
+        here = otel_context.get_current()
+        identity = oi.get_identity(here)
         if present is None:
-            present = oi.get_identity() is not None
+            present = identity is not None
         hop.account(present)
+        if identity is None and hop.yielded is not None:
+            # (Django's middleware, say, has detached the identity it set by now)
+            here, identity = hop.yielded, oi.get_identity(hop.yielded)
+        if identity is not None and identity != hop.arrived:
+            _stamp_server_span(hop, here)
         if hop.pending:
             hop.settle(present)  # decides a held "missing"; nothing else is pending long
         else:
             hop.settled = True
     except Exception:  # noqa: BLE001 - never break the response
         _telemetry.log_internal_error("http settle")
+
+
+def _stamp_server_span(hop: ServerHop, ctx: Context) -> None:
+    """Stamp the hop's server span with the identity of ``ctx``, which the app's own
+    authentication yielded during the request (Flask-Login, a Django or Starlette user, a
+    JWT): that span started before the identity was known. (An identity that arrived on the
+    request was put on it when it started.)"""
+    span = hop.span
+    if span is None or not span.is_recording():
+        span = trace.get_current_span(ctx)
+        if getattr(span, "kind", None) is not SpanKind.SERVER:
+            return
+    stamp(span, ctx)
 
 
 def _authenticate(
@@ -279,7 +311,7 @@ def _authenticate(
             ctx = oi.set_identity(result, context=ctx)
         except (TypeError, ValueError):
             return _reject(ctx, hop, names.REASON_MALFORMED), True
-        hop.note_authenticated()
+        hop.note_authenticated(ctx)
         return ctx, True
     return ctx, False
 

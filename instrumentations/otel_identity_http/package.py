@@ -21,3 +21,24 @@ _supports: tuple[str, ...] = (
     "django >= 4.2",
     "pyjwt >= 2.8",
 )
+
+# OpenTelemetry's span instrumentation for each library this boundary serves (any one listed
+# will do; the otel-identity extra ``_extra`` brings them): without it no span of this
+# boundary is exported under opentelemetry-instrument, so no identity attribute and no
+# identity.missing either.
+# ``otel-identity doctor`` warns when a library is installed and none of its span
+# instrumentations is.
+_spans: dict[str, tuple[str, ...]] = {
+    "flask": ("opentelemetry-instrumentation-flask",),
+    "django": ("opentelemetry-instrumentation-django",),
+    "starlette": (
+        "opentelemetry-instrumentation-starlette",
+        "opentelemetry-instrumentation-fastapi",
+        "opentelemetry-instrumentation-asgi",
+    ),
+    "requests": ("opentelemetry-instrumentation-requests",),
+    "httpx": ("opentelemetry-instrumentation-httpx",),
+    "urllib3": ("opentelemetry-instrumentation-urllib3",),
+    "aiohttp": ("opentelemetry-instrumentation-aiohttp-client",),
+}
+_extra = "http"

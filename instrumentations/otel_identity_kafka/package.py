@@ -13,3 +13,16 @@ _instruments_any = (
     "kafka-python >= 2.0, < 3",
     "kafka-python-ng >= 2.2, < 3",
 )
+
+# OpenTelemetry's span instrumentation for each library this boundary serves (any one listed
+# will do; the otel-identity extra ``_extra`` brings them): without it no span of this
+# boundary is exported under opentelemetry-instrument, so no identity attribute and no
+# identity.missing either.
+# ``otel-identity doctor`` warns when a library is installed and none of its span
+# instrumentations is.
+_spans: dict[str, tuple[str, ...]] = {
+    "confluent-kafka": ("opentelemetry-instrumentation-confluent-kafka",),
+    "kafka-python": ("opentelemetry-instrumentation-kafka-python",),
+    "kafka-python-ng": ("opentelemetry-instrumentation-kafka-python",),
+}
+_extra = "kafka"

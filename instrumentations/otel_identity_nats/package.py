@@ -3,3 +3,13 @@
 from __future__ import annotations
 
 _instruments = ("nats-py >= 2.2, < 3",)
+
+# OpenTelemetry's span instrumentation for each library this boundary serves (any one listed
+# will do; the otel-identity extra ``_extra`` brings them): without it no span of this
+# boundary is exported under opentelemetry-instrument, so no identity attribute and no
+# identity.missing either.
+# ``otel-identity doctor`` warns when a library is installed and none of its span
+# instrumentations is.
+# OpenTelemetry has none for NATS: its spans come from the application's own code.
+_spans: dict[str, tuple[str, ...]] = {"nats-py": ()}
+_extra = "nats"

@@ -24,7 +24,7 @@ def test_demo_shows_identity_on_each_hop_and_one_missing(
 ) -> None:
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    assert out.count("identity.missing") == 1
+    assert out.count("identity.missing(") == 1
     assert "demo: OK" in out
     for span in ("POST /reports", "build sales", "process sales"):
         line = next(line for line in out.splitlines() if span in line)
@@ -148,7 +148,7 @@ def test_demo_queue_hop_through_celery_on_a_real_broker(
     assert main(["demo", "--broker", "redis://127.0.0.1:6379/9"]) == 0
     out = capsys.readouterr().out
     assert "Celery via redis://" in out
-    assert out.count("identity.missing") == 1
+    assert out.count("identity.missing(") == 1
     assert "cleanup: <no user>" in out and "sales: Ada" in out
 
 

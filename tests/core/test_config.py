@@ -69,6 +69,11 @@ def test_signing_keys_from_a_file_turn_verify_on(
         ("egress_allow", "10.0.0.0/99"),
         ("resolver", "no_colon"),
         ("tenant_key", "user.id"),
+        ("egress_strip_all_baggage", "maybe"),
+        ("egress_strip_all_baggage", ""),
+        ("token_ttl", True),
+        ("token_ttl", "1.5"),
+        ("token_ttl", 1.5),
     ],
 )
 def test_invalid_settings_are_refused_with_a_clear_error(setting: str, value: object) -> None:
@@ -93,3 +98,30 @@ def test_configure_keeps_unnamed_settings_and_returns_the_new_ones() -> None:
     s = oi.configure(span_attributes="none")
     assert s.tenant_key == "org.id" and s.span_attributes == "none"
     assert oi.get_settings() is s
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", True), ("1", True), ("Yes", True), ("on", True), ("false", False), ("0", False)],
+)
+def test_a_boolean_setting_takes_the_usual_spellings(value: str, expected: bool) -> None:
+    assert oi.configure(egress_strip_all_baggage=value).egress_strip_all_baggage is expected
+
+
+def test_a_url_in_the_allow_list_is_refused_with_what_to_write_instead() -> None:
+    with pytest.raises(oi.ConfigurationError, match=r"is a URL; list the host \('billing.svc'\)"):
+        oi.configure(egress_allow="https://billing.svc:8443/api")
+
+
+def test_a_refused_environment_is_logged_once_and_refused_again_without_rereading(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_IDENTITY_TOKEN_TTL", "soon")
+    _config.reset_settings()
+    for _ in range(3):
+        with pytest.raises(oi.ConfigurationError, match="OTEL_IDENTITY_TOKEN_TTL"):
+            oi.get_settings()
+    assert len([r for r in caplog.records if "invalid configuration" in r.getMessage()]) == 1
+    monkeypatch.setenv("OTEL_IDENTITY_TOKEN_TTL", "60")
+    _config.reset_settings()
+    assert oi.get_settings().token_ttl == 60

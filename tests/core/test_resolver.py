@@ -267,16 +267,22 @@ def test_resolver_from_environment_is_loaded_at_first_use(
         assert oi.get_current_user() == {"id": "env"}
 
 
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("no.such.module:fn", "cannot load resolver"), ("logging:DEBUG", "is not callable")],
+)
 def test_bad_resolver_setting_logs_and_leaves_user_none(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, value: str, says: str
 ) -> None:
-    monkeypatch.setenv("OTEL_IDENTITY_RESOLVER", "no.such.module:fn")
+    monkeypatch.setenv("OTEL_IDENTITY_RESOLVER", value)
     from otel_identity import _config
 
     _config.reset_settings()
-    with oi.use_identity(user_id="u"):
-        assert oi.get_current_user() is None
-    assert "cannot load resolver" in caplog.text
+    for _ in range(2):
+        with oi.use_identity(user_id="u"):
+            assert oi.get_current_user() is None
+    assert len([r for r in caplog.records if says in r.getMessage()]) == 1
+    assert "user resolver failed" not in caplog.text  # never called, so never failing per hop
 
 
 def test_clear_cache_forces_a_new_resolution() -> None:

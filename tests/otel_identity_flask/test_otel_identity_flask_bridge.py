@@ -96,6 +96,10 @@ def make_app() -> Flask:
             branch=pool.submit(_branch_view).result(),
         )
 
+    @app.get("/ping")
+    def ping() -> str:  # never reads current_user
+        return "pong"
+
     @app.post("/logout")
     def logout() -> Any:
         flask_login.current_user.id  # noqa: B018 - load the user first, as a view would
@@ -340,16 +344,29 @@ def test_tenant_of_comes_from_the_environment_under_auto_instrumentation(
     assert tenant_of(_Member()) == expected
 
 
-@pytest.mark.parametrize("value", ["no.such.module:fn", "attr:not an identifier", "garbage"])
-def test_an_unusable_tenant_of_setting_is_logged_and_ignored(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, value: str
+@pytest.mark.parametrize(
+    "value",
+    ["no.such.module:fn", "attr:not an identifier", "garbage", "attr:nope", "logging:DEBUG"],
+)
+def test_an_unusable_tenant_of_setting_fails_closed_with_one_log_line(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, value: str
 ) -> None:
-    from otel_identity_flask._instrumentor import tenant_of_from_environment
-
+    """A logged-in request carries no identity rather than one without its tenant (the
+    cross-tenant incident this library exists for), the request itself is unharmed, and the
+    log names the setting once."""
     caplog.set_level("ERROR", logger="otel_identity")
     monkeypatch.setenv("OTEL_IDENTITY_FLASK_TENANT_OF", value)
-    assert tenant_of_from_environment() is None
-    assert "OTEL_IDENTITY_FLASK_TENANT_OF" in caplog.text
+    FlaskIdentityInstrumentor().instrument()
+    client = app.test_client()
+    client.post("/login/1")
+    for _ in range(2):
+        reply = client.get("/whoami")
+        assert reply.status_code == 200
+        assert reply.get_json()["identity"] is None
+        assert reply.get_json()["kind"] == "User"  # Flask-Login itself is untouched
+    lines = [r for r in caplog.records if "OTEL_IDENTITY_FLASK_TENANT_OF" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]  # at instrument, at login
+    assert all(r.exc_info is None for r in lines)
 
 
 def test_login_matching_a_trusted_identity_is_established_here_and_signed(app: Flask) -> None:
@@ -383,3 +400,102 @@ def test_login_matching_a_trusted_identity_is_established_here_and_signed(app: F
     client.post("/logout")
     unsigned = client.get("/outbound", headers=forged).get_json()["baggage"]
     assert "user.id=1" in unsigned and "identity.sig" not in unsigned
+
+
+def resolve_annotated(identity: oi.Identity) -> User | None:
+    return resolve(identity)
+
+
+@pytest.mark.parametrize(
+    ("value", "level"), [("attr:nope", "warn"), ("attr:current_tenant", "info")]
+)
+def test_doctor_checks_attr_against_the_user_class_the_resolver_returns(
+    monkeypatch: pytest.MonkeyPatch, value: str, level: str
+) -> None:
+    """User sets current_tenant in __init__ (invisible on the class): annotate it, as the
+    check reads class attributes and annotations."""
+    monkeypatch.setattr(User, "__annotations__", {"current_tenant": str}, raising=False)
+    monkeypatch.setenv("OTEL_IDENTITY_RESOLVER", f"{__name__}:resolve_annotated")
+    monkeypatch.setenv("OTEL_IDENTITY_FLASK_TENANT_OF", value)
+    (finding,) = FlaskIdentityInstrumentor.doctor()
+    assert finding[0] == level, finding
+    if level == "warn":
+        assert "the resolver's user class User declares no attribute 'nope'" in finding[1]
+
+
+@pytest.mark.parametrize(
+    ("value", "level"),
+    [
+        ("no.such.module:fn", "error"),
+        ("attr:not an identifier", "error"),
+        ("logging:DEBUG", "error"),
+        ("attr:tenant", "info"),
+        (f"{__name__}:tenant_by_function", "ok"),
+    ],
+)
+def test_doctor_names_an_unusable_tenant_of_setting_as_an_error(
+    monkeypatch: pytest.MonkeyPatch, value: str, level: str
+) -> None:
+    monkeypatch.setenv("OTEL_IDENTITY_FLASK_TENANT_OF", value)
+    (finding,) = FlaskIdentityInstrumentor.doctor()
+    assert finding[0] == level
+    assert "OTEL_IDENTITY_FLASK_TENANT_OF" in finding[1]
+
+
+def test_the_server_span_gets_the_logged_in_user_and_the_hop_counts_present(
+    app: Flask, spans: Any
+) -> None:
+    """Under OpenTelemetry's Flask instrumentation and the HTTP hop (what
+    ``opentelemetry-instrument`` loads), the server span starts before Flask-Login loads the
+    user; it still ends with the user's identity, and the hop is counted ``present``."""
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from opentelemetry.trace import SpanKind
+    from otel_identity_http import HttpServerIdentityInstrumentor
+
+    oi.configure(inbound="strip")
+    FlaskInstrumentor().instrument_app(app)  # type: ignore[no-untyped-call]
+    HttpServerIdentityInstrumentor().instrument()
+    try:
+        FlaskIdentityInstrumentor().instrument(tenant_of=_tenant_of)
+        client = app.test_client()
+        client.post("/login/1")
+        spans.clear()
+        before = _telemetry.hop_counts()
+        assert client.get("/whoami").get_json()["identity"] == ["1", "acme"]
+        after = _telemetry.hop_counts()
+    finally:
+        HttpServerIdentityInstrumentor().uninstrument()
+        FlaskInstrumentor().uninstrument_app(app)  # type: ignore[no-untyped-call]
+    (server,) = [s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert server.attributes["user.id"] == "1"
+    assert server.attributes["tenant.id"] == "acme"
+    assert not [e for e in server.events if e.name == "identity.missing"]
+    present = ("http.server", "present")
+    missing = ("http.server", "missing")
+    assert after.get(present, 0) - before.get(present, 0) == 1
+    assert after.get(missing, 0) == before.get(missing, 0)
+
+
+def test_a_request_that_never_reads_the_user_is_not_made_to_load_it(app: Flask, spans: Any) -> None:
+    """Stamping the server span reads the identity the app's login yielded; it never asks
+    Flask-Login for a user the app did not load."""
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from opentelemetry.trace import SpanKind
+    from otel_identity_http import HttpServerIdentityInstrumentor
+
+    oi.configure(inbound="strip")
+    FlaskInstrumentor().instrument_app(app)  # type: ignore[no-untyped-call]
+    HttpServerIdentityInstrumentor().instrument()
+    try:
+        FlaskIdentityInstrumentor().instrument(tenant_of=_tenant_of)
+        client = app.test_client()
+        client.post("/login/1")
+        loaded = list(app.extensions["loaded"])
+        spans.clear()
+        assert client.get("/ping").data == b"pong"
+    finally:
+        HttpServerIdentityInstrumentor().uninstrument()
+        FlaskInstrumentor().uninstrument_app(app)  # type: ignore[no-untyped-call]
+    assert app.extensions["loaded"] == loaded  # no user_loader call for /ping
+    (server,) = [s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert "user.id" not in server.attributes

@@ -133,7 +133,7 @@ def test_aio_interceptors_send_identity_only_inside_the_allow_list(
 ) -> None:
     def manual(target: str) -> grpc.aio.Channel:
         return grpc.aio.insecure_channel(
-            target, interceptors=oi_grpc.aio_client_interceptor(target)
+            target, interceptors=oi_grpc.aio_client_interceptors(target)
         )
 
     _run_aio(manual, shape, tracer)
@@ -156,7 +156,7 @@ def test_aio_interceptor_placed_outside_opentelemetrys_still_strips(tracer: Trac
     # By hand, in the "wrong" order: ours first, OpenTelemetry's nearer the wire.
     def outer(target: str) -> grpc.aio.Channel:
         interceptors = [
-            *oi_grpc.aio_client_interceptor(target),
+            *oi_grpc.aio_client_interceptors(target),
             *otel_grpc.aio_client_interceptors(),
         ]
         return grpc.aio.insecure_channel(target, interceptors=interceptors)
@@ -179,13 +179,30 @@ def test_without_a_target_the_interceptor_applies_no_egress_filter() -> None:
             assert call(channel, "UnaryUnary")[0]["user"] == "u-1"
 
 
-def test_aio_interceptors_nested_in_a_list_by_mistake_still_carry_unary_calls(
-    spans: InMemorySpanExporter, tracer: Tracer
-) -> None:
-    def nested(target: str) -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel(
-            target, interceptors=[oi_grpc.aio_client_interceptor(target)]
-        )
+def test_aio_interceptors_nested_in_a_list_by_mistake_fail_at_channel_creation() -> None:
+    """Nested, the list could serve one call shape at most (grpc.aio files each interceptor
+    object under one shape): the channel is refused, with what to write instead, rather than
+    carrying identity on unary calls and silently not on streams."""
 
-    _run_aio(nested, "UnaryUnary", tracer)
+    async def scenario() -> str:
+        async with _aio_servers() as (a, _b):
+            with pytest.raises(ValueError, match="aio_client_interceptors") as refused:
+                grpc.aio.insecure_channel(a, interceptors=[oi_grpc.aio_client_interceptors(a)])
+            return str(refused.value)
+
+    message = asyncio.run(scenario())
+    assert "pass it as it is, interceptors=aio_client_interceptors(target)" in message
+    assert "interceptors=[*aio_client_interceptors(target), ...]" in message
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_old_singular_name_still_works_and_says_it_is_deprecated(
+    spans: InMemorySpanExporter, tracer: Tracer, shape: str
+) -> None:
+    def old(target: str) -> grpc.aio.Channel:
+        with pytest.warns(DeprecationWarning, match="use aio_client_interceptors"):
+            interceptors = oi_grpc.aio_client_interceptor(target)
+        return grpc.aio.insecure_channel(target, interceptors=interceptors)
+
+    _run_aio(old, shape, tracer)
     assert _stripped(spans) == [OUTSIDE]

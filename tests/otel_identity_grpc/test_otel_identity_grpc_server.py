@@ -73,7 +73,7 @@ def test_sync_handler_and_every_stream_step_see_the_callers_identity(shape: str)
 def test_aio_handler_and_every_stream_step_see_the_callers_identity(shape: str) -> None:
     async def scenario() -> list[dict[str, Any]]:
         async with aio_server([oi_grpc.aio_server_interceptor()]) as target:
-            interceptors = oi_grpc.aio_client_interceptor(target)
+            interceptors = oi_grpc.aio_client_interceptors(target)
             async with grpc.aio.insecure_channel(target, interceptors=interceptors) as channel:
                 with oi.use_identity(user_id="u-2", tenant_id="beta"):
                     return await aio_call(channel, shape)
@@ -86,7 +86,7 @@ def test_aio_handler_and_every_stream_step_see_the_callers_identity(shape: str) 
 def test_aio_stream_written_with_context_write_sees_the_identity() -> None:
     async def scenario() -> list[dict[str, Any]]:
         async with aio_server([oi_grpc.aio_server_interceptor()]) as target:
-            interceptors = oi_grpc.aio_client_interceptor(target)
+            interceptors = oi_grpc.aio_client_interceptors(target)
             async with grpc.aio.insecure_channel(target, interceptors=interceptors) as channel:
                 with oi.use_identity(user_id="u-2", tenant_id="beta"):
                     call = channel.unary_stream(method("UnaryStreamWrite"))(b"x", timeout=10)

@@ -254,11 +254,20 @@ def test_starlette_request_user_becomes_the_identity(
         handle.url("/whoami"), headers={"x-user": "bob", "baggage": "user.id=x"}, timeout=10
     ).json()
     assert seen == {"user": "bob", "tenant": "acme", "roles": ["orders:read"]}
-    assert _events(_server_span(spans), names.EVENT_MISSING) == []
+    server = _server_span(spans)
+    assert _events(server, names.EVENT_MISSING) == []
+    # The server span started before Starlette's auth ran; it still says who asked.
+    assert server.attributes is not None
+    assert (server.attributes[names.USER_ID], server.attributes[names.TENANT_ID]) == (
+        "bob",
+        "acme",
+    )
     spans.clear()
     anonymous = requests.get(handle.url("/whoami"), timeout=10).json()
     assert anonymous["user"] is None
-    assert len(_events(_server_span(spans), names.EVENT_MISSING)) == 1
+    server = _server_span(spans)
+    assert len(_events(server, names.EVENT_MISSING)) == 1
+    assert server.attributes is not None and names.USER_ID not in server.attributes
 
 
 def test_starlette_user_mapping_that_raises_leaves_request_unauthenticated(
@@ -345,7 +354,9 @@ def test_flask_login_identity_composes_with_the_http_hop(
     wait_for_server_spans(spans, 2)  # the login's span ends after its response
     spans.clear()
     assert session.get(handle.url("/whoami"), timeout=10).json() == {"user": "u-5"}
-    assert _events(_server_span(spans), names.EVENT_MISSING) == []
+    server = _server_span(spans)
+    assert _events(server, names.EVENT_MISSING) == []
+    assert server.attributes is not None and server.attributes[names.USER_ID] == "u-5"
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -125,7 +125,12 @@ def test_django_wsgi_request_user_becomes_the_identity(
     known = session.get(handle.url("/whoami"), timeout=10).json()
     assert known["user"] is not None
     assert known["tenant"] == "tenant-of-alice"
-    assert _events(_server_span(spans), names.EVENT_MISSING) == []
+    server = _server_span(spans)
+    assert _events(server, names.EVENT_MISSING) == []
+    # The server span started before Django's auth ran; it still says who asked.
+    assert server.attributes is not None
+    assert server.attributes[names.USER_ID] == known["user"]
+    assert server.attributes[names.TENANT_ID] == "tenant-of-alice"
 
 
 def test_django_asgi_request_user_becomes_the_identity(
