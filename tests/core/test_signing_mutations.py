@@ -31,7 +31,7 @@ IDENTITIES = [
     {"user_id": "u-43", "tenant_id": "acme"},
     {"user_id": "ada lovelace", "tenant_id": "analytical engines", "session_id": "s-1"},
     {"user_id": "zo\u00eb", "tenant_id": "caf\u00e9", "roles": ["r\u00f4le"]},
-    {"user_id": "100%+;,=", "tenant_id": 'q"b\\s', "roles": ["a,b", "c"]},
+    {"user_id": "100%+;,=", "tenant_id": 'q"b\\s', "roles": ["a;b", "c"]},
     {"tenant_id": "tenant-only"},
     {"user_id": "emoji-\U0001f600", "session_id": "s-2", "roles": ["x", "y", "z"]},
 ]

@@ -34,7 +34,7 @@ CLAIMS: list[dict[str, Any]] = [
         "user_id": 'quote " and back\\slash',
         "tenant_id": "100% + ; , =",
         "session_id": None,
-        "roles": ["a,b", "c;d"],
+        "roles": ["a b", "c;d"],
     },
     {"user_id": "Zo\u00eb \u5f20\u4f1f", "tenant_id": "caf\u00e9", "session_id": None, "roles": []},
     {"user_id": "emoji \U0001f600", "tenant_id": "acme", "session_id": None, "roles": []},
