@@ -36,6 +36,7 @@ HOP_KINDS: frozenset[str] = frozenset(
         "process",
         "queue.publish",
         "queue.consume",
+        "task",
         "manual",
     }
 )
@@ -70,7 +71,9 @@ class Settings:
     session_key: str = "session.id"
     roles_key: str = "user.roles"
     sig_key: str = "identity.sig"
-    required_hops: frozenset[str] = frozenset({"http.server", "grpc.server", "queue.consume"})
+    required_hops: frozenset[str] = frozenset(
+        {"http.server", "grpc.server", "queue.consume", "task"}
+    )
     anonymous_routes: tuple[str, ...] = ()
     inbound: InboundPolicy | None = None  # None: "verify" when signing keys are set, else "trust"
     signing_keys: Mapping[str, bytes] = field(default_factory=dict)
