@@ -1,7 +1,10 @@
-"""Submit side of the Dask hop: ``Client.submit`` and ``Client.map`` wrap the callable.
+"""Submit side of the Dask hop: the callable or the collection's graph is wrapped.
 
-The identity is captured in the caller's context when the task is submitted (not when it
-runs) and travels in the task spec as a ``TaskCall``; see ``_task``. The first call through a
+``Client.submit``/``map`` wrap the callable; ``Client.compute``/``persist`` and
+``dask.compute`` (``x.compute()``) with a distributed client as scheduler rewrite the
+collections' graphs (``_graphs``). Either way the identity is captured in the caller's
+context when the work is handed over (not when it runs) and travels in the task spec as a
+``TaskCall``; see ``_task``. The first call through a
 synchronous client also registers the settings plugin (``_settings``) on its workers, and
 again whenever the client's ``OTEL_IDENTITY_*`` environment changed since.
 """
@@ -12,7 +15,7 @@ import inspect
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import wrapt
@@ -95,6 +98,90 @@ def _wrap_submit(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return wrapped(call, *args[1:], **kwargs)
 
 
+def _one(item: Any, carrier: dict[str, str], digest: str, traverse: bool) -> Any:
+    from dask.base import is_dask_collection
+    from dask.delayed import delayed
+
+    from otel_identity_dask import _graphs
+
+    if traverse and isinstance(item, (list, set, tuple, dict, Iterator)):
+        item = delayed(item)  # what compute does with containers, done first
+    if is_dask_collection(item):
+        return _graphs.with_identity(item, carrier, digest)
+    return item
+
+
+def _with_identity(collections: Any, traverse: bool) -> Any:
+    carrier, digest = carrier_of_current(), identity_digest(oi.get_identity())
+    if isinstance(collections, (list, tuple, set, frozenset)):
+        return [_one(item, carrier, digest, traverse) for item in collections]
+    return _one(collections, carrier, digest, traverse)
+
+
+def _wrap_client_collections(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``Client.compute``/``persist(collections, ...)``."""
+    if not args or not is_instrumentation_enabled() or not _collections_supported():
+        return wrapped(*args, **kwargs)
+    try:
+        collections = _with_identity(args[0], bool(kwargs.get("traverse", True)))
+        _ensure_settings(instance)
+    except Exception:  # noqa: BLE001 - never break the caller: compute as it was
+        _log_once("compute")
+        return wrapped(*args, **kwargs)
+    return wrapped(collections, *args[1:], **kwargs)
+
+
+def _client_scheduling(args: Any, kwargs: Any) -> Any:
+    """The distributed client ``dask.compute`` would hand ``args`` to, or None."""
+    from dask.base import get_scheduler, is_dask_collection
+    from distributed import Client
+
+    collections = [a for a in args if is_dask_collection(a)]
+    schedule = get_scheduler(  # type: ignore[no-untyped-call]
+        scheduler=kwargs.get("scheduler"), collections=collections, get=kwargs.get("get")
+    )
+    client = getattr(schedule, "__self__", None)
+    return client if isinstance(client, Client) else None
+
+
+def _wrap_dask_compute(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``dask.compute(*collections, ...)``, and so ``x.compute()``, on a distributed client."""
+    if not args or not is_instrumentation_enabled() or not _collections_supported():
+        return wrapped(*args, **kwargs)
+    try:
+        client = _client_scheduling(args, kwargs)
+        if client is None:
+            return wrapped(*args, **kwargs)
+        traverse = bool(kwargs.get("traverse", True))
+        carrier, digest = carrier_of_current(), identity_digest(oi.get_identity())
+        new_args = [_one(item, carrier, digest, traverse) for item in args]
+        _ensure_settings(client)
+    except Exception:  # noqa: BLE001
+        _log_once("dask.compute")
+        return wrapped(*args, **kwargs)
+    return wrapped(*new_args, **kwargs)
+
+
+_supported: bool | None = None
+
+
+def _collections_supported() -> bool:
+    """Whether this Dask has the task spec ``_graphs`` needs (logged once when not)."""
+    global _supported
+    if _supported is None:
+        from otel_identity_dask import _graphs
+
+        absent = _graphs.missing()
+        _supported = not absent
+        if absent:
+            _log.error(
+                "otel-identity: this Dask lacks %s; computed collections carry no identity "
+                "(submit and map still do)",
+                ", ".join(absent),
+            )
+    return _supported
+
+
 class DaskIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Carries identity from ``Client.submit``/``map`` into each task, per task."""
 
@@ -104,11 +191,22 @@ class DaskIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         wrapt.wrap_function_wrapper("distributed.client", "Client.submit", _wrap_submit)
         wrapt.wrap_function_wrapper("distributed.client", "Client.map", _wrap_submit)
+        for method in ("compute", "persist"):
+            wrapt.wrap_function_wrapper(
+                "distributed.client", f"Client.{method}", _wrap_client_collections
+            )
+        # dask.compute is dask.base.compute, imported into dask's namespace: both names.
+        wrapt.wrap_function_wrapper("dask.base", "compute", _wrap_dask_compute)
+        wrapt.wrap_function_wrapper("dask", "compute", _wrap_dask_compute)
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        import dask
+        import dask.base
         from distributed.client import Client
 
-        unwrap(Client, "submit")
-        unwrap(Client, "map")
+        for method in ("submit", "map", "compute", "persist"):
+            unwrap(Client, method)
+        unwrap(dask.base, "compute")
+        unwrap(dask, "compute")
         with _lock:
             _registered.clear()

@@ -80,3 +80,9 @@ def die_once(marker: str) -> tuple[object, str | None, str | None]:
         path.write_text(str(os.getpid()))
         os._exit(1)
     return whoami(int(path.read_text()) != os.getpid())
+
+
+def add_tenant(values: list[tuple[int, str | None]]) -> list[tuple[int, str | None, str | None]]:
+    """A downstream task of a delayed graph: its own identity next to its inputs'."""
+    identity = oi.get_identity()
+    return [(x, tenant, identity.tenant_id if identity else None) for x, tenant in values]
