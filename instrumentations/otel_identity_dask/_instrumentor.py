@@ -208,5 +208,5 @@ class DaskIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             unwrap(Client, method)
         unwrap(dask.base, "compute")
         unwrap(dask, "compute")
-        with _lock:
-            _registered.clear()
+        # _registered is kept: the plugin stays on the workers (their settings stay the
+        # client's), and instrumenting again must not cost another round trip.

@@ -33,15 +33,19 @@ _log = logging.getLogger("otel_identity")
 _logged: set[str] = set()
 
 
+def _log_once(where: str) -> None:
+    if where not in _logged:
+        _logged.add(where)
+        _log.exception("otel-identity: internal error in the Ray %s hook", where)
+
+
 def _carrier(where: str) -> dict[str, str]:
     """The caller's carrier; on an internal error an empty one (the call runs as a hop
     without identity: fail closed, never the caller's failure)."""
     try:
         return carrier_of_current()
     except Exception:  # noqa: BLE001
-        if where not in _logged:
-            _logged.add(where)
-            _log.exception("otel-identity: internal error in the Ray %s hook", where)
+        _log_once(where)
         return {}
 
 
@@ -105,7 +109,12 @@ def wrap_remote(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     """``RemoteFunction._remote(args, kwargs, ...)``: carry the caller's identity."""
     if not is_instrumentation_enabled() or getattr(instance, "_is_cross_language", False):
         return wrapped(*args, **kwargs)
-    if not prepare_function(instance):
+    try:
+        carries = prepare_function(instance)
+    except Exception:  # noqa: BLE001 - the call goes on as Ray would make it
+        _log_once("remote function")
+        carries = False
+    if not carries:
         return wrapped(*args, **kwargs)
     call_kwargs = _call_kwargs(args, kwargs, 1)
     call_kwargs[PARAM] = _carrier("remote function")
@@ -131,10 +140,13 @@ def wrap_modify_class(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> An
     derived = wrapped(*args, **kwargs)
     if not is_instrumentation_enabled():
         return derived
-    for name, method in _methods(derived).items():
-        replacement = identity_function(method)
-        if replacement is not None and replacement is not method:
-            setattr(derived, name, replacement)
+    try:
+        for name, method in _methods(derived).items():
+            replacement = identity_function(method)
+            if replacement is not None and replacement is not method:
+                setattr(derived, name, replacement)
+    except Exception:  # noqa: BLE001 - methods left unwrapped carry no identity, as before
+        _log_once("actor class")
     return derived
 
 
@@ -142,9 +154,14 @@ def wrap_actor_method_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) 
     """``ActorHandle._actor_method_call(method_name, args, kwargs, ...)``: per call."""
     if not is_instrumentation_enabled() or getattr(instance, "_ray_is_cross_language", False):
         return wrapped(*args, **kwargs)
-    method_name = kwargs.get("method_name", args[0] if args else None)
-    signature = instance._ray_method_signatures.get(method_name)
-    if not signature or not any(p.name == PARAM for p in signature):
+    try:
+        method_name = kwargs.get("method_name", args[0] if args else None)
+        signature = instance._ray_method_signatures.get(method_name)
+        carries = bool(signature) and any(p.name == PARAM for p in signature)
+    except Exception:  # noqa: BLE001
+        _log_once("actor method")
+        carries = False
+    if not carries:
         return wrapped(*args, **kwargs)
     call_kwargs = _call_kwargs(args, kwargs, 2)
     call_kwargs[PARAM] = _carrier("actor method")

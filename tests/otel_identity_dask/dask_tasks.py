@@ -46,8 +46,10 @@ def first_span_events() -> dict[str, Any]:
     with _tracer().start_as_current_span("work") as span:
         events = [(e.name, dict(e.attributes or {})) for e in span.events]  # type: ignore[attr-defined]
     state = oi.hop_state()
+    parent = span.parent  # type: ignore[attr-defined]
     return {
         "events": events,
+        "trace": (parent.trace_id, parent.span_id) if parent else None,
         "hop": state.hop if state else None,
         "outcome": state.outcome if state else None,
     }

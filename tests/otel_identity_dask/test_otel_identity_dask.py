@@ -13,6 +13,7 @@ import dask.bag
 import pytest
 from dask import delayed
 from distributed import Client, LocalCluster
+from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from otel_identity_dask import DaskIdentityInstrumentor
 from otel_identity_dask._task import TaskCall, carrier_of_current, identity_digest
@@ -95,11 +96,18 @@ class TestIdentityPerTask:
         assert len(missing) == 1
         assert missing[0]["identity.hop"] == "task"
 
-    def test_task_with_identity_records_no_missing(self, client: Client) -> None:
-        with oi.use_identity(user_id="u-1", tenant_id="acme"):
+    def test_task_with_identity_records_no_missing_and_continues_the_callers_trace(
+        self, client: Client, tracer: trace.Tracer
+    ) -> None:
+        with (
+            oi.use_identity(user_id="u-1", tenant_id="acme"),
+            tracer.start_as_current_span("submit") as caller,
+        ):
             report = client.submit(tasks.first_span_events, pure=False).result(TIMEOUT)
         assert (report["hop"], report["outcome"]) == ("task", "present")
         assert report["events"] == []
+        context = caller.get_span_context()
+        assert report["trace"] == (context.trace_id, context.span_id)
 
 
 class TestCollections:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import ray
 import wrapt
+from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from otel_identity_ray import RayIdentityInstrumentor, _internals
 from otel_identity_ray._task import PARAM, carrier_of_current
@@ -118,6 +119,18 @@ class TestIdentityPerCall:
         assert (report["hop"], report["outcome"]) == ("task", "missing")
         missing = [attrs for name, attrs in report["events"] if name == "identity.missing"]
         assert [m["identity.hop"] for m in missing] == ["task"]
+
+    def test_call_with_identity_continues_the_callers_trace(
+        self, remote: Any, tracer: trace.Tracer
+    ) -> None:
+        with (
+            oi.use_identity(user_id="u-1", tenant_id="acme"),
+            tracer.start_as_current_span("submit") as caller,
+        ):
+            report = ray.get(remote.first_span_events.remote(), timeout=60)
+        assert (report["hop"], report["outcome"], report["events"]) == ("task", "present", [])
+        context = caller.get_span_context()
+        assert report["trace"] == (context.trace_id, context.span_id)
 
 
 class TestWorkersAndRetries:
