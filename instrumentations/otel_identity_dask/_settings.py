@@ -4,9 +4,11 @@
 
 Dask workers are not started under ``opentelemetry-instrument`` and may be long-lived, started
 before the client set its environment. The plugin holds the client's ``OTEL_IDENTITY_*``
-variables; on each worker (present and future) it makes them the worker's environment and
-applies them through ``oi.configure`` and ``oi.set_user_resolver``, so a resolver, keys and
-an inbound policy configured only in the client's environment hold in every task. The values
+variables; on each worker process (present and future) it makes them the worker's environment
+and applies them through ``oi.configure`` and ``oi.set_user_resolver``, so a resolver, keys
+and an inbound policy configured only in the client's environment hold in every task; and it
+instruments the worker, so a task's own submissions carry the task's identity. Workers in the
+client's own process are left alone: they share its settings already. The values
 (signing keys included) travel through the scheduler, inside the cluster's own trust domain.
 """
 
@@ -65,15 +67,27 @@ def apply_environment(environment: Mapping[str, str]) -> None:
 
 
 class IdentitySettingsPlugin(WorkerPlugin):  # type: ignore[misc]
-    """Applies a client's ``OTEL_IDENTITY_*`` settings on every worker."""
+    """Applies a client's ``OTEL_IDENTITY_*`` settings on every worker, and instruments the
+    worker process so that tasks submitting tasks (``worker_client()``) hand their own
+    identity on."""
 
     name = PLUGIN_NAME
 
     def __init__(self, environment: Mapping[str, str]) -> None:
         self.environment = dict(environment)
+        self.pid = os.getpid()  # the client's process
 
     def setup(self, worker: Any) -> None:
+        if os.getpid() == self.pid:
+            # A worker in the client's own process (processes=False) already has the client's
+            # settings, including any made in code, which the environment must not undo.
+            return
         apply_environment(self.environment)
+        from otel_identity_dask import DaskIdentityInstrumentor
+
+        instrumentor = DaskIdentityInstrumentor()
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument()
 
     def __repr__(self) -> str:  # never the values: they may hold signing keys
         return f"IdentitySettingsPlugin({sorted(self.environment)})"

@@ -39,14 +39,14 @@ def _log_once(where: str) -> None:
         _log.exception("otel-identity: internal error in the Ray %s hook", where)
 
 
-def _carrier(where: str) -> dict[str, str]:
+def _carrier(where: str) -> str:
     """The caller's carrier; on an internal error an empty one (the call runs as a hop
     without identity: fail closed, never the caller's failure)."""
     try:
         return carrier_of_current()
     except Exception:  # noqa: BLE001
         _log_once(where)
-        return {}
+        return "{}"
 
 
 # (module, attribute path) of each internal used.

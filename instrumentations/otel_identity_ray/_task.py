@@ -4,17 +4,21 @@
 
 Ray checks every call's arguments against the signature it read from the function, so the
 wrapper declares one more keyword-only parameter, ``_otel_identity``, and hides nothing else:
-the user's name, module, docstring and ``@ray.method`` options stay. A ``None`` carrier (a
-caller that was not instrumented) runs the function plainly, with no hop; a dict, even an
-empty one, is a ``task`` hop continuing it (policy applied, counted, ``identity.missing``
-left for the first span the call starts). Async functions get an async wrapper, so an async
-actor stays async and each call's identity is its own coroutine's.
+the user's name, module, docstring and ``@ray.method`` options stay. The carrier travels as
+one JSON string: Ray passes a string argument through its fast path, where a dict goes
+through pickling (measured on loopback: a dict keyword added about 0.1 ms to a no-op call's
+round trip, a string a few microseconds). A ``None`` carrier (a caller that was not
+instrumented) runs the function plainly, with no hop; any other value, even an empty or
+unreadable one, is a ``task`` hop continuing what it holds (policy applied, counted,
+``identity.missing`` left for the first span the call starts). Async functions get an async
+wrapper, so an async actor stays async and each call's identity is its own coroutine's.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -29,16 +33,28 @@ _MARK = "__otel_identity_task__"
 _HOP = names.HOP_TASK
 
 
-def carrier_of_current() -> dict[str, str]:
+def carrier_of_current() -> str:
     """The current context as the call will carry it (signed when signing keys are set)."""
     carrier: dict[str, str] = {}
     oi.inject(carrier, hop=_HOP)
-    return carrier
+    return json.dumps(carrier, separators=(",", ":"))
 
 
-def _hop_context(carrier: dict[str, str]) -> Context:
+def _decoded(sent: object) -> dict[str, str]:
+    """The carrier a call was sent with; an unreadable one is empty (a hop without identity)."""
+    if isinstance(sent, str):
+        try:
+            sent = json.loads(sent)
+        except ValueError:
+            return {}
+    if not isinstance(sent, dict):
+        return {}
+    return {k: v for k, v in sent.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _hop_context(sent: object) -> Context:
     # An empty base: a reused worker or actor thread keeps nothing from the previous call.
-    return oi.extract(carrier, hop=_HOP, context=Context())
+    return oi.extract(_decoded(sent), hop=_HOP, context=Context())
 
 
 def is_identity_function(fn: object) -> bool:
@@ -70,7 +86,7 @@ def identity_function(fn: Callable[..., Any]) -> Callable[..., Any] | None:
     call: Callable[..., Any]
     if inspect.iscoroutinefunction(fn):
 
-        async def call(*args: Any, _otel_identity: dict[str, str] | None = None, **kw: Any) -> Any:
+        async def call(*args: Any, _otel_identity: object = None, **kw: Any) -> Any:
             if _otel_identity is None:
                 return await fn(*args, **kw)
             token = otel_context.attach(_hop_context(_otel_identity))
@@ -81,7 +97,7 @@ def identity_function(fn: Callable[..., Any]) -> Callable[..., Any] | None:
 
     else:
 
-        def call(*args: Any, _otel_identity: dict[str, str] | None = None, **kw: Any) -> Any:
+        def call(*args: Any, _otel_identity: object = None, **kw: Any) -> Any:
             if _otel_identity is None:
                 return fn(*args, **kw)
             token = otel_context.attach(_hop_context(_otel_identity))

@@ -88,3 +88,11 @@ def add_tenant(values: list[tuple[int, str | None]]) -> list[tuple[int, str | No
     """A downstream task of a delayed graph: its own identity next to its inputs'."""
     identity = oi.get_identity()
     return [(x, tenant, identity.tenant_id if identity else None) for x, tenant in values]
+
+
+def nested_whoami(tag: object) -> tuple[object, str | None, str | None]:
+    """A task that submits a task: the inner one runs under the outer one's identity."""
+    from distributed import worker_client
+
+    with worker_client() as client:
+        return client.submit(whoami, tag, pure=False).result()  # type: ignore[no-any-return]

@@ -160,6 +160,11 @@ class TestWorkersAndRetries:
         assert user["name"] == "u-7@acme"
         assert user["pid"] != os.getpid()
 
+    def test_a_task_submitting_a_task_hands_its_own_identity_on(self, client: Client) -> None:
+        with oi.use_identity(user_id="u-5", tenant_id="hooli"):
+            inner = client.submit(tasks.nested_whoami, "inner", pure=False).result(TIMEOUT)
+        assert inner == ("inner", "u-5", "hooli")
+
     def test_retried_task_keeps_its_identity_after_its_worker_dies(
         self, client: Client, tmp_path: Path
     ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import random
 from collections.abc import Iterator
@@ -163,14 +164,19 @@ class TestSigning:
 
     def test_tampered_identity_is_rejected_in_the_worker(self, remote: Any) -> None:
         with oi.use_identity(user_id="u-1", tenant_id="acme"):
-            carrier = carrier_of_current()
+            carrier = json.loads(carrier_of_current())
         assert "tenant.id=acme" in carrier["baggage"]
         carrier["baggage"] = carrier["baggage"].replace("tenant.id=acme", "tenant.id=globex")
         # Sent as the caller itself would, bypassing the hook that would re-sign it.
         with suppress_instrumentation():
-            report = ray.get(remote.verification.remote(**{PARAM: carrier}), timeout=60)
+            report = ray.get(remote.verification.remote(**{PARAM: json.dumps(carrier)}), timeout=60)
         assert report["user_id"] is None
         assert (report["outcome"], report["reason"]) == ("rejected", "bad_signature")
+
+    def test_unreadable_carrier_runs_the_call_without_identity(self, remote: Any) -> None:
+        with suppress_instrumentation():
+            report = ray.get(remote.verification.remote(**{PARAM: "not json"}), timeout=60)
+        assert (report["user_id"], report["outcome"]) == (None, "missing")
 
 
 class TestInstrumentor:
