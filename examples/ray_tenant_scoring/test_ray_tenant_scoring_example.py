@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import random
 import sys
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ NAME = "ray_tenant_scoring_app"
 @pytest.fixture(scope="module")
 def example() -> Iterator[tuple[ModuleType, Any]]:
     sys.path.insert(0, str(HERE))
+    saved = os.environ.get("OTEL_IDENTITY_RESOLVER")
     try:
         module = importlib.import_module(NAME)
         module.start_ray()
@@ -29,6 +31,8 @@ def example() -> Iterator[tuple[ModuleType, Any]]:
         ray.shutdown()
         RayIdentityInstrumentor().uninstrument()
         sys.path.remove(str(HERE))
+        if saved is None:  # start_ray() set it for the driver: later tests must not see it
+            os.environ.pop("OTEL_IDENTITY_RESOLVER", None)
 
 
 def test_one_actor_scores_each_callers_request_with_its_own_tenants_model(
