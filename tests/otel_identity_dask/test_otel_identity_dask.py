@@ -221,3 +221,24 @@ class TestInstrumentor:
         with oi.use_identity(user_id="u-1", tenant_id="acme"), suppress_instrumentation():
             result = client.submit(tasks.whoami, "quiet", pure=False).result(TIMEOUT)
         assert result == ("quiet", None, None)
+
+
+class TestSettingsPlugin:
+    def test_plugin_never_shows_the_values_it_carries(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from otel_identity_dask import settings_plugin
+
+        monkeypatch.setenv("OTEL_IDENTITY_SIGNING_KEYS", f"k1:{KEY}")
+        plugin = settings_plugin()
+        assert plugin.environment == {"OTEL_IDENTITY_SIGNING_KEYS": f"k1:{KEY}"}
+        assert KEY not in repr(plugin)
+
+    def test_a_worker_in_the_clients_own_process_keeps_the_settings_made_in_code(self) -> None:
+        from otel_identity_dask._settings import IdentitySettingsPlugin
+
+        oi.configure(tenant_key="org.id")
+        # Applied, this environment would fail (an unknown inbound policy) and reset the key.
+        IdentitySettingsPlugin({"OTEL_IDENTITY_INBOUND": "bogus"}).setup(worker=None)
+        assert oi.get_settings().tenant_key == "org.id"
+        assert "OTEL_IDENTITY_INBOUND" not in os.environ
