@@ -43,6 +43,7 @@ HOP_KINDS: frozenset[str] = frozenset(
         "process",
         "queue.publish",
         "queue.consume",
+        "task",
         "manual",
     }
 )
@@ -77,7 +78,9 @@ class Settings:
     session_key: str = "session.id"
     roles_key: str = "user.roles"
     sig_key: str = "identity.sig"
-    required_hops: frozenset[str] = frozenset({"http.server", "grpc.server", "queue.consume"})
+    required_hops: frozenset[str] = frozenset(
+        {"http.server", "grpc.server", "queue.consume", "task"}
+    )
     anonymous_routes: tuple[str, ...] = ()
     inbound: InboundPolicy | None = None  # None: "verify" when signing keys are set, else "trust"
     # HMAC keys; a Mapping whose repr shows key ids only (key material is never printed)

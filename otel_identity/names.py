@@ -56,4 +56,5 @@ HOP_THREAD: Final = "thread"
 HOP_PROCESS: Final = "process"
 HOP_QUEUE_PUBLISH: Final = "queue.publish"
 HOP_QUEUE_CONSUME: Final = "queue.consume"
+HOP_TASK: Final = "task"  # a distributed compute engine's task or actor call (Dask, Ray)
 HOP_MANUAL: Final = "manual"

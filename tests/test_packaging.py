@@ -90,7 +90,7 @@ def _extras() -> dict[str, list[Requirement]]:
     return extras
 
 
-BOUNDARIES = ["grpc", "flask", "http", "celery", "kafka", "amqp", "nats", "threading"]
+BOUNDARIES = ["grpc", "flask", "http", "celery", "kafka", "amqp", "nats", "threading", "dask", "ray"]
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)

@@ -13,7 +13,7 @@ from otel_identity import _config
 def test_defaults_match_the_design() -> None:
     s = oi.get_settings()
     assert s.identity_keys == ("user.id", "tenant.id", "session.id", "user.roles")
-    assert s.required_hops == {"http.server", "grpc.server", "queue.consume"}
+    assert s.required_hops == {"http.server", "grpc.server", "queue.consume", "task"}
     assert s.effective_inbound == "trust"
     assert s.token_ttl == 300 and s.span_attributes == "id"
     assert "*.svc.cluster.local" in s.egress_allow
