@@ -90,7 +90,18 @@ def _extras() -> dict[str, list[Requirement]]:
     return extras
 
 
-BOUNDARIES = ["grpc", "flask", "http", "celery", "kafka", "amqp", "nats", "threading", "dask", "ray"]
+BOUNDARIES = [
+    "grpc",
+    "flask",
+    "http",
+    "celery",
+    "kafka",
+    "amqp",
+    "nats",
+    "threading",
+    "dask",
+    "ray",
+]
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
