@@ -167,6 +167,11 @@ def environment_settings() -> Settings:
     return _from_environment(os.environ)
 
 
+def validate_environment(environ: Mapping[str, str]) -> Settings:
+    """The settings ``environ`` would give, validated (``ConfigurationError`` if not)."""
+    return _from_environment(environ)
+
+
 def reset_settings() -> None:
     """Forget code changes; the environment is read again at next use (for tests)."""
     global current, _refused

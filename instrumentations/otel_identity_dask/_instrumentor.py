@@ -25,6 +25,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
 
 import otel_identity as oi
+from otel_identity.instrumentation import identity_environment
 from otel_identity_dask._task import TaskCall, carrier_of_current, identity_digest
 from otel_identity_dask.package import _instruments
 
@@ -69,7 +70,7 @@ def _ensure_settings(client: Any) -> None:
 
     if getattr(client, "asynchronous", False) or _in_worker():
         return  # an async client registers settings_plugin() itself; workers have them
-    environment = _settings.identity_environment()
+    environment = identity_environment()
     with _lock:
         if _registered.get(client) == environment:
             return

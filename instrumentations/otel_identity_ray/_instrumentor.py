@@ -9,7 +9,6 @@ on any node, reads the same resolver, keys and policy at first use. Plain ``ray`
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Collection
 from typing import Any
 
@@ -19,15 +18,11 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
 
+from otel_identity.instrumentation import identity_environment
 from otel_identity_ray import _internals
 from otel_identity_ray.package import _instruments
 
-PREFIX = "OTEL_IDENTITY_"
 _log = logging.getLogger("otel_identity")
-
-
-def identity_environment() -> dict[str, str]:
-    return {name: value for name, value in os.environ.items() if name.startswith(PREFIX)}
 
 
 def with_identity_environment(runtime_env: Any) -> Any:

@@ -227,7 +227,7 @@ def test_report_shows_full_coverage_on_the_authenticated_paths(run: Run, tmp_pat
         for document in _documents(everything.read_text()):
             context = document["context"]
             assert isinstance(context, dict)
-            if context["trace_id"] in run.authenticated_traces:
+            if _report._ident(context["trace_id"]) in run.authenticated_traces:
                 out.write(json.dumps(document, indent=4) + "\n")
     rows = _rows(_report_of(authenticated))
     assert set(rows) == {
