@@ -13,6 +13,7 @@ the receiving hop rejects identity on them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -122,6 +123,11 @@ def is_baggage_step(part: object) -> bool:
     return type(part) is IdentityBaggagePropagator or type(part) is W3CBaggagePropagator
 
 
+def replaced(propagator: TextMapPropagator) -> TextMapPropagator:
+    """``propagator`` as ``install`` would leave it."""
+    return _replaced(propagator) or propagator
+
+
 def _replaced(propagator: TextMapPropagator) -> TextMapPropagator | None:
     """``propagator`` with OpenTelemetry's baggage step(s) replaced by ours; None if none."""
     if type(propagator) is W3CBaggagePropagator:
@@ -161,6 +167,43 @@ def uninstall() -> None:
     if _installed is not None and propagate.get_global_textmap() is _installed[1]:
         propagate.set_global_textmap(_installed[0])
     _installed = None
+
+
+# (a global textmap found displacing ours, whether it does): asked on paths that read identity
+# from baggage otel-identity did not parse, so the answer is kept for the textmap it is about.
+_displaced: tuple[object, bool] = (None, False)
+
+
+def displaced() -> bool:
+    """Whether the global textmap was replaced, after ``install`` put ours in place, by one
+    whose baggage step is not ours (someone set OpenTelemetry's back, say).
+
+    Identity then fails closed wherever it would come from or go through that step: baggage
+    parsed by another parser (look-alike keys, stripped values) is not admitted, and identity
+    does not leave through transports whose header that step wrote. Logged once; ``otel-identity
+    doctor`` explains the statuses."""
+    global _displaced
+    installed = _installed
+    if installed is None:
+        return False
+    textmap = propagate.get_global_textmap()
+    if textmap is installed[1]:
+        return False
+    known, answer = _displaced
+    if known is not textmap:
+        answer = baggage_step_status(textmap) != "ours"
+        _displaced = (textmap, answer)
+        if answer:
+            _telemetry.log_once(
+                logging.WARNING,
+                ("baggage_step_displaced",),
+                "otel-identity: the global textmap was replaced after otel-identity installed its"
+                " baggage step, and its baggage step is not otel-identity's: identity fails"
+                " closed (none accepted from baggage otel-identity did not parse, none sent"
+                " through that step); set OTEL_PROPAGATORS=tracecontext,identity_baggage or"
+                " leave the textmap to IdentityInstrumentor (otel-identity doctor)",
+            )
+    return answer
 
 
 def _kinds(propagator: object) -> set[str]:

@@ -7,17 +7,38 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from otel_identity import _config, _keys, _signing
+from otel_identity import _baggage_propagator, _config, _keys, _signing
 from otel_identity._errors import ConfigurationError
 from otel_identity.version import __version__
+
+
+def _baggage_step_check(textmap: Any) -> int:
+    """Doctor's line on the W3C baggage step the configured textmap gets once instrumented
+    (IdentityInstrumentor puts otel-identity's in place of OpenTelemetry's); 1 if a warning."""
+    status = _baggage_propagator.baggage_step_status(_baggage_propagator.replaced(textmap))
+    if status == "ours":
+        print(
+            "  ok    the W3C baggage step is otel-identity's (identity_baggage); a textmap set "
+            "later whose baggage step is not makes identity fail closed, with one log line"
+        )
+        return 0
+    if status == "opaque":
+        print(
+            "  WARN  a propagator of unknown make reads the baggage header: identity is taken "
+            "only from otel-identity's own parse; prefer OTEL_PROPAGATORS=tracecontext,"
+            "identity_baggage"
+        )
+    else:
+        print("  WARN  the global propagator has no W3C baggage: identity will not cross processes")
+    return 1
 
 
 def _doctor() -> int:
     from opentelemetry import propagate, trace
 
     from otel_identity import _checks
-    from otel_identity._instrumentor import carries_baggage
 
     try:
         settings = _config.environment_settings()
@@ -53,12 +74,7 @@ def _doctor() -> int:
         print(f"  {name:<26} {value}")
     print("checks")
     warnings = 0
-    propagator = propagate.get_global_textmap()
-    if carries_baggage(propagator):
-        print("  ok    the global propagator carries W3C baggage")
-    else:
-        warnings += 1
-        print("  WARN  the global propagator has no W3C baggage: identity will not cross processes")
+    warnings += _baggage_step_check(propagate.get_global_textmap())
     if keys is not None:
         minter = keys.minter.kid if keys.minter else "none: this service verifies only"
         print(f"  info  keys: {', '.join(keys.keys)}; mints with {minter}")

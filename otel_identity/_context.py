@@ -26,7 +26,7 @@ from opentelemetry.baggage import _BAGGAGE_KEY  # stable since 1.0; saves a copy
 from opentelemetry.context import Context, create_key
 from opentelemetry.util.types import AttributeValue
 
-from otel_identity import _codec, _config, _memo, _policy, names
+from otel_identity import _baggage_propagator, _codec, _config, _memo, _policy, names
 from otel_identity._errors import ConfigurationError, MissingIdentityError
 from otel_identity._identity import Identity
 from otel_identity._telemetry import ThreadState, thread_state
@@ -227,8 +227,12 @@ def state_of(ctx: Context) -> IdentityState | None:
     if raw == (None, None, None, None):
         return None
     # Baggage set by something other than otel-identity (a plain OTel propagator, say): its
-    # provenance is unknown, so it counts only if it passes the inbound policy. The state is
-    # shared per identity and settings (spans started under it reuse its attributes).
+    # provenance is unknown, so it counts only if it passes the inbound policy, and never once
+    # the global textmap's baggage step is no longer ours (another parser read the header).
+    # The state is shared per identity and settings (spans started under it reuse its
+    # attributes).
+    if _baggage_propagator.displaced():
+        return None
     try:
         cached = _unknown.get(raw)
     except TypeError:  # an unhashable value put in baggage by other code: nothing to share

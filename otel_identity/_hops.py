@@ -598,9 +598,10 @@ def outgoing_context(
         return _without_identity(ctx)
 
 
-# Hops whose message may wait (delayed delivery, retries, consumer lag): a token minted for
-# one lives ``queue_token_ttl``; any other hop's lives ``token_ttl``.
-_QUEUE_HOPS = frozenset({names.HOP_QUEUE_PUBLISH})
+# Hops whose work may wait before it runs (a queue's delayed delivery, retries and consumer
+# lag; a compute engine's scheduler queue and a retry after a worker dies): a token minted
+# for one lives ``queue_token_ttl``; any other hop's lives ``token_ttl``.
+_QUEUE_HOPS = frozenset({names.HOP_QUEUE_PUBLISH, names.HOP_TASK})
 
 
 def _token_for(ctx: Context, hop: str | None, settings: _config.Settings) -> str | None:

@@ -13,9 +13,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from otel_identity import _config, _resolver
+from otel_identity import _baggage_propagator, _config, _resolver
 
-__all__ = ["ENVIRONMENT_PREFIX", "adopt_environment", "identity_environment"]
+__all__ = [
+    "ENVIRONMENT_PREFIX",
+    "adopt_environment",
+    "baggage_step_displaced",
+    "identity_environment",
+    "is_baggage_step",
+]
 
 ENVIRONMENT_PREFIX = "OTEL_IDENTITY_"
 
@@ -44,3 +50,17 @@ def adopt_environment(environment: Mapping[str, str]) -> None:
     os.environ.update(adopted)
     _config.reset_settings()
     _resolver.reset_resolver()
+
+
+def baggage_step_displaced() -> bool:
+    """Whether identity must not leave through the global textmap's baggage header: true once
+    the textmap ``IdentityInstrumentor`` set was replaced by one whose baggage step is not
+    otel-identity's (identity then fails closed; the transport filters strip it everywhere)."""
+    return _baggage_propagator.displaced()
+
+
+def is_baggage_step(step: object) -> bool:
+    """Whether ``step`` (one propagator of the global textmap) is the W3C baggage step whose
+    header otel-identity's codec reads and writes (``IdentityBaggagePropagator``, or
+    OpenTelemetry's ``W3CBaggagePropagator`` where someone configured it)."""
+    return _baggage_propagator.is_baggage_step(step)

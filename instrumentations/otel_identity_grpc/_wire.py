@@ -30,6 +30,7 @@ from opentelemetry.propagators.textmap import default_getter, default_setter
 from otel_identity import _config, _egress, _propagation, _telemetry, names
 from otel_identity._context import all_identity_keys
 from otel_identity._hops import strip_for_egress
+from otel_identity.instrumentation import baggage_step_displaced
 
 HOP = names.HOP_GRPC_CLIENT
 _BAGGAGE = "baggage"
@@ -42,7 +43,8 @@ active = False
 def judge(target: str) -> tuple[bool, str]:
     """Whether identity may go to ``target``, and the ``server.address`` to report."""
     settings = _config.current or _config.get_settings()
-    return _egress.judge(target, settings.egress_allow)
+    allowed, address = _egress.judge(target, settings.egress_allow)
+    return allowed and not baggage_step_displaced(), address
 
 
 def _is_baggage(item: Any) -> bool:

@@ -33,7 +33,6 @@ from typing import Any, Generic, TypeVar
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.baggage import get_all
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator, default_getter
 
@@ -41,6 +40,7 @@ import otel_identity as oi
 from otel_identity import _config, _egress, _memo, _propagation, _telemetry, names
 from otel_identity._context import all_identity_keys, state_of
 from otel_identity._hops import current_context, outgoing_context, strip_for_egress, suppressed
+from otel_identity.instrumentation import baggage_step_displaced, is_baggage_step
 from otel_identity_http._server import baggage_fields, encoded_baggage, propagator_fields
 
 HOP = names.HOP_HTTP_CLIENT
@@ -235,6 +235,7 @@ class _Policy:
 
     __slots__ = (
         "baggage_fields",
+        "displaced",
         "fields",
         "filtered",
         "keep",
@@ -248,12 +249,13 @@ class _Policy:
     def __init__(self, settings: _config.Settings, textmap: TextMapPropagator) -> None:
         self.settings = settings
         self.textmap = textmap
+        self.displaced = baggage_step_displaced()
         # Lower case, as Headers.first wants them (header names are case-insensitive).
         self.fields = tuple(f.lower() for f in propagator_fields())
         self.baggage_fields = tuple(f.lower() for f in baggage_fields())
         parts = _propagation.steps(textmap) or ()  # (a propagator of unknown shape: none)
-        w3c = [p for p in parts if type(p) is W3CBaggagePropagator]
-        others = [p for p in parts if type(p) is not W3CBaggagePropagator]
+        w3c = [p for p in parts if is_baggage_step(p)]
+        others = [p for p in parts if not is_baggage_step(p)]
         # Baggage is W3C's alone: a header's fate outside egress_allow depends on its value only.
         self.w3c = (
             len(w3c) == 1
@@ -267,7 +269,9 @@ class _Policy:
         self.filtered: dict[str, tuple[str | None, bool]] = {}
 
     def route(self, destination: str) -> tuple[bool, str]:
-        verdict = _egress.judge(destination, self.settings.egress_allow)
+        allowed, address = _egress.judge(destination, self.settings.egress_allow)
+        # (a policy is made per global textmap: one that displaced ours sends identity nowhere)
+        verdict = (allowed and not self.displaced, address)
         return _memo.remember(self.routes, destination, verdict)
 
     def filter(self, header: str, host: str) -> tuple[str | None, bool]:

@@ -147,9 +147,11 @@ class TestTokenLifetime:
         with oi.use_identity(user_id="u"):
             sync = self._exp_minutes(_sent("http.client"))
             queued = self._exp_minutes(_sent("queue.publish"))
+            task = self._exp_minutes(_sent("task"))  # a compute engine's task may wait too
             again = self._exp_minutes(_sent("grpc.client"))  # not the cached queue token
         assert now + 4 <= sync <= now + 6
         assert now + 1439 <= queued <= now + 1441
+        assert now + 1439 <= task <= now + 1441
         assert again == sync
 
     def test_queue_token_still_verifies_after_the_sync_ttl(
