@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.metadata
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from otel_identity import _baggage_propagator, _config, _keys, _signing
@@ -194,6 +194,31 @@ def _dashboards(out: str) -> int:
     return 0
 
 
+def _command(name: str) -> Callable[..., Any]:
+    """A command that lives outside the core (the demo), found through the
+    ``otel_identity.commands`` entry points: the core imports no application of itself."""
+    for entry_point in importlib.metadata.entry_points(group="otel_identity.commands", name=name):
+        return entry_point.load()  # type: ignore[no-any-return]
+    raise ImportError(f"no {name!r} command is installed with otel-identity: reinstall it")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        run = _command("demo")
+    except ImportError as exc:  # the demo's extra (grpcio, requests) is missing: it says which
+        print(f"otel-identity demo: {exc}", file=sys.stderr)
+        return 2
+    return int(
+        run(
+            sys.stdout,
+            export=args.export,
+            broker=args.broker,
+            prometheus=args.prometheus,
+            linger=args.linger,
+        )
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="otel-identity", description="User and tenant identity across every hop."
@@ -239,22 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:  # the subcommand's own usage, not the top-level one
         sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "demo":
-        try:
-            flow = importlib.import_module("otel_identity_demo")
-        except ImportError as exc:
-            print(f"the demo needs its extra: pip install 'otel-identity[demo]' ({exc})")
-            return 2
         if not 0 <= args.linger <= 3600:
             demo.error("--linger wants 0 to 3600 seconds")
-        return int(
-            flow.run(
-                sys.stdout,
-                export=args.export,
-                broker=args.broker,
-                prometheus=args.prometheus,
-                linger=args.linger,
-            )
-        )
+        return _demo(args)
     if args.command == "doctor":
         return _doctor()
     if args.command == "report":

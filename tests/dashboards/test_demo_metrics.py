@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from otel_identity_demo import _metrics
 
 from otel_identity._cli import main
+from otel_identity_demo import _metrics
 
 
 @pytest.mark.parametrize("address", ["nonsense", "127.0.0.1:", ":9464", "127.0.0.1:70000"])

@@ -20,10 +20,10 @@ from opentelemetry.exporter.otlp.json.http.trace_exporter import (
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.zipkin.json import ZipkinExporter
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
-from otel_identity_demo import run
 
 from otel_identity import _otlp_proto
 from otel_identity._cli import main
+from otel_identity_demo import run
 
 BANNER = " * Serving Flask app 'web'\n * Debug mode: off\n"
 

@@ -1,8 +1,9 @@
 """The ``otel-identity demo`` application (not an instrumentation).
 
-It lives beside the instrumentation packages, not in the core, because it uses them and their
-third-party libraries (grpcio, requests): the core never imports either. ``otel-identity demo``
-loads it by name and says which extra to install if it is missing::
+It is an application of the instrumentation packages and their third-party libraries (grpcio,
+requests), so it lives in a top-level package of its own and the core never imports it: the
+CLI finds ``run`` through the ``otel_identity.commands`` entry point ``demo``, and says which
+extra to install if it is missing::
 
     pip install 'otel-identity[demo]' && otel-identity demo
 """
