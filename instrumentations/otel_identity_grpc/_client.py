@@ -249,7 +249,7 @@ def aio_interceptors(target: str | None, *, managed: bool) -> AioClientIntercept
 # -- the sync channel the instrumentor hands out -------------------------------------------
 
 
-class _MultiCallable(_Base):
+class _MultiCallable(_Base, _wire.CallShapes):
     """A channel's callable for one method: each call goes through ``carry``, unless it may go
     out untouched.
 
@@ -297,20 +297,6 @@ class _MultiCallable(_Base):
             lambda md: invoke(request, *args, metadata=md, **kwargs),
             streaming=self._streaming,
         )
-
-    def __call__(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._send(self._inner, request, args, kwargs)
-
-    def with_call(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._send(self._inner.with_call, request, args, kwargs)
-
-    def future(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._send(self._inner.future, request, args, kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "_inner":  # not set yet: no recursion through __getattr__
-            raise AttributeError(name)
-        return getattr(self._inner, name)
 
 
 class IdentityChannel(grpc.Channel):  # type: ignore[misc]

@@ -144,7 +144,32 @@ def internals_known() -> bool:
     return cls is not None and all(callable(getattr(cls, name, None)) for name in _FACTORIES)
 
 
-class WireCallable:
+class CallShapes:
+    """A wrapped multi-callable: each call shape of the one it wraps (``_inner``) goes through
+    ``_send``; everything else is the wrapped one's."""
+
+    __slots__ = ()
+    _inner: Any
+
+    def _send(self, invoke: Callable[..., Any], request: Any, args: Any, kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def __call__(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._send(self._inner, request, args, kwargs)
+
+    def with_call(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._send(self._inner.with_call, request, args, kwargs)
+
+    def future(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._send(self._inner.future, request, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_inner":  # not set yet: no recursion through __getattr__
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+class WireCallable(CallShapes):
     """One method of a real channel: the metadata of each call filtered for the target."""
 
     __slots__ = ("_allowed_under", "_inner", "_target")
@@ -169,18 +194,6 @@ class WireCallable:
         elif kwargs.get("metadata"):
             kwargs["metadata"] = filtered(kwargs["metadata"], self._target)
         return invoke(request, *args, **kwargs)
-
-    def __call__(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._send(self._inner, request, args, kwargs)
-
-    def with_call(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._send(self._inner.with_call, request, args, kwargs)
-
-    def future(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._send(self._inner.future, request, args, kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 def _wrap_factory(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
