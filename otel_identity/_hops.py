@@ -658,3 +658,31 @@ def strip_for_egress(
             span or trace.get_current_span(ctx), hop or names.HOP_MANUAL, address
         )
     return Context(values)
+
+
+def baggage_context(baggage: Mapping[str, object]) -> Context:
+    """A context holding exactly ``baggage`` and nothing else: what a transport hands the
+    global propagator to encode a baggage mapping it has at hand."""
+    return Context({_BAGGAGE_KEY: baggage})
+
+
+def hop_context(ctx: Context, state: HopState, *, span: trace.Span | None = None) -> Context:
+    """``ctx`` as the context of the hop ``state`` (a transport's own ``HopState`` subclass,
+    say), and with ``span`` as its current span when given."""
+    values = dict(ctx)
+    values[HOP_KEY] = state
+    if span is not None:
+        values[_SPAN_KEY] = span
+    return Context(values)
+
+
+def with_identity_of(ctx: Context, source: Context) -> Context:
+    """``ctx`` (its span and everything else) with the identity, baggage and hop of ``source``.
+
+    For a transport whose inner layer extracted the headers again into a context of its own:
+    that context keeps its span and takes back what the outer hop admitted (an entry
+    ``source`` lacks is None in the result, which every reader takes as absent)."""
+    values = dict(ctx)
+    for key in (_BAGGAGE_KEY, _STATE_KEY, _SLOT_KEY, HOP_KEY):
+        values[key] = source.get(key)
+    return Context(values)

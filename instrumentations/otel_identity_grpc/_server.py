@@ -23,8 +23,9 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
 import otel_identity as oi
-from otel_identity import _telemetry, names
-from otel_identity._hops import attach_raw, current_context, detach_raw, suppressed
+from otel_identity import instrumentation as oii
+from otel_identity import names
+from otel_identity.instrumentation import attach, current_context, detach, is_suppressed
 from otel_identity_grpc import _metadata, _state
 
 _CACHE_LIMIT = 1024
@@ -83,7 +84,7 @@ def _wrap(handler: Any, route: str | None) -> Any:
             response_serializer=handler.response_serializer,
         )
     except Exception:  # noqa: BLE001 - serve the RPC without identity rather than fail it
-        _telemetry.log_internal_error("grpc server handler")
+        oii.log_internal_error("grpc server handler")
         return handler
 
 
@@ -136,7 +137,7 @@ def _in_hop(
         read = getattr(servicer_context, "invocation_metadata", None)
         metadata = read() if read is not None else None
         ctx = extract(metadata or (), getter, hop=hop, route=route)
-        token = attach_raw(ctx)  # detached below, in this frame
+        token = attach(ctx)  # detached below, in this frame
         try:
             result = behavior(request, servicer_context)
             if response_streaming and result is not None:
@@ -144,7 +145,7 @@ def _in_hop(
                 return _IterateInContext(ctx, iter(result))
             return result
         finally:
-            detach_raw(token)
+            detach(token)
 
     return run
 
@@ -194,7 +195,7 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self, continuation: Callable[[Any], Any], handler_call_details: Any
     ) -> Any:
         handler = continuation(handler_call_details)
-        if (self._managed and not _state.active) or suppressed(current_context()):
+        if (self._managed and not _state.active) or is_suppressed(current_context()):
             return handler
         return wrap_handler(handler, handler_call_details)
 
@@ -209,6 +210,6 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
     ) -> Any:
         handler = await continuation(handler_call_details)
-        if (self._managed and not _state.active) or suppressed(current_context()):
+        if (self._managed and not _state.active) or is_suppressed(current_context()):
             return handler
         return wrap_handler(handler, handler_call_details)

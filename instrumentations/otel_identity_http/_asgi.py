@@ -15,8 +15,8 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 
-from otel_identity import _telemetry
-from otel_identity._hops import current_context, suppressed
+from otel_identity import instrumentation as oii
+from otel_identity.instrumentation import current_context, is_suppressed
 from otel_identity_http import _server
 from otel_identity_http._server import AuthSource
 
@@ -95,7 +95,7 @@ async def call_asgi(
             rewrite=_rewritten,
         )
     except Exception:  # noqa: BLE001 - without a hop the request still runs, with no identity
-        _telemetry.log_internal_error("asgi.admit")
+        oii.log_internal_error("asgi.admit")
         await app(scope, receive, send)
         return
 
@@ -138,7 +138,7 @@ class IdentityASGIMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope.get("type") not in _HOP_TYPES
-            or suppressed(current_context())
+            or is_suppressed(current_context())
             or _server.HANDLED_KEY in scope
         ):
             await self.app(scope, receive, send)

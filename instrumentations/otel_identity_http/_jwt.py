@@ -16,7 +16,8 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import otel_identity as oi
-from otel_identity import _telemetry, names
+from otel_identity import instrumentation as oii
+from otel_identity import names
 from otel_identity_http._server import AuthResult, Rejected, RequestView
 
 MAX_TOKEN_CHARS = 8192
@@ -136,7 +137,7 @@ def jwt_identity(
         except jwt.PyJWTError:
             return Rejected(names.REASON_MALFORMED)
         except Exception as exc:  # noqa: BLE001 - e.g. a key of the wrong type: config, not input
-            _telemetry.log_once(
+            oii.log_once(
                 logging.WARNING,
                 ("jwt_identity", type(exc).__name__),
                 "otel-identity: jwt_identity could not verify a token (%s); check its key",

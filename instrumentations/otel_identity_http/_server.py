@@ -20,22 +20,26 @@ things are specific to HTTP servers and live here:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.baggage import _BAGGAGE_KEY
+from opentelemetry.baggage import get_all
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, default_setter
 from opentelemetry.trace import INVALID_SPAN, SpanKind
-from opentelemetry.trace.propagation import _SPAN_KEY
 
 import otel_identity as oi
-from otel_identity import _propagation, _telemetry, names
-from otel_identity._context import _SLOT_KEY, _STATE_KEY, HOP_KEY, state_of
-from otel_identity._hops import HopState, is_anonymous_route, missing_event
+from otel_identity import instrumentation as oii
+from otel_identity import names
+from otel_identity.instrumentation import (
+    HopState,
+    identity_state,
+    is_anonymous_route,
+    missing_event,
+)
 
 HOP = names.HOP_HTTP_SERVER
 
@@ -108,8 +112,8 @@ class ServerHop(HopState):
             self.outcome = names.OUTCOME_PRESENT
         elif self.outcome not in (names.OUTCOME_REJECTED, names.OUTCOME_ANONYMOUS):
             self.outcome = names.OUTCOME_MISSING
-        self.key = _telemetry.hop_key(self.hop, self.outcome, self.reason)
-        _telemetry.count(self.key)
+        self.key = oii.hop_key(self.hop, self.outcome, self.reason)
+        oii.count_hop(self.key)
 
     def flush(self, span: trace.Span) -> None:
         if self.span is None:
@@ -117,11 +121,11 @@ class ServerHop(HopState):
         keep: list[tuple[str, dict[str, Any]]] = []
         for name, attributes in self.pending:
             if name != names.EVENT_MISSING:
-                _telemetry.add_event(span, name, attributes)
+                oii.add_event(span, name, attributes)
             elif not self.settled:
                 keep.append((name, attributes))  # held until the app has answered
-            elif not _telemetry.has_event(span, name):
-                _telemetry.add_event(span, name, attributes)
+            elif not oii.has_event(span, name):
+                oii.add_event(span, name, attributes)
         self.pending = keep
 
     def drop_missing(self) -> None:
@@ -148,9 +152,9 @@ class ServerHop(HopState):
         if span is None or not span.is_recording():
             span = trace.get_current_span()
         if span.is_recording():
-            if not _telemetry.has_event(span, names.EVENT_MISSING):
+            if not oii.has_event(span, names.EVENT_MISSING):
                 name, attributes = missing[0]
-                _telemetry.add_event(span, name, attributes)
+                oii.add_event(span, name, attributes)
         else:
             # No span to take it yet: the next span started under this hop does.
             self.pending.append(missing[0])
@@ -195,17 +199,15 @@ def enter(
     hop again), and, with an OpenTelemetry middleware inside (``continue_trace=False``),
     holding the stash its tap restores our context from. Runs on every request.
     """
-    local = base.get(_SPAN_KEY)
+    local = trace.get_current_span(base)
     inner = (
-        local is not None
-        and getattr(local, "kind", None) is SpanKind.SERVER
-        and local.get_span_context().is_valid  # type: ignore[attr-defined]
+        getattr(local, "kind", None) is SpanKind.SERVER and local.get_span_context().is_valid  # type: ignore[attr-defined]
     )
     probe = base
     if inner:
         # Without the hop's own span in the base, extract keeps every event pending, so
         # "missing" can wait for the app; an inner middleware's server span is hidden from it.
-        probe = Context({**base, _SPAN_KEY: INVALID_SPAN})
+        probe = trace.set_span_in_context(INVALID_SPAN, base)
     # With an OpenTelemetry server span, the sender's span is not used (that span is, or will
     # be, the hop's span): the trace context is not parsed a second time.
     own_span = inner or not continue_trace
@@ -218,19 +220,15 @@ def enter(
         account=False,
         trace_context=not own_span,
     )
-    state = ctx.get(HOP_KEY)
+    state = oi.hop_state(ctx)
     hop = ServerHop(
         state if isinstance(state, HopState) else HopState(HOP, names.OUTCOME_MISSING),
         route,
         oi.get_identity(ctx),
     )
-    values = dict(ctx)
-    values[HOP_KEY] = hop
-    if own_span:
-        # The hop's span is the inner middleware's server span, or (an OpenTelemetry server
-        # middleware inside makes the SERVER span from the headers) whatever the base had.
-        values[_SPAN_KEY] = local if local is not None else INVALID_SPAN
-    ctx = Context(values)
+    # The hop's span is the inner middleware's server span, or (an OpenTelemetry server
+    # middleware inside makes the SERVER span from the headers) whatever the base had.
+    ctx = oii.hop_context(ctx, hop, span=local if own_span else None)
     changed = hop.outcome == names.OUTCOME_REJECTED
     if auth:
         original = request
@@ -272,7 +270,7 @@ def settle(hop: ServerHop, present: bool | None = None) -> None:
         else:
             hop.settled = True
     except Exception:  # noqa: BLE001 - never break the response
-        _telemetry.log_internal_error("http settle")
+        oii.log_internal_error("http settle")
 
 
 def _stamp_server_span(hop: ServerHop, ctx: Context) -> None:
@@ -295,7 +293,7 @@ def _authenticate(
         try:
             result = source(view)
         except Exception as exc:  # noqa: BLE001 - an app's auth source must not break the hop
-            _telemetry.log_once(
+            oii.log_once(
                 logging.WARNING,
                 ("auth_source", type(exc).__name__),
                 "otel-identity: auth source %r raised %s; request treated as unauthenticated",
@@ -338,7 +336,7 @@ def _fields() -> tuple[tuple[str, ...], tuple[str, ...]]:
     textmap = propagate.get_global_textmap()
     if _fields_cache[0] != id(textmap):
         probe: dict[str, str] = {}
-        propagate.inject(probe, context=Context({_BAGGAGE_KEY: {"otel-identity": "1"}}))
+        propagate.inject(probe, context=oii.baggage_context({"otel-identity": "1"}))
         _fields_cache = (id(textmap), tuple(sorted(textmap.fields)), tuple(probe))
     return _fields_cache[1], _fields_cache[2]
 
@@ -356,9 +354,9 @@ def baggage_fields() -> tuple[str, ...]:
 def encoded_baggage(ctx: Context) -> dict[str, str]:
     """The baggage headers that carry exactly the baggage of ``ctx`` (global propagator)."""
     out: dict[str, str] = {}
-    baggage = cast("Mapping[str, object]", ctx.get(_BAGGAGE_KEY) or {})
+    baggage = get_all(ctx)
     if baggage:
-        _propagation.inject(out, Context({_BAGGAGE_KEY: baggage}), default_setter)
+        oii.propagator_inject(out, oii.baggage_context(baggage), default_setter)
     return out
 
 
@@ -393,12 +391,8 @@ def restored(inside: Context, stash: Stash) -> Context:
     """
     stash.used = True
     ours = stash.context
-    values = dict(inside)
-    values[_BAGGAGE_KEY] = ours.get(_BAGGAGE_KEY)
-    values[_STATE_KEY] = ours.get(_STATE_KEY)
-    values[_SLOT_KEY] = ours.get(_SLOT_KEY)
-    values[HOP_KEY] = ours.get(HOP_KEY)
-    span: Any = values.get(_SPAN_KEY)
+    ctx = oii.with_identity_of(inside, ours)
+    span: Any = trace.get_current_span(ctx)
     if span is not None and getattr(span, "kind", None) is SpanKind.SERVER and span.is_recording():
         hop = stash.hop
         hop.span = span
@@ -406,12 +400,12 @@ def restored(inside: Context, stash: Stash) -> Context:
             hop.flush(span)
         if hop.authenticated:
             stamp(span, ours)
-    return Context(values)
+    return ctx
 
 
 def stamp(span: trace.Span, ctx: Context) -> None:
     """Identity attributes on a server span started before the app's auth set the identity."""
-    state = state_of(ctx)
+    state = identity_state(ctx)
     if state is not None and span.is_recording():
         attributes = state.span_attributes(oi.get_settings().span_attributes)
         if attributes:

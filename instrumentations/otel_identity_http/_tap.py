@@ -15,8 +15,8 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 
-from otel_identity import _telemetry
-from otel_identity._hops import attach_raw, current_context, detach_raw
+from otel_identity import instrumentation as oii
+from otel_identity.instrumentation import attach, current_context, detach
 from otel_identity_http import _server
 from otel_identity_http._asgi import ASGIApp, Receive, Scope, Send
 from otel_identity_http._wsgi import Environ, StartResponse, WSGIApp, _HopIterable
@@ -35,11 +35,11 @@ class ReattachWSGI:
         if not isinstance(stash, _server.Stash):
             return self.app(environ, start_response)
         ctx = _server.restored(current_context(), stash)
-        token = attach_raw(ctx)  # detached below, in this frame
+        token = attach(ctx)  # detached below, in this frame
         try:
             result = self.app(environ, start_response)
         finally:
-            detach_raw(token)
+            detach(token)
         if isinstance(result, (list, tuple)):
             return result
         return _HopIterable(result, ctx, stash.hop)
@@ -112,7 +112,7 @@ def install(app: object) -> bool:
                 _install_flask(node)
                 return True
     except Exception:  # noqa: BLE001 - without a tap the header rewrite still holds policy
-        _telemetry.log_internal_error("http.tap")
+        oii.log_internal_error("http.tap")
     return bool(nodes)
 
 

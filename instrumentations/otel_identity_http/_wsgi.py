@@ -15,14 +15,14 @@ from types import TracebackType
 from typing import Any
 
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import INVALID_SPAN
-from opentelemetry.trace.propagation import _SPAN_KEY
 
 import otel_identity as oi
-from otel_identity import _telemetry
-from otel_identity._hops import attach_raw, current_context, detach_raw, suppressed
+from otel_identity import instrumentation as oii
+from otel_identity.instrumentation import attach, current_context, detach, is_suppressed
 from otel_identity_http import _server
 from otel_identity_http._server import AuthSource
 
@@ -154,7 +154,7 @@ def call_wsgi(
             rewrite=_rewritten,
         )
     except Exception:  # noqa: BLE001 - without a hop the request still runs, with no identity
-        _telemetry.log_internal_error("wsgi.admit")
+        oii.log_internal_error("wsgi.admit")
         return app(environ, start_response)
 
     hop = stash.hop
@@ -164,7 +164,7 @@ def call_wsgi(
             _server.settle(hop)
         return start_response(*args, **kwargs)
 
-    if tapped and not continue_trace and stash.context.get(_SPAN_KEY) is INVALID_SPAN:
+    if tapped and not continue_trace and trace.get_current_span(stash.context) is INVALID_SPAN:
         # No span is current, so OpenTelemetry's middleware starts the SERVER span from the
         # headers, in a context of its own; the tap restores ours inside it.
         try:
@@ -173,14 +173,14 @@ def call_wsgi(
             _server.settle(hop, oi.get_identity(stash.context) is not None)
             raise
     else:
-        token = attach_raw(stash.context)  # detached below, in this frame
+        token = attach(stash.context)  # detached below, in this frame
         try:
             result = app(environ, hop_start_response)
         except BaseException:
             _server.settle(hop)
             raise
         finally:
-            detach_raw(token)
+            detach(token)
     if isinstance(result, (list, tuple)):  # nothing of the app runs while it is sent
         _server.settle(hop)
         return result
@@ -217,7 +217,7 @@ class IdentityWSGIMiddleware:
         self._tap_inside = False  # self.app is OpenTelemetry's middleware, our tap inside it
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if _server.HANDLED_KEY in environ or suppressed(current_context()):
+        if _server.HANDLED_KEY in environ or is_suppressed(current_context()):
             return self.app(environ, start_response)
         if not self._tapped:
             from otel_identity_http import _tap
