@@ -35,42 +35,28 @@ import os
 from collections.abc import Mapping
 
 from otel_identity import _baggage_propagator, _config, _resolver
-from otel_identity._carriers import (
-    bytes_headers_setter,
-    delivery_context,
-    header_text,
-    hold,
-    release,
-    text_headers_setter,
-)
 from otel_identity._config import environment_settings, import_object
-from otel_identity._context import Handoff, IdentityState, is_established
-from otel_identity._context import all_identity_keys as identity_keys
-from otel_identity._context import state_of as identity_state
+from otel_identity._context import is_established
+from otel_identity._delivery import delivery_context, hold, release
 from otel_identity._egress import UNREADABLE as UNREADABLE_DESTINATION
 from otel_identity._egress import is_allowed as is_allowed_destination
 from otel_identity._egress import judge as judge_destination
-from otel_identity._hops import (
-    HopState,
-    attached,
-    baggage_context,
-    current_context,
-    hop_context,
-    is_anonymous_route,
-    missing_event,
-    outgoing_context,
-    strip_for_egress,
-    with_identity_of,
-)
-from otel_identity._hops import attach_raw as attach
-from otel_identity._hops import detach_raw as detach
-from otel_identity._hops import enter as enter_handoff
-from otel_identity._hops import leave as leave_handoff
-from otel_identity._hops import suppressed as is_suppressed
+from otel_identity._handoff import Handoff
+from otel_identity._handoff import enter as enter_handoff
+from otel_identity._handoff import leave as leave_handoff
+from otel_identity._headers import bytes_headers_setter, header_text, text_headers_setter
+from otel_identity._hop_state import HopState, missing_event
 from otel_identity._memo import remember
+from otel_identity._policy import is_anonymous_route
 from otel_identity._propagation import extract as propagator_extract
 from otel_identity._propagation import inject as propagator_inject
 from otel_identity._propagation import steps as propagator_steps
+from otel_identity._receiving import hop_context, with_identity_of
+from otel_identity._runtime import attach, attached, current_context, detach, is_suppressed
+from otel_identity._sending import baggage_context, outgoing_context, strip_for_egress
+from otel_identity._state import IdentityState
+from otel_identity._state import all_identity_keys as identity_keys
+from otel_identity._state import state_of as identity_state
 from otel_identity._telemetry import (
     add_event,
     has_event,
@@ -81,7 +67,7 @@ from otel_identity._telemetry import (
     logger,
     record_stripped,
 )
-from otel_identity._telemetry import count as count_hop
+from otel_identity._thread_state import count as count_hop
 
 __all__ = [
     "ENVIRONMENT_PREFIX",

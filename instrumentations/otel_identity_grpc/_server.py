@@ -19,7 +19,6 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
 import otel_identity as oi
@@ -94,49 +93,54 @@ def _in_hop(
     # The wrapper must be the same kind of callable as the behavior: grpc.aio decides how to
     # run a handler (await it, iterate it, or send it to the thread pool) by inspecting it.
     if inspect.isasyncgenfunction(behavior):
-
-        async def run_stream(request: Any, servicer_context: Any) -> AsyncIterator[Any]:
-            ctx = hop_context(servicer_context, route)
-            responses = behavior(request, servicer_context)
-            # Each step runs under the hop; between steps the caller's context is back, so
-            # nothing leaks into grpc's own loop.
-            try:
-                while True:
-                    token = otel_context.attach(ctx)
-                    try:
-                        item = await responses.__anext__()
-                    except StopAsyncIteration:
-                        return
-                    finally:
-                        otel_context.detach(token)
-                    yield item
-            finally:
-                token = otel_context.attach(ctx)
-                try:
-                    await responses.aclose()
-                finally:
-                    otel_context.detach(token)
-
-        return run_stream
-
+        return _async_stream_in_hop(behavior, route)
     if inspect.iscoroutinefunction(behavior):
+        return _async_in_hop(behavior, route)
+    return _sync_in_hop(behavior, route, response_streaming=response_streaming)
 
-        async def run_async(request: Any, servicer_context: Any) -> Any:
-            token = otel_context.attach(hop_context(servicer_context, route))
+
+def _async_stream_in_hop(behavior: Callable[..., Any], route: str | None) -> Callable[..., Any]:
+    async def run_stream(request: Any, servicer_context: Any) -> AsyncIterator[Any]:
+        ctx = hop_context(servicer_context, route)
+        responses = behavior(request, servicer_context)
+        # Each step runs under the hop; between steps the caller's context is back, so
+        # nothing leaks into grpc's own loop.
+        try:
+            while True:
+                token = attach(ctx)  # detached below, in this step
+                try:
+                    item = await responses.__anext__()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    detach(token)
+                yield item
+        finally:
+            token = attach(ctx)
             try:
-                return await behavior(request, servicer_context)
+                await responses.aclose()
             finally:
-                otel_context.detach(token)
+                detach(token)
 
-        return run_async
+    return run_stream
 
-    extract, getter, hop = oi.extract, _metadata.getter, names.HOP_GRPC_SERVER
 
+def _async_in_hop(behavior: Callable[..., Any], route: str | None) -> Callable[..., Any]:
+    async def run_async(request: Any, servicer_context: Any) -> Any:
+        token = attach(hop_context(servicer_context, route))  # detached below, in this task
+        try:
+            return await behavior(request, servicer_context)
+        finally:
+            detach(token)
+
+    return run_async
+
+
+def _sync_in_hop(
+    behavior: Callable[..., Any], route: str | None, *, response_streaming: bool
+) -> Callable[..., Any]:
     def run(request: Any, servicer_context: Any) -> Any:
-        # hop_context(servicer_context, route), written out: every RPC runs it
-        read = getattr(servicer_context, "invocation_metadata", None)
-        metadata = read() if read is not None else None
-        ctx = extract(metadata or (), getter, hop=hop, route=route)
+        ctx = hop_context(servicer_context, route)
         token = attach(ctx)  # detached below, in this frame
         try:
             result = behavior(request, servicer_context)
@@ -167,20 +171,20 @@ class _IterateInContext:
         return self
 
     def __next__(self) -> Any:
-        token = otel_context.attach(self._ctx)
+        token = attach(self._ctx)
         try:
             return next(self._iterator)
         finally:
-            otel_context.detach(token)
+            detach(token)
 
     def close(self) -> None:
         close = getattr(self._iterator, "close", None)
         if close is not None:
-            token = otel_context.attach(self._ctx)
+            token = attach(self._ctx)
             try:
                 close()
             finally:
-                otel_context.detach(token)
+                detach(token)
 
 
 class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]

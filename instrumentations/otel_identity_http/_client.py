@@ -334,16 +334,19 @@ def plan_policy(headers: H, access: Headers[H], host: str) -> Plan | None:
     header: str | None = None
     if policy.w3c:
         header = access.first(headers, _BAGGAGE)
-        if header is None:
-            for field in policy.others:
-                if access.first(headers, field) is not None:
-                    return None  # injected already, without baggage
-            return (_INJECT,)
-    else:
-        if all(access.first(headers, field) is None for field in policy.fields):
-            return (_INJECT,)
-        if all(access.first(headers, field) is None for field in policy.baggage_fields):
-            return None
+        if header is None:  # nothing injected yet, or injected already without baggage
+            injected = any(access.first(headers, field) is not None for field in policy.others)
+            return None if injected else (_INJECT,)
+    elif all(access.first(headers, field) is None for field in policy.fields):
+        return (_INJECT,)
+    elif all(access.first(headers, field) is None for field in policy.baggage_fields):
+        return None
+    return _plan_for_host(policy, header, host)
+
+
+def _plan_for_host(policy: _Policy, header: str | None, host: str) -> Plan | None:
+    """What injected headers need for ``host``: nothing, or signing, inside ``egress_allow``;
+    the W3C baggage ``header`` stripped (or, for another shape, decoded and stripped) outside."""
     route = policy.routes.get(host)
     if route is None:
         route = policy.route(host)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -179,38 +179,92 @@ def mark_authenticated() -> None:
 R = TypeVar("R", bound="MutableMapping[str, Any]")
 
 
+@dataclass(frozen=True)
+class Shape(Generic[R]):
+    """How a server interface hands a request over (WSGI's environ, ASGI's scope)."""
+
+    name: str  # names the interface in the log line of an internal error
+    getter: Getter[R]
+    header: Callable[[R, str], str | None]  # one request header, or None
+    rewrite: Callable[[R, Context], R]  # a copy whose baggage headers carry the context's
+
+
+def begin(
+    request: R,
+    shape: Shape[R],
+    *,
+    auth: Sequence[AuthSource],
+    route_of: Callable[[R], str | None],
+    continue_trace: bool,
+) -> tuple[R, Stash | None]:
+    """The start of one request's hop, shared by the WSGI and ASGI calls (see ``enter``).
+
+    Never raises: when the start fails, the error is logged and the request is returned with
+    no stash; it then runs without a hop, with no identity."""
+    try:
+        return enter(
+            request, shape, route=route_of(request), auth=auth, continue_trace=continue_trace
+        )
+    except Exception:  # noqa: BLE001 - without a hop the request still runs, with no identity
+        oii.log_internal_error(f"{shape.name}.admit")
+        return request, None
+
+
 def enter(
     request: R,
-    getter: Getter[R],
-    base: Context,
+    shape: Shape[R],
     *,
     route: str | None,
     auth: Sequence[AuthSource],
-    header: Callable[[R, str], str | None],
     continue_trace: bool,
-    rewrite: Callable[[R, Context], R],
 ) -> tuple[R, Stash]:
-    """The WSGI/ASGI-independent start of a request's hop, on top of ``base`` (the current
-    context): the core's extract (policy, limits), then the app's header-based ``auth``
-    sources, which read the request through a ``RequestView`` (``header`` gives one header).
+    """The start of a request's hop, on top of the current context: the core's extract
+    (policy, limits), then the app's header-based ``auth`` sources, which read the request
+    through a ``RequestView``.
 
     ``request`` is the environ or scope: it is returned rewritten when policy or the app's
     authentication changed the baggage, marked as handled (a mounted sub-application does not
     hop again), and, with an OpenTelemetry middleware inside (``continue_trace=False``),
     holding the stash its tap restores our context from. Runs on every request.
     """
-    local = trace.get_current_span(base)
-    inner = (
-        getattr(local, "kind", None) is SpanKind.SERVER and local.get_span_context().is_valid  # type: ignore[attr-defined]
-    )
+    base = oii.current_context()
+    local: Any = trace.get_current_span(base)
+    inner = getattr(local, "kind", None) is SpanKind.SERVER and local.get_span_context().is_valid
+    # With an OpenTelemetry server span, the sender's span is not used (that span is, or will
+    # be, the hop's span): the trace context is not parsed a second time.
+    own_span = inner or not continue_trace
+    ctx, hop = _admit(request, shape.getter, base, route, inner=inner, own_span=own_span)
+    # The hop's span is the inner middleware's server span, or (an OpenTelemetry server
+    # middleware inside makes the SERVER span from the headers) whatever the base had.
+    ctx = oii.hop_context(ctx, hop, span=local if own_span else None)
+    changed = hop.outcome == names.OUTCOME_REJECTED
+    if auth:
+        original = request
+        view = RequestView(route or "", original, lambda name: shape.header(original, name))
+        ctx, authenticated = _authenticate(ctx, hop, auth, view)
+        changed = changed or authenticated
+    if inner:
+        hop.flush(local)
+        if hop.authenticated:
+            stamp(local, ctx)
+    if changed:
+        request = shape.rewrite(request, ctx)
+    request[HANDLED_KEY] = True
+    stash = Stash(ctx, hop)
+    if not continue_trace:
+        request[STASH_KEY] = stash
+    return request, stash
+
+
+def _admit(
+    request: R, getter: Getter[R], base: Context, route: str | None, *, inner: bool, own_span: bool
+) -> tuple[Context, ServerHop]:
+    """The core's extract of the request, not yet counted, and its hop state as a ServerHop."""
     probe = base
     if inner:
         # Without the hop's own span in the base, extract keeps every event pending, so
         # "missing" can wait for the app; an inner middleware's server span is hidden from it.
         probe = trace.set_span_in_context(INVALID_SPAN, base)
-    # With an OpenTelemetry server span, the sender's span is not used (that span is, or will
-    # be, the hop's span): the trace context is not parsed a second time.
-    own_span = inner or not continue_trace
     ctx = oi.extract(
         request,
         getter,
@@ -226,27 +280,7 @@ def enter(
         route,
         oi.get_identity(ctx),
     )
-    # The hop's span is the inner middleware's server span, or (an OpenTelemetry server
-    # middleware inside makes the SERVER span from the headers) whatever the base had.
-    ctx = oii.hop_context(ctx, hop, span=local if own_span else None)
-    changed = hop.outcome == names.OUTCOME_REJECTED
-    if auth:
-        original = request
-        view = RequestView(route or "", original, lambda name: header(original, name))
-        ctx, authenticated = _authenticate(ctx, hop, auth, view)
-        changed = changed or authenticated
-    if inner:
-        span: trace.Span = local  # type: ignore[assignment]
-        hop.flush(span)
-        if hop.authenticated:
-            stamp(span, ctx)
-    if changed:
-        request = rewrite(request, ctx)
-    request[HANDLED_KEY] = True
-    stash = Stash(ctx, hop)
-    if not continue_trace:
-        request[STASH_KEY] = stash
-    return request, stash
+    return ctx, hop
 
 
 def settle(hop: ServerHop, present: bool | None = None) -> None:
@@ -443,17 +477,23 @@ def _is_otel(node: object) -> bool:
     if (getattr(node, "__module__", "") or "").startswith(_OTEL_PREFIX):
         return True  # a function made by an instrumentation (Flask's rewrapped wsgi_app)
     try:
-        if getattr(node, "_is_instrumented_by_opentelemetry", False) is True:
-            return True  # Flask and FastAPI apps instrumented by OpenTelemetry
-        user_middleware: Iterable[object] = getattr(node, "user_middleware", None) or ()
-        for middleware in user_middleware:  # Starlette's declared middleware
-            cls = getattr(middleware, "cls", None)
-            if (getattr(cls, "__module__", "") or "").startswith(_OTEL_PREFIX):
-                return True
-        if module.startswith("django.core.handlers"):
-            from django.conf import settings  # type: ignore[import-untyped]
-
-            return any("opentelemetry" in str(m) for m in getattr(settings, "MIDDLEWARE", ()))
+        return _declares_otel(node, module)
     except Exception:  # noqa: BLE001 - detection is a best effort over arbitrary objects
         return False
+
+
+def _declares_otel(node: object, module: str) -> bool:
+    """Whether ``node`` says it is instrumented: a flag, a declared middleware, a setting."""
+    if getattr(node, "_is_instrumented_by_opentelemetry", False) is True:
+        return True  # Flask and FastAPI apps instrumented by OpenTelemetry
+    user_middleware: Iterable[object] = getattr(node, "user_middleware", None) or ()
+    for middleware in user_middleware:  # Starlette's declared middleware
+        cls = getattr(middleware, "cls", None)
+        if (getattr(cls, "__module__", "") or "").startswith(_OTEL_PREFIX):
+            return True
+    if module.startswith("django.core.handlers"):
+        from django.conf import settings  # type: ignore[import-untyped]
+
+        return any("opentelemetry" in str(m) for m in getattr(settings, "MIDDLEWARE", ()))
+    return False
     return False

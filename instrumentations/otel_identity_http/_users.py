@@ -19,8 +19,8 @@ from opentelemetry import context as otel_context
 
 import otel_identity as oi
 from otel_identity import instrumentation as oii
-from otel_identity_http._asgi import ASGIApp, Receive, Scope, Send
 from otel_identity_http._server import mark_authenticated
+from otel_identity_http._shapes import ASGIApp, Receive, Scope, Send
 
 UserFn = Callable[[Any], Any]
 

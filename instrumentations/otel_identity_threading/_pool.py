@@ -3,7 +3,7 @@
 ``submit`` (and so ``map``, ``loop.run_in_executor`` and ``asyncio.to_thread``) builds one
 ``concurrent.futures.thread._WorkItem`` per task, in the submitting thread, and the worker calls
 its ``run``. Our subclass of it captures the current context when it is built and runs the task
-as the core's hand-off hop on that context (see ``otel_identity._context.Handoff``): the work
+as the core's hand-off hop on that context (see ``otel_identity.instrumentation.Handoff``): the work
 item *is* the hop's state and ``current_user`` slot, so a hop allocates nothing of its own and
 no wrapper sits on ``submit`` (this is the hottest hop there is; see
 ``benchmarks/bench_threads.py``). The task is accounted only if it really starts (not when it
