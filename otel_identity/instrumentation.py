@@ -1,5 +1,6 @@
 """The interface for transport authors: what an instrumentation package needs from the core.
 
+    import otel_identity as oi
     from otel_identity import instrumentation as oii
 
     def handle(message):                       # a consumer of some transport
