@@ -134,18 +134,22 @@ class Arrival:
         return {k: v for k, v in baggage.items() if k not in drop}
 
 
-# (baggage header, hop kind) -> what it means; validated against the settings on every hit.
-_arrivals: dict[tuple[str | None, str], Arrival] = {}
+@_memo.per_settings
+def _arrivals_under(settings: _config.Settings) -> dict[tuple[str | None, str], Arrival]:
+    """(baggage header, hop kind) -> what it means under ``settings`` (new settings, a new
+    table)."""
+    return {}
 
 
 def arrival_for(header: str | None, hop: str, settings: _config.Settings) -> Arrival:
     """What the baggage ``header`` means on a ``hop`` hop under ``settings`` (remembered)."""
-    arrival = _arrivals.get((header, hop))
-    if arrival is None or arrival.settings is not settings:
+    arrivals = _arrivals_under(settings)
+    arrival = arrivals.get((header, hop))
+    if arrival is None:
         parsed = _baggage.parse(header, keep_keys_of(settings)) if header else _baggage.EMPTY
         arrival = Arrival(parsed.members, parsed, hop, settings)
         if arrival.cacheable:
-            _memo.remember(_arrivals, (header, hop), arrival)
+            _memo.remember(arrivals, (header, hop), arrival)
     return arrival
 
 

@@ -153,27 +153,28 @@ def _foreign_state(baggage: Mapping[str, object], raw: tuple[object, ...]) -> Id
     reuse its attributes)."""
     if raw == (None, None, None, None) or _baggage_propagator.displaced():
         return None
+    settings = _settings()
+    known = _unknown_under(settings)
     try:
-        cached = _unknown.get(raw)
+        state = known.get(raw, _NOT_SEEN)
     except TypeError:  # an unhashable value put in baggage by other code: nothing to share
         return _admitted(baggage, raw)
-    if cached is not None and cached[0] is _config.current:
-        return cached[1]
-    return _unknown_state(baggage, raw)
+    if state is _NOT_SEEN:
+        state = _admitted(baggage, raw)
+        # Remembered except under ``verify``, where a signature's expiry is checked every time.
+        if settings.effective_inbound != "verify":
+            _memo.remember(known, raw, state)
+    return state  # type: ignore[return-value]
 
 
-# raw identity values -> (settings, state) for baggage that no otel-identity hop decoded.
-_unknown: dict[tuple[object, ...], tuple[_config.Settings, IdentityState | None]] = {}
+_NOT_SEEN = object()
 
 
-def _unknown_state(baggage: Mapping[str, object], raw: tuple[object, ...]) -> IdentityState | None:
-    """``state_of`` for identity baggage of unknown provenance, remembered except under
-    ``verify``, where a signature's expiry is checked every time."""
-    settings = _config.get_settings()
-    state = _admitted(baggage, raw)
-    if settings.effective_inbound != "verify":
-        _memo.remember(_unknown, raw, (settings, state))
-    return state
+@_memo.per_settings
+def _unknown_under(settings: _config.Settings) -> dict[tuple[object, ...], object]:
+    """Raw identity values -> their state, for baggage no otel-identity hop decoded, decided
+    under ``settings`` (new settings, a new table)."""
+    return {}
 
 
 def _admitted(baggage: Mapping[str, object], raw: tuple[object, ...]) -> IdentityState | None:
