@@ -34,7 +34,7 @@ from collections.abc import Callable
 from opentelemetry import context as otel_context
 
 import otel_identity as oi
-from otel_identity._carriers import AsyncIdentityQueue, IdentityQueue
+from otel_identity._queues import AsyncIdentityQueue, IdentityQueue
 
 _STOP = object()
 

@@ -22,16 +22,6 @@ from __future__ import annotations
 
 from otel_identity import names
 from otel_identity._baggage_propagator import IdentityBaggagePropagator
-from otel_identity._carriers import (
-    AsyncIdentityQueue,
-    Envelope,
-    HeadersGetter,
-    HeadersSetter,
-    IdentityQueue,
-    headers_getter,
-    headers_setter,
-    seal,
-)
 from otel_identity._config import Settings, configure, get_settings
 from otel_identity._context import (
     clear_identity,
@@ -46,18 +36,14 @@ from otel_identity._errors import (
     MissingIdentityError,
     OtelIdentityError,
 )
-from otel_identity._hops import (
-    continue_context,
-    continue_from,
-    extract,
-    hop_state,
-    inject,
-    receive,
-)
+from otel_identity._handoff import continue_context, hop_state, receive
+from otel_identity._headers import HeadersGetter, HeadersSetter, headers_getter, headers_setter
 from otel_identity._identity import Identity
 from otel_identity._instrumentor import IdentityInstrumentor
 from otel_identity._logging import IdentityLogFilter, structlog_processor
 from otel_identity._processor import IdentitySpanProcessor
+from otel_identity._queues import AsyncIdentityQueue, Envelope, IdentityQueue, seal
+from otel_identity._receiving import continue_from, extract
 from otel_identity._resolver import (
     aget_current_user,
     clear_cache,
@@ -66,6 +52,7 @@ from otel_identity._resolver import (
     set_user_resolver,
     user_resolver,
 )
+from otel_identity._sending import inject
 from otel_identity.version import __version__
 
 __all__ = [

@@ -149,7 +149,11 @@ def _fit(
     return members, oversize, len(accepted) - len(members)
 
 
-def _parse(headers: Iterable[str], keep: frozenset[str]) -> Parsed:
+def _members(
+    headers: Iterable[str],
+) -> tuple[dict[str, tuple[str, int]], set[str], set[str]]:
+    """Every list member of ``headers``: the accepted ones (key -> value and the bytes it
+    costs), the keys sent with different values (ambiguous), the keys refused."""
     accepted: dict[str, tuple[str, int]] = {}
     ambiguous: set[str] = set()
     refused: set[str] = set()
@@ -159,11 +163,10 @@ def _parse(headers: Iterable[str], keep: frozenset[str]) -> Parsed:
             if not text:
                 continue  # an empty list element (",,") is no member
             key, value = _member(text)
+            seen = accepted.get(key)
             if value is None:
                 refused.add(key)
-                continue
-            seen = accepted.get(key)
-            if seen is None:
+            elif seen is None:
                 if key not in ambiguous:
                     accepted[key] = (value, _size(text))
             elif seen[0] != value:
@@ -172,6 +175,11 @@ def _parse(headers: Iterable[str], keep: frozenset[str]) -> Parsed:
                 accepted[key] = (value, seen[1] + 1 + _size(text))
     for key in ambiguous:
         accepted.pop(key, None)
+    return accepted, ambiguous, refused
+
+
+def _parse(headers: Iterable[str], keep: frozenset[str]) -> Parsed:
+    accepted, ambiguous, refused = _members(headers)
     if refused or ambiguous:
         _telemetry.log_limited(
             "baggage.refused",

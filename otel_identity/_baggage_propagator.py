@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import cast
 
 from opentelemetry import propagate
-from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context, create_key, get_current
 from opentelemetry.propagators.composite import CompositePropagator
@@ -31,20 +30,22 @@ from opentelemetry.propagators.textmap import (
     default_setter,
 )
 
-from otel_identity import _baggage, _config, _telemetry
+from otel_identity import _baggage, _config, _memo, _telemetry
+from otel_identity._internals import BAGGAGE_KEY, composite_steps
 
 _PARSED_KEY = create_key("otel_identity.baggage_parsed")
 
-_keep: tuple[object, frozenset[str]] = (None, frozenset())
+
+@_memo.per_settings
+def keep_keys_of(settings: _config.Settings) -> frozenset[str]:
+    """The members the W3C limits never drop under ``settings``: the identity keys and the
+    signature."""
+    return frozenset((*settings.identity_keys, settings.sig_key))
 
 
 def keep_keys() -> frozenset[str]:
-    """The members the limits never drop: the configured identity keys and the signature."""
-    global _keep
-    settings = _config.current or _config.get_settings()
-    if _keep[0] is not settings:
-        _keep = (settings, frozenset((*settings.identity_keys, settings.sig_key)))
-    return _keep[1]
+    """``keep_keys_of`` the settings in force."""
+    return keep_keys_of(_config.current or _config.get_settings())
 
 
 class IdentityBaggagePropagator(TextMapPropagator):
@@ -78,7 +79,7 @@ class IdentityBaggagePropagator(TextMapPropagator):
         """Write the context's baggage as one header (nothing when there is none)."""
         ctx = context if context is not None else get_current()
         try:
-            baggage = cast("Mapping[str, object] | None", ctx.get(_BAGGAGE_KEY))
+            baggage = cast("Mapping[str, object] | None", ctx.get(BAGGAGE_KEY))
             header = _baggage.encode(baggage, keep_keys()) if baggage else None
         except Exception:  # noqa: BLE001
             _telemetry.log_internal_error("baggage inject")
@@ -98,12 +99,12 @@ def with_members(ctx: Context, parsed: _baggage.Parsed, keep: frozenset[str]) ->
     left in the baggage, not even one from ``ctx``: the receiving hop rejects the identity, and
     code reading baggage directly must not see half of it."""
     values = dict(ctx)
-    existing = cast("Mapping[str, object] | None", values.get(_BAGGAGE_KEY))
+    existing = cast("Mapping[str, object] | None", values.get(BAGGAGE_KEY))
     if parsed.verdict(keep) is not None:
         merged = {k: v for k, v in {**(existing or {}), **parsed.members}.items() if k not in keep}
-        values[_BAGGAGE_KEY] = merged
+        values[BAGGAGE_KEY] = merged
     elif parsed.members:
-        values[_BAGGAGE_KEY] = {**existing, **parsed.members} if existing else parsed.members
+        values[BAGGAGE_KEY] = {**existing, **parsed.members} if existing else parsed.members
     values[_PARSED_KEY] = parsed
     return Context(values)
 
@@ -134,7 +135,7 @@ def _replaced(propagator: TextMapPropagator) -> TextMapPropagator | None:
         return IdentityBaggagePropagator()
     if type(propagator) is not CompositePropagator:
         return None
-    parts = list(cast("Any", propagator)._propagators)
+    parts = list(composite_steps(propagator) or ())
     new = [_replaced(part) for part in parts]
     if all(part is None for part in new):
         return None
@@ -213,7 +214,7 @@ def _kinds(propagator: object) -> set[str]:
         return {"opentelemetry"}
     if type(propagator) is CompositePropagator:
         found: set[str] = set()
-        for part in cast("Any", propagator)._propagators:
+        for part in composite_steps(propagator) or ():
             found |= _kinds(part)
         return found
     try:

@@ -35,35 +35,28 @@ def _baggage_step_check(textmap: Any) -> int:
     return 1
 
 
-def _doctor() -> int:
-    from opentelemetry import propagate, trace
+_SHOWN_SETTINGS = (
+    "resolver",
+    "user_key",
+    "tenant_key",
+    "session_key",
+    "roles_key",
+    "required_hops",
+    "anonymous_routes",
+    "inbound",
+    "signing_keys",
+    "keys_file",
+    "token_ttl",
+    "queue_token_ttl",
+    "egress_allow",
+    "egress_strip_all_baggage",
+    "span_attributes",
+)
 
-    from otel_identity import _checks
 
-    try:
-        settings = _config.environment_settings()
-        keys = _keys.load(settings)  # a bad keys file or a duplicate key id is an error here
-    except ConfigurationError as exc:
-        print(f"configuration error: {exc}")
-        return 2
+def _print_configuration(settings: _config.Settings) -> None:
     print(f"otel-identity {__version__}: effective configuration")
-    for name in (
-        "resolver",
-        "user_key",
-        "tenant_key",
-        "session_key",
-        "roles_key",
-        "required_hops",
-        "anonymous_routes",
-        "inbound",
-        "signing_keys",
-        "keys_file",
-        "token_ttl",
-        "queue_token_ttl",
-        "egress_allow",
-        "egress_strip_all_baggage",
-        "span_attributes",
-    ):
+    for name in _SHOWN_SETTINGS:
         value = getattr(settings, name)
         if name == "inbound":
             value = f"{settings.effective_inbound}" + ("" if settings.inbound else " (default)")
@@ -72,16 +65,11 @@ def _doctor() -> int:
         elif isinstance(value, (frozenset, tuple)):
             value = ", ".join(sorted(value) if isinstance(value, frozenset) else value) or "none"
         print(f"  {name:<26} {value}")
-    print("checks")
+
+
+def _policy_warnings(settings: _config.Settings, keys: object) -> int:
+    """Print a warning for each risky combination of settings; returns how many."""
     warnings = 0
-    warnings += _baggage_step_check(propagate.get_global_textmap())
-    if keys is not None:
-        minter = keys.minter.kid if keys.minter else "none: this service verifies only"
-        print(f"  info  keys: {', '.join(keys.keys)}; mints with {minter}")
-    provider = trace.get_tracer_provider()
-    print(f"  info  tracer provider: {type(provider).__name__}")
-    for line in _instrumentors():
-        print(line)
     if settings.effective_inbound == "trust" and "http.server" in settings.required_hops:
         warnings += 1
         print(
@@ -100,6 +88,32 @@ def _doctor() -> int:
     if "0.0.0.0/0" in settings.egress_allow or "::/0" in settings.egress_allow:
         warnings += 1
         print("  WARN  egress_allow admits every address: identity may reach third parties")
+    return warnings
+
+
+def _doctor() -> int:
+    from opentelemetry import propagate, trace
+
+    from otel_identity import _checks
+
+    try:
+        settings = _config.environment_settings()
+        keys = _keys.load(settings)  # a bad keys file or a duplicate key id is an error here
+    except ConfigurationError as exc:
+        print(f"configuration error: {exc}")
+        return 2
+    _print_configuration(settings)
+    print("checks")
+    warnings = 0
+    warnings += _baggage_step_check(propagate.get_global_textmap())
+    if keys is not None:
+        minter = keys.minter.kid if keys.minter else "none: this service verifies only"
+        print(f"  info  keys: {', '.join(keys.keys)}; mints with {minter}")
+    provider = trace.get_tracer_provider()
+    print(f"  info  tracer provider: {type(provider).__name__}")
+    for line in _instrumentors():
+        print(line)
+    warnings += _policy_warnings(settings, keys)
     errors = 0
     for finding in _checks.findings(settings):
         print(finding.line())
@@ -219,7 +233,8 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> tuple[argparse.ArgumentParser, Any]:
+    """The command line, and its subcommands' parsers (each reports its own usage errors)."""
     parser = argparse.ArgumentParser(
         prog="otel-identity", description="User and tenant identity across every hop."
     )
@@ -260,12 +275,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dashboards", help="write the Prometheus rules and the Grafana dashboard"
     )
     dashboards.add_argument("--out", metavar="DIR", required=True, help="directory to write to")
+    return parser, sub
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, sub = _parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the subcommand's own usage, not the top-level one
         sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "demo":
         if not 0 <= args.linger <= 3600:
-            demo.error("--linger wants 0 to 3600 seconds")
+            sub.choices["demo"].error("--linger wants 0 to 3600 seconds")
         return _demo(args)
     if args.command == "doctor":
         return _doctor()

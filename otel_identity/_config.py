@@ -116,7 +116,6 @@ _lock = threading.Lock()
 # The effective settings, None until first use. Hot paths read it in place
 # (``current or get_settings()``): a call less on every span.
 current: Settings | None = None
-_listeners: list[Callable[[Settings | None], None]] = []
 # Why the environment was refused, once it was: the request paths ask for settings on every
 # call while it stays broken, and re-reading the environment each time would cost more than
 # the request. reset_settings() forgets it.
@@ -178,20 +177,11 @@ def reset_settings() -> None:
     with _lock:
         current = None
         _refused = None
-        for listener in _listeners:
-            listener(None)
-
-
-def on_change(listener: Callable[[Settings | None], None]) -> None:
-    """Call ``listener(settings)`` whenever settings change; None means 'read them again'."""
-    _listeners.append(listener)
 
 
 def _install(settings: Settings) -> None:
     global current
     current = settings
-    for listener in _listeners:
-        listener(settings)
 
 
 def _from_environment(environ: Mapping[str, str]) -> Settings:
@@ -226,55 +216,61 @@ def _split(value: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(item.strip() for item in items if item and item.strip())
 
 
+def _parse_resolver(name: str, value: Any) -> Any:
+    if value is None or callable(value):
+        return value
+    text = str(value).strip()
+    if ":" not in text:
+        raise ConfigurationError(f"resolver must be 'module:function', got {text!r}")
+    return text
+
+
+def _parse_baggage_key(name: str, value: Any) -> str:
+    text = str(value).strip()
+    if not text or any(c in text for c in ' ,;="\\') or not text.isascii():
+        raise ConfigurationError(f"{name} must be a W3C baggage key, got {text!r}")
+    return text
+
+
+def _parse_hops(name: str, value: Any) -> frozenset[str]:
+    hops = frozenset(_split(value))
+    unknown = hops - HOP_KINDS
+    if unknown:
+        raise ConfigurationError(f"unknown hop kind(s): {', '.join(sorted(unknown))}")
+    return hops
+
+
+def _parse_choice(*choices: str, optional: bool = False) -> Callable[[str, Any], str | None]:
+    def parse(name: str, value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        text = str(value).strip().lower()
+        if text not in choices:
+            allowed = f"{', '.join(choices[:-1])} or {choices[-1]}"
+            raise ConfigurationError(f"{name} must be {allowed}, got {text!r}")
+        return text
+
+    return parse
+
+
+def _parse_path(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(os.fspath(value)).strip() or None
+
+
+def _parse_egress(name: str, value: Any) -> tuple[str, ...]:
+    entries = _split(value)
+    for entry in entries:
+        _check_egress_entry(entry)
+    return entries
+
+
 def _parse(name: str, value: Any) -> Any:
-    if name == "resolver":
-        if value is None or callable(value):
-            return value
-        text = str(value).strip()
-        if ":" not in text:
-            raise ConfigurationError(f"resolver must be 'module:function', got {text!r}")
-        return text
-    if name in ("user_key", "tenant_key", "session_key", "roles_key", "sig_key"):
-        text = str(value).strip()
-        if not text or any(c in text for c in ' ,;="\\') or not text.isascii():
-            raise ConfigurationError(f"{name} must be a W3C baggage key, got {text!r}")
-        return text
-    if name == "required_hops":
-        hops = frozenset(_split(value))
-        unknown = hops - HOP_KINDS
-        if unknown:
-            raise ConfigurationError(f"unknown hop kind(s): {', '.join(sorted(unknown))}")
-        return hops
-    if name == "anonymous_routes":
-        return _split(value)
-    if name == "inbound":
-        if value is None:
-            return None
-        text = str(value).strip().lower()
-        if text not in ("trust", "verify", "strip"):
-            raise ConfigurationError(f"inbound must be trust, verify or strip, got {text!r}")
-        return text
-    if name == "signing_keys":
-        return _parse_keys(value)
-    if name in ("token_ttl", "queue_token_ttl"):
-        return parse_seconds(name, value)
-    if name == "keys_file":
-        if value is None:
-            return None
-        return str(os.fspath(value)).strip() or None
-    if name == "egress_allow":
-        entries = _split(value)
-        for entry in entries:
-            _check_egress_entry(entry)
-        return entries
-    if name == "egress_strip_all_baggage":
-        return parse_bool(name, value)
-    if name == "span_attributes":
-        text = str(value).strip().lower()
-        if text not in ("id", "hash", "none"):
-            raise ConfigurationError(f"span_attributes must be id, hash or none, got {text!r}")
-        return text
-    raise ConfigurationError(f"unknown setting {name!r}")  # pragma: no cover - guarded above
+    parser = _PARSERS.get(name)
+    if parser is None:  # pragma: no cover - guarded by the callers
+        raise ConfigurationError(f"unknown setting {name!r}")
+    return parser(name, value)
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -386,3 +382,22 @@ def _validate(settings: Settings, *, read_keys: bool = True) -> None:
         raise ConfigurationError("inbound='verify' needs signing_keys or keys_file")
     if read_keys:
         _keys.load(settings)  # a bad keys file or a duplicate key id: an error here
+
+
+# How each setting is read from code or the environment (a value of the right type passes).
+_PARSERS: dict[str, Callable[[str, Any], Any]] = {
+    "resolver": _parse_resolver,
+    **dict.fromkeys(
+        ("user_key", "tenant_key", "session_key", "roles_key", "sig_key"), _parse_baggage_key
+    ),
+    "required_hops": _parse_hops,
+    "anonymous_routes": lambda _name, value: _split(value),
+    "inbound": _parse_choice("trust", "verify", "strip", optional=True),
+    "signing_keys": lambda _name, value: _parse_keys(value),
+    "token_ttl": parse_seconds,
+    "queue_token_ttl": parse_seconds,
+    "keys_file": _parse_path,
+    "egress_allow": _parse_egress,
+    "egress_strip_all_baggage": parse_bool,
+    "span_attributes": _parse_choice("id", "hash", "none"),
+}

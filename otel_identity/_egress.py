@@ -162,14 +162,15 @@ def read_host(host: str) -> tuple[Host, ...] | None:
         if decoded is None or "%" in decoded or _NEVER.search(decoded):
             return None
         return read_host(decoded)
-    host = host.translate(_IDNA_DOTS)
-    if host.isascii():
-        forms = [host]
-    else:
-        found_forms = _idna_forms(host)
-        if found_forms is None:
-            return None
-        forms = found_forms
+    return _name_readings(host.translate(_IDNA_DOTS))
+
+
+def _name_readings(host: str) -> tuple[Host, ...] | None:
+    """The readings of a host name (its IDNA forms, for a non-ASCII one); None if any of
+    them is unreadable."""
+    forms = [host] if host.isascii() else _idna_forms(host)
+    if forms is None:
+        return None
     readings: list[Host] = []
     for form in forms:
         reading = _ascii_host(form.lower())

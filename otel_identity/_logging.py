@@ -21,7 +21,8 @@ from typing import Any
 from opentelemetry import trace
 
 from otel_identity import _config
-from otel_identity._context import get_identity, hash_user
+from otel_identity._attributes import hash_user
+from otel_identity._context import get_identity
 
 
 def _fields() -> dict[str, str | None]:

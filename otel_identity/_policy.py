@@ -7,6 +7,8 @@ In-process hops (threads, our own child processes) cross no trust boundary and a
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 from collections.abc import Mapping
 
 from otel_identity import _codec, _config, _keys, _memo, _signing, names
@@ -64,3 +66,16 @@ def admit_unknown(baggage: Mapping[str, object], raw: tuple[object, ...]) -> Ide
     """Identity found in baggage that no otel-identity hop or verb put there."""
     settings = _config.get_settings()
     return admit(baggage, raw, settings.effective_inbound, settings)[0]
+
+
+@functools.lru_cache(maxsize=1024)
+def _route_matches(route: str, patterns: tuple[str, ...]) -> bool:
+    return any(route == p or fnmatch.fnmatchcase(route, p) for p in patterns)
+
+
+def is_anonymous_route(route: str | None, settings: _config.Settings | None = None) -> bool:
+    """Whether ``route`` (a path or a gRPC method) is exempt from requiring identity."""
+    if not route:
+        return False
+    patterns = (settings or _config.get_settings()).anonymous_routes
+    return bool(patterns) and _route_matches(route, patterns)

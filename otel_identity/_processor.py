@@ -16,17 +16,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 
 from otel_identity import _config, _telemetry, names
 from otel_identity._config import AttributeMode
-from otel_identity._context import _STATE_KEY, HOP_KEY, state_of
-from otel_identity._hops import HopState, current_context, is_anonymous_route, missing_event
-from otel_identity._telemetry import local as _per_thread
+from otel_identity._handoff import hop_of
+from otel_identity._hop_state import HopState, missing_event
+from otel_identity._internals import set_span_attributes
+from otel_identity._policy import is_anonymous_route
+from otel_identity._runtime import current_context
+from otel_identity._state import state_of
 
 _HOP_KINDS = (SpanKind.SERVER, SpanKind.CONSUMER)  # the spans of receiving hops
 _ROUTE_ATTRIBUTES = ("http.route", "url.path", "http.target", "messaging.destination.name")
@@ -71,51 +72,19 @@ class IdentitySpanProcessor(SpanProcessor):
         if not self.enabled:
             return
         try:
-            ctx: Any = parent_context if parent_context is not None else current_context()
-            # Every span of the process comes here: hop_of(ctx), state_of(ctx) and
-            # span.set_attributes are written out below for their common cases.
-            hop = ctx.get(HOP_KEY)
-            try:
-                handoff = _per_thread.state.handoff
-            except AttributeError:  # this thread never entered a hop
-                handoff = None
-            if handoff is not None and hop is handoff.source.get(HOP_KEY):
-                hop = handoff.state
+            ctx = parent_context if parent_context is not None else current_context()
+            hop: Any = hop_of(ctx)
             if hop is not None and hop.pending:
                 hop.flush(span)
-            state = ctx.get(_STATE_KEY)
-            if state is None or state.baggage is not ctx.get(_BAGGAGE_KEY):
-                state = state_of(ctx)
+            state = state_of(ctx)
             if state is None:
                 if span.kind in _HOP_KINDS and not isinstance(hop, HopState):
                     self._check_missing(span, _config.get_settings())
                 return
             mode = self._mode or (_config.current or _config.get_settings()).span_attributes
-            memo = state.attributes  # state.span_attributes(mode), its hit inlined
-            if memo is not None and memo[0] == mode:
-                attributes = memo[1]
-            else:
-                attributes = state.span_attributes(mode)
-            if not attributes:
-                return
-            # The SDK cleans every value it is given (about 2 us for our three to five, on
-            # every span). Ours are validated once per identity and shared: strings, a bool,
-            # a tuple of strings. So where the span is the SDK's own, still starting (the SDK
-            # makes its attributes immutable when it ends), with room for them all and no
-            # value-length limit, they go straight into its attribute store; in any other
-            # case through set_attributes. tests/core/test_processor.py checks that the
-            # installed SDK takes the direct path and that both give the same span.
-            bounded = getattr(span, "_attributes", None)
-            if type(bounded) is BoundedAttributes and bounded._immutable is False:
-                store, maxlen = getattr(bounded, "_dict", None), bounded.maxlen
-                if (
-                    type(store) is dict
-                    and bounded.max_value_len is None
-                    and (maxlen is None or len(store) + len(attributes) <= maxlen)
-                ):
-                    store.update(attributes)
-                    return
-            span.set_attributes(attributes)
+            attributes = state.span_attributes(mode)
+            if attributes:
+                set_span_attributes(span, attributes)
         except Exception:  # noqa: BLE001 - a processor must never raise into span creation
             _telemetry.log_internal_error("IdentitySpanProcessor.on_start")
 

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from opentelemetry import propagate
-from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
@@ -28,6 +27,7 @@ from otel_identity._baggage_propagator import (
     keep_keys,
     with_members,
 )
+from otel_identity._internals import BAGGAGE_KEY, composite_steps
 
 _HEADER = _baggage.HEADER
 _KNOWN = frozenset({TraceContextTextMapPropagator, W3CBaggagePropagator, IdentityBaggagePropagator})
@@ -36,7 +36,7 @@ _KNOWN = frozenset({TraceContextTextMapPropagator, W3CBaggagePropagator, Identit
 def steps(propagator: TextMapPropagator) -> tuple[TextMapPropagator, ...] | None:
     """The steps of the global propagator when we know its shape, else None (opaque)."""
     if type(propagator) is CompositePropagator:
-        return tuple(cast("Any", propagator)._propagators)
+        return composite_steps(propagator)
     if isinstance(propagator, CompositePropagator):
         return None  # a subclass may combine its steps its own way
     return (propagator,)
@@ -119,14 +119,14 @@ def _extract_opaque(
     ctx = propagator.extract(carrier, context=Context(), getter=getter)
     header = joined(getter.get(carrier, _HEADER))
     parsed = _baggage.parse(header, keep) if header else _baggage.EMPTY
-    baggage = cast("Mapping[str, object]", ctx.get(_BAGGAGE_KEY) or {})
+    baggage = cast("Mapping[str, object]", ctx.get(BAGGAGE_KEY) or {})
     ours = {} if parsed.verdict(keep) else parsed.members
     if keep.isdisjoint(baggage) and keep.isdisjoint(ours):
         return ctx, parsed
     values = dict(ctx)
     merged = {k: v for k, v in baggage.items() if k not in keep}
     merged.update((k, v) for k, v in ours.items() if k in keep)
-    values[_BAGGAGE_KEY] = merged
+    values[BAGGAGE_KEY] = merged
     return Context(values), parsed
 
 
@@ -141,7 +141,7 @@ def inject(carrier: CarrierT, ctx: Context, setter: Setter[CarrierT]) -> None:
         if not is_baggage_step(part):
             part.inject(carrier, context=ctx, setter=setter)
             continue
-        baggage = cast("Mapping[str, object] | None", ctx.get(_BAGGAGE_KEY))
+        baggage = cast("Mapping[str, object] | None", ctx.get(BAGGAGE_KEY))
         if baggage:
             header = _baggage.encode(baggage, keep_keys())
             if header:

@@ -33,8 +33,9 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 from otel_identity import _config, _telemetry, names
-from otel_identity._context import UserSlot, state_of, user_slot
+from otel_identity._handoff import user_slot
 from otel_identity._identity import Identity
+from otel_identity._state import UserSlot, state_of
 
 Resolver = Callable[[Identity], Any]
 R = TypeVar("R", bound=Resolver)

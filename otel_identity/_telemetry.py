@@ -19,8 +19,9 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.util.types import Attributes
 
-from otel_identity import names
+from otel_identity import _thread_state, names
 from otel_identity._errors import ConfigurationError
+from otel_identity._thread_state import Counts
 from otel_identity.version import __version__
 
 logger = logging.getLogger("otel_identity")
@@ -28,9 +29,6 @@ logger = logging.getLogger("otel_identity")
 _RESOLVE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _lock = threading.Lock()
 _instruments: Any = None  # (hops, resolve duration, egress strips, resolve failures), at first use
-
-# (hop, outcome), or (hop, outcome, reason) for a rejected hop: see ``hop_key``.
-Counts = dict[tuple[str, ...], int]
 
 
 def hop_key(hop: str, outcome: str, reason: str | None = None) -> tuple[str, ...]:
@@ -40,37 +38,7 @@ def hop_key(hop: str, outcome: str, reason: str | None = None) -> tuple[str, ...
     return (hop, outcome)
 
 
-class ThreadState:
-    """What the core keeps for each thread, written by that thread only: its hop counts, and
-    the hand-off (``_context.Handoff``) it is running."""
-
-    __slots__ = ("counts", "handoff", "ident")
-
-    def __init__(self) -> None:
-        self.counts: Counts = {}
-        self.handoff: Any = None
-        self.ident = threading.get_ident()
-
-
-local = threading.local()  # .state: this thread's ThreadState
-# Every thread's own table, with a weak reference to its thread; the tables of threads that
-# have ended are folded into _retired at collection, so thread churn does not grow memory.
-_tables: list[tuple[weakref.ref[threading.Thread], Counts]] = []
-_retired: Counts = {}
-
-
-def thread_state() -> ThreadState:
-    """This thread's ThreadState (made on first use)."""
-    try:
-        return local.state  # type: ignore[no-any-return]
-    except AttributeError:
-        pass
-    _ensure_instruments()
-    state = ThreadState()
-    local.state = state
-    with _lock:
-        _tables.append((weakref.ref(threading.current_thread()), state.counts))
-    return state
+_retired: Counts = {}  # the counts of threads that have ended
 
 
 def hop_counts() -> Counts:
@@ -83,10 +51,10 @@ def hop_counts() -> Counts:
 
 def hop_totals() -> Counts:
     """The running hop totals by ``hop_key``, all threads added up (for the counter)."""
-    with _lock:
+    with _thread_state.lock:
         live: list[tuple[weakref.ref[threading.Thread], Counts]] = []
         total = dict(_retired)
-        for ref, table in _tables:
+        for ref, table in _thread_state.tables:
             snapshot = table.copy()  # only its own thread writes it; a copy is one C call
             for key, count in snapshot.items():
                 total[key] = total.get(key, 0) + count
@@ -96,7 +64,7 @@ def hop_totals() -> Counts:
                     _retired[key] = _retired.get(key, 0) + count
             else:
                 live.append((ref, table))
-        _tables[:] = live
+        _thread_state.tables[:] = live
     return total
 
 
@@ -159,15 +127,6 @@ def _ensure_instruments() -> Any:
                 )
                 _instruments = (counter, histogram, stripped, failures)
     return _instruments
-
-
-def count(key: tuple[str, ...]) -> None:
-    """Account one hop under its ``hop_key``; the observable counter reports the totals."""
-    try:
-        table: Counts = local.state.counts
-    except AttributeError:
-        table = thread_state().counts
-    table[key] = table.get(key, 0) + 1
 
 
 _stripped: dict[str, int] = {}  # identity.hop -> egress strips
@@ -309,3 +268,6 @@ def short(text: object, limit: int = 32) -> str:
     escapes every control and non-printable character, so no raw CR, LF, ESC or NUL."""
     text = text if isinstance(text, str) else str(text)
     return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+_thread_state.on_first_use.append(_ensure_instruments)

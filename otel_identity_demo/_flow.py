@@ -43,7 +43,8 @@ from otel_identity_http import HttpClientIdentityInstrumentor, IdentityWSGIMiddl
 from otel_identity_threading import ThreadingIdentityInstrumentor
 
 import otel_identity as oi
-from otel_identity import _config, _telemetry, names
+from otel_identity import instrumentation as oii
+from otel_identity import names
 from otel_identity_demo import _metrics
 from otel_identity_demo._jobs import CeleryJobs, InProcessJobs, Jobs
 
@@ -283,7 +284,7 @@ def run(
 
 def _check_settings() -> None:
     try:
-        _config.environment_settings()
+        oii.environment_settings()
     except oi.ConfigurationError as exc:
         raise DemoError(f"configuration error: {exc}") from None
 
@@ -307,7 +308,7 @@ def _run(
 ) -> int:
     _check_settings()
     _check_export(export)
-    counted_before = _telemetry.hop_counts()  # this run's hops only, whatever ran before
+    counted_before = oii.hop_counts()  # this run's hops only, whatever ran before
     tracer_for, exporter = _pipeline(exporters)
     done: list[str] = []
     worker_tracer = tracer_for("worker")
@@ -339,7 +340,7 @@ def _run(
     missing = [s for s in finished if any(e.name == names.EVENT_MISSING for e in s.events)]
     ok = reply.get("user") == "Ada" and len(missing) == 1 and complete
     out.write(render_tree(finished) + "\n\n")
-    hops = {k: n - counted_before.get(k, 0) for k, n in _telemetry.hop_counts().items()}
+    hops = {k: n - counted_before.get(k, 0) for k, n in oii.hop_counts().items()}
     out.write(_summary(reply, jobs.name, done, loads=users.loads, missing=len(missing), hops=hops))
     if rounds.count > 1:
         out.write(f"lingered: {rounds.count - 1} more round(s) of the same flow\n")

@@ -9,8 +9,8 @@ from contextlib import AbstractContextManager
 from typing import Any, TypeVar, cast
 
 import otel_identity as oi
-from otel_identity import _carriers
-from otel_identity._hops import attached
+from otel_identity import instrumentation as oii
+from otel_identity.instrumentation import attached
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,7 +23,7 @@ def delivery_context(message: Any, route: str | None = None) -> Any:
         queue = route if route is not None else getattr(delivered, "routing_key", None)
         return getattr(delivered, "headers", None), queue
 
-    return _carriers.delivery_context(message, read, where="amqp delivery_context")
+    return oii.delivery_context(message, read, where="amqp delivery_context")
 
 
 def continue_message(

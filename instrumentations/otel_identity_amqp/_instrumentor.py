@@ -23,8 +23,9 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
 
 import otel_identity as oi
-from otel_identity import _telemetry, names
-from otel_identity._carriers import hold, release, text_headers_setter
+from otel_identity import instrumentation as oii
+from otel_identity import names
+from otel_identity.instrumentation import hold, release, text_headers_setter
 from otel_identity_amqp._helpers import continue_message, delivery_context
 from otel_identity_amqp.package import _instruments
 
@@ -59,7 +60,7 @@ def _pika_publish(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
             properties.headers = headers
             args, kwargs = _replace(args, kwargs, 3, "properties", properties)
         except Exception:  # noqa: BLE001 - publish the message as given rather than fail
-            _telemetry.log_internal_error("pika basic_publish")
+            oii.log_internal_error("pika basic_publish")
     return wrapped(*args, **kwargs)
 
 
@@ -131,7 +132,7 @@ def _aio_publish(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
                 message.headers = headers
             oi.inject(headers, text_headers_setter, hop=names.HOP_QUEUE_PUBLISH)
         except Exception:  # noqa: BLE001
-            _telemetry.log_internal_error("aio-pika publish")
+            oii.log_internal_error("aio-pika publish")
     return wrapped(*args, **kwargs)
 
 

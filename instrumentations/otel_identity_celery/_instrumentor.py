@@ -30,8 +30,9 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 from opentelemetry.propagators.textmap import Getter
 
 import otel_identity as oi
-from otel_identity import _telemetry, names
-from otel_identity._carriers import header_text, text_headers_setter
+from otel_identity import instrumentation as oii
+from otel_identity import names
+from otel_identity.instrumentation import header_text, text_headers_setter
 from otel_identity_celery.package import _instruments
 
 _UID = "otel_identity_celery"
@@ -45,7 +46,7 @@ class RequestGetter(Getter[Any]):
         try:
             text = header_text(getattr(carrier, key, None))
         except Exception:  # noqa: BLE001 - a property of a custom request class may raise
-            _telemetry.log_internal_error("celery RequestGetter.get")
+            oii.log_internal_error("celery RequestGetter.get")
             return None
         return None if text is None else [text]
 
@@ -105,7 +106,7 @@ def _wrap_prerun(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     try:
         ctx = _task_context(task)
     except Exception:  # noqa: BLE001 - fail closed: the task runs without identity
-        _telemetry.log_internal_error("celery prerun")
+        oii.log_internal_error("celery prerun")
         ctx = oi.clear_identity()
     _local.running.append((kwargs.get("task_id"), otel_context.attach(ctx)))
     return result

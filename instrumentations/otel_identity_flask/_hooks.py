@@ -26,8 +26,8 @@ from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
 import otel_identity as oi
-from otel_identity import _telemetry
-from otel_identity._context import is_established  # (the one private import for provenance)
+from otel_identity import instrumentation as oii
+from otel_identity.instrumentation import is_established
 
 TenantOf = Callable[[Any], "str | None"]
 
@@ -100,7 +100,7 @@ def wrap_update_user(
         try:
             _identity_from_login()
         except Exception:  # noqa: BLE001 - never break the request
-            _telemetry.log_internal_error("flask.login")
+            oii.log_internal_error("flask.login")
     return result
 
 
@@ -148,14 +148,14 @@ def _claims_of(user: Any, config: AppConfig) -> tuple[str, str | None] | None:
 
 def _log_bad_user(exc: Exception) -> None:
     if isinstance(exc, oi.ConfigurationError):  # a bad setting: say which, once
-        _telemetry.log_once(
+        oii.log_once(
             logging.ERROR,
             ("flask.setting", str(exc)),
             "otel-identity: %s; logged-in requests carry no identity until it is fixed",
             exc,
         )
         return
-    _telemetry.log_once(
+    oii.log_once(
         logging.WARNING,
         ("flask.claims", type(exc).__qualname__),
         "otel-identity: could not take identity from the Flask-Login user (%s); "
@@ -184,6 +184,6 @@ def wrap_get_user(
     try:
         user = oi.get_current_user() if oi.get_identity() is not None else None
     except Exception:  # noqa: BLE001 - the resolver's own errors are handled by the core
-        _telemetry.log_internal_error("flask.current_user")
+        oii.log_internal_error("flask.current_user")
         user = None
     return user if user is not None else wrapped(*args, **kwargs)

@@ -16,8 +16,7 @@ from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
 from otel_identity import ConfigurationError
-from otel_identity._config import import_object
-from otel_identity._telemetry import logger
+from otel_identity.instrumentation import import_object, logger
 from otel_identity_flask import _hooks
 from otel_identity_flask._hooks import REGISTRY, AppConfig, TenantOf
 from otel_identity_flask.package import _instruments

@@ -32,7 +32,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
 import otel_identity as oi
-from otel_identity._hops import current_context, outgoing_context, suppressed
+from otel_identity.instrumentation import current_context, is_suppressed, outgoing_context
 from otel_identity_grpc import _metadata, _state, _wire
 
 
@@ -151,7 +151,7 @@ class _Base:
         self._managed = managed
 
     def _enabled(self) -> bool:
-        return (_state.active or not self._managed) and not suppressed(current_context())
+        return (_state.active or not self._managed) and not is_suppressed(current_context())
 
 
 _SyncShapes: tuple[type, ...] = (
@@ -270,7 +270,7 @@ class _MultiCallable(_Base, _wire.CallShapes):
         self, invoke: Callable[..., Any], request: Any, args: tuple[Any, ...], kwargs: Any
     ) -> Any:
         ctx = current_context()
-        if not _state.active or suppressed(ctx):
+        if not _state.active or is_suppressed(ctx):
             return invoke(request, *args, **kwargs)
         out = outgoing_context(ctx)
         if out is ctx and self._injected_inside and _wire.active:

@@ -19,12 +19,12 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
 import otel_identity as oi
-from otel_identity import _telemetry, names
-from otel_identity._hops import attach_raw, current_context, detach_raw, suppressed
+from otel_identity import instrumentation as oii
+from otel_identity import names
+from otel_identity.instrumentation import attach, current_context, detach, is_suppressed
 from otel_identity_grpc import _metadata, _state
 
 _CACHE_LIMIT = 1024
@@ -83,7 +83,7 @@ def _wrap(handler: Any, route: str | None) -> Any:
             response_serializer=handler.response_serializer,
         )
     except Exception:  # noqa: BLE001 - serve the RPC without identity rather than fail it
-        _telemetry.log_internal_error("grpc server handler")
+        oii.log_internal_error("grpc server handler")
         return handler
 
 
@@ -93,50 +93,55 @@ def _in_hop(
     # The wrapper must be the same kind of callable as the behavior: grpc.aio decides how to
     # run a handler (await it, iterate it, or send it to the thread pool) by inspecting it.
     if inspect.isasyncgenfunction(behavior):
-
-        async def run_stream(request: Any, servicer_context: Any) -> AsyncIterator[Any]:
-            ctx = hop_context(servicer_context, route)
-            responses = behavior(request, servicer_context)
-            # Each step runs under the hop; between steps the caller's context is back, so
-            # nothing leaks into grpc's own loop.
-            try:
-                while True:
-                    token = otel_context.attach(ctx)
-                    try:
-                        item = await responses.__anext__()
-                    except StopAsyncIteration:
-                        return
-                    finally:
-                        otel_context.detach(token)
-                    yield item
-            finally:
-                token = otel_context.attach(ctx)
-                try:
-                    await responses.aclose()
-                finally:
-                    otel_context.detach(token)
-
-        return run_stream
-
+        return _async_stream_in_hop(behavior, route)
     if inspect.iscoroutinefunction(behavior):
+        return _async_in_hop(behavior, route)
+    return _sync_in_hop(behavior, route, response_streaming=response_streaming)
 
-        async def run_async(request: Any, servicer_context: Any) -> Any:
-            token = otel_context.attach(hop_context(servicer_context, route))
+
+def _async_stream_in_hop(behavior: Callable[..., Any], route: str | None) -> Callable[..., Any]:
+    async def run_stream(request: Any, servicer_context: Any) -> AsyncIterator[Any]:
+        ctx = hop_context(servicer_context, route)
+        responses = behavior(request, servicer_context)
+        # Each step runs under the hop; between steps the caller's context is back, so
+        # nothing leaks into grpc's own loop.
+        try:
+            while True:
+                token = attach(ctx)  # detached below, in this step
+                try:
+                    item = await responses.__anext__()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    detach(token)
+                yield item
+        finally:
+            token = attach(ctx)
             try:
-                return await behavior(request, servicer_context)
+                await responses.aclose()
             finally:
-                otel_context.detach(token)
+                detach(token)
 
-        return run_async
+    return run_stream
 
-    extract, getter, hop = oi.extract, _metadata.getter, names.HOP_GRPC_SERVER
 
+def _async_in_hop(behavior: Callable[..., Any], route: str | None) -> Callable[..., Any]:
+    async def run_async(request: Any, servicer_context: Any) -> Any:
+        token = attach(hop_context(servicer_context, route))  # detached below, in this task
+        try:
+            return await behavior(request, servicer_context)
+        finally:
+            detach(token)
+
+    return run_async
+
+
+def _sync_in_hop(
+    behavior: Callable[..., Any], route: str | None, *, response_streaming: bool
+) -> Callable[..., Any]:
     def run(request: Any, servicer_context: Any) -> Any:
-        # hop_context(servicer_context, route), written out: every RPC runs it
-        read = getattr(servicer_context, "invocation_metadata", None)
-        metadata = read() if read is not None else None
-        ctx = extract(metadata or (), getter, hop=hop, route=route)
-        token = attach_raw(ctx)  # detached below, in this frame
+        ctx = hop_context(servicer_context, route)
+        token = attach(ctx)  # detached below, in this frame
         try:
             result = behavior(request, servicer_context)
             if response_streaming and result is not None:
@@ -144,7 +149,7 @@ def _in_hop(
                 return _IterateInContext(ctx, iter(result))
             return result
         finally:
-            detach_raw(token)
+            detach(token)
 
     return run
 
@@ -166,20 +171,20 @@ class _IterateInContext:
         return self
 
     def __next__(self) -> Any:
-        token = otel_context.attach(self._ctx)
+        token = attach(self._ctx)
         try:
             return next(self._iterator)
         finally:
-            otel_context.detach(token)
+            detach(token)
 
     def close(self) -> None:
         close = getattr(self._iterator, "close", None)
         if close is not None:
-            token = otel_context.attach(self._ctx)
+            token = attach(self._ctx)
             try:
                 close()
             finally:
-                otel_context.detach(token)
+                detach(token)
 
 
 class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -194,7 +199,7 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self, continuation: Callable[[Any], Any], handler_call_details: Any
     ) -> Any:
         handler = continuation(handler_call_details)
-        if (self._managed and not _state.active) or suppressed(current_context()):
+        if (self._managed and not _state.active) or is_suppressed(current_context()):
             return handler
         return wrap_handler(handler, handler_call_details)
 
@@ -209,6 +214,6 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
     ) -> Any:
         handler = await continuation(handler_call_details)
-        if (self._managed and not _state.active) or suppressed(current_context()):
+        if (self._managed and not _state.active) or is_suppressed(current_context()):
             return handler
         return wrap_handler(handler, handler_call_details)

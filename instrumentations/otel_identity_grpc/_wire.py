@@ -23,14 +23,13 @@ from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.baggage import _BAGGAGE_KEY, get_all  # the key: stable since 1.0
+from opentelemetry.baggage import get_all
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import default_getter, default_setter
 
-from otel_identity import _config, _egress, _propagation, _telemetry, names
-from otel_identity._context import all_identity_keys
-from otel_identity._hops import strip_for_egress
-from otel_identity.instrumentation import baggage_step_displaced
+from otel_identity import instrumentation as oii
+from otel_identity import names
+from otel_identity.instrumentation import baggage_step_displaced, identity_keys, strip_for_egress
 
 HOP = names.HOP_GRPC_CLIENT
 _BAGGAGE = "baggage"
@@ -42,8 +41,8 @@ active = False
 
 def judge(target: str) -> tuple[bool, str]:
     """Whether identity may go to ``target``, and the ``server.address`` to report."""
-    settings = _config.current or _config.get_settings()
-    allowed, address = _egress.judge(target, settings.egress_allow)
+    settings = oii.current_settings()
+    allowed, address = oii.judge_destination(target, settings.egress_allow)
     return allowed and not baggage_step_displaced(), address
 
 
@@ -71,15 +70,15 @@ def filter_metadata(carrier: list[Any], target: str | None) -> tuple[bool, str]:
     texts = [v for v in values if isinstance(v, str)]
     if not texts:
         return False, address
-    keep = frozenset(all_identity_keys())
-    sent, _oversize = _propagation.extract({_BAGGAGE: ",".join(texts)}, default_getter, keep)
+    keep = frozenset(identity_keys())
+    sent, _oversize = oii.propagator_extract({_BAGGAGE: ",".join(texts)}, default_getter, keep)
     members = get_all(sent)
     stripped = not keep.isdisjoint(members)
     kept = strip_for_egress(sent, target, hop=HOP, record=False)
     remaining = get_all(kept)
     if remaining:
         encoded: dict[str, str] = {}
-        _propagation.inject(encoded, Context({_BAGGAGE_KEY: dict(remaining)}), default_setter)
+        oii.propagator_inject(encoded, oii.baggage_context(dict(remaining)), default_setter)
         carrier.extend((key.lower(), value) for key, value in encoded.items())
     return stripped, address
 
@@ -89,9 +88,9 @@ def filter_or_drop(carrier: list[Any], target: str) -> tuple[bool, str]:
     try:
         return filter_metadata(carrier, target)
     except Exception:  # noqa: BLE001 - the call goes out; identity fails closed
-        _telemetry.log_internal_error("grpc.client.egress")
+        oii.log_internal_error("grpc.client.egress")
         carrier[:] = [item for item in carrier if not _is_baggage(item)]
-        return False, _egress.UNREADABLE
+        return False, oii.UNREADABLE_DESTINATION
 
 
 def without_identity(ctx: Context, target: str) -> Context:
@@ -101,7 +100,7 @@ def without_identity(ctx: Context, target: str) -> Context:
 
 
 def record_stripped(address: str, span: trace.Span | None = None) -> None:
-    _telemetry.record_stripped(span if span is not None else trace.get_current_span(), HOP, address)
+    oii.record_stripped(span if span is not None else trace.get_current_span(), HOP, address)
 
 
 def filtered(metadata: Any, target: str) -> Any:
@@ -119,7 +118,7 @@ def filtered(metadata: Any, target: str) -> Any:
             record_stripped(address)
         return tuple(carrier)
     except Exception:  # noqa: BLE001 - the call goes out; identity fails closed
-        _telemetry.log_internal_error("grpc.client.wire")
+        oii.log_internal_error("grpc.client.wire")
         try:
             return tuple(i for i in metadata if not _is_baggage(tuple(i)))
         except Exception:  # noqa: BLE001
@@ -182,7 +181,7 @@ class WireCallable(CallShapes):
         self._allowed_under: object = None
 
     def _send(self, invoke: Callable[..., Any], request: Any, args: Any, kwargs: Any) -> Any:
-        settings = _config.current
+        settings = oii.current_settings()
         if not active or (settings is not None and settings is self._allowed_under):
             return invoke(request, *args, **kwargs)
         if judge(self._target)[0]:

@@ -8,23 +8,16 @@ response bodies and background tasks that run before the call returns all see th
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
-from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 
-from otel_identity import _telemetry
-from otel_identity._hops import current_context, suppressed
-from otel_identity_http import _server
+from otel_identity.instrumentation import attach, current_context, detach, is_suppressed
+from otel_identity_http import _server, _tap
 from otel_identity_http._server import AuthSource
+from otel_identity_http._shapes import ASGIApp, Message, Receive, Scope, Send
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 RouteOf = Callable[[Scope], str | None]
 
 _HOP_TYPES = frozenset({"http", "websocket"})
@@ -71,6 +64,9 @@ def _rewritten(scope: Scope, ctx: Context) -> Scope:
     return new
 
 
+_ASGI = _server.Shape("asgi", scope_getter, _first, _rewritten)
+
+
 async def call_asgi(
     app: ASGIApp,
     scope: Scope,
@@ -82,20 +78,10 @@ async def call_asgi(
     continue_trace: bool = True,
 ) -> None:
     """Run one ASGI request of ``app`` as an ``http.server`` hop (the middleware's body)."""
-    try:
-        route = route_of(scope)
-        scope, stash = _server.enter(
-            scope,
-            scope_getter,
-            current_context(),
-            route=route,
-            auth=auth,
-            header=_first,
-            continue_trace=continue_trace,
-            rewrite=_rewritten,
-        )
-    except Exception:  # noqa: BLE001 - without a hop the request still runs, with no identity
-        _telemetry.log_internal_error("asgi.admit")
+    scope, stash = _server.begin(
+        scope, _ASGI, auth=auth, route_of=route_of, continue_trace=continue_trace
+    )
+    if stash is None:
         await app(scope, receive, send)
         return
 
@@ -106,12 +92,12 @@ async def call_asgi(
             _server.settle(hop)
         await send(message)
 
-    token = otel_context.attach(stash.context)
+    token = attach(stash.context)  # detached below, in this task
     try:
         await app(scope, receive, hop_send)
     finally:
         _server.settle(hop)
-        otel_context.detach(token)
+        detach(token)
 
 
 class IdentityASGIMiddleware:
@@ -138,14 +124,12 @@ class IdentityASGIMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope.get("type") not in _HOP_TYPES
-            or suppressed(current_context())
+            or is_suppressed(current_context())
             or _server.HANDLED_KEY in scope
         ):
             await self.app(scope, receive, send)
             return
         if not self._tapped:
-            from otel_identity_http import _tap
-
             found = _tap.install(self.app)
             if self.continue_trace is None:
                 self.continue_trace = not found

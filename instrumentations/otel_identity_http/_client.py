@@ -37,10 +37,18 @@ from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator, default_getter
 
 import otel_identity as oi
-from otel_identity import _config, _egress, _memo, _propagation, _telemetry, names
-from otel_identity._context import all_identity_keys, state_of
-from otel_identity._hops import current_context, outgoing_context, strip_for_egress, suppressed
-from otel_identity.instrumentation import baggage_step_displaced, is_baggage_step
+from otel_identity import instrumentation as oii
+from otel_identity import names
+from otel_identity.instrumentation import (
+    baggage_step_displaced,
+    current_context,
+    identity_keys,
+    identity_state,
+    is_baggage_step,
+    is_suppressed,
+    outgoing_context,
+    strip_for_egress,
+)
 from otel_identity_http._server import baggage_fields, encoded_baggage, propagator_fields
 
 HOP = names.HOP_HTTP_CLIENT
@@ -114,7 +122,7 @@ _ascii_names: dict[str, bytes] = {}
 def _ascii_name(key: str) -> bytes:
     name = _ascii_names.get(key)
     if name is None:
-        name = _memo.remember(_ascii_names, key, key.lower().encode("ascii"), limit=256)
+        name = oii.remember(_ascii_names, key, key.lower().encode("ascii"), limit=256)
     return name
 
 
@@ -174,7 +182,7 @@ def destination_of(find: Callable[..., str], *args: Any) -> str:
     try:
         return find(*args)
     except Exception:  # noqa: BLE001 - the request goes out; identity fails closed
-        _telemetry.log_internal_error("http.client.destination")
+        oii.log_internal_error("http.client.destination")
         return ""
 
 
@@ -182,9 +190,9 @@ def first_outside(destinations: list[str]) -> str:
     """The destination a request is judged by: the first of those it reaches (the host, a
     proxy that reads the request) that is off the allow list, else the first."""
     if len(destinations) > 1:
-        allow = _config.get_settings().egress_allow
+        allow = oi.get_settings().egress_allow
         for destination in destinations:
-            if not _egress.is_allowed(destination, allow):
+            if not oii.is_allowed_destination(destination, allow):
                 return destination
     return destinations[0]
 
@@ -246,14 +254,14 @@ class _Policy:
         "w3c",
     )
 
-    def __init__(self, settings: _config.Settings, textmap: TextMapPropagator) -> None:
+    def __init__(self, settings: oi.Settings, textmap: TextMapPropagator) -> None:
         self.settings = settings
         self.textmap = textmap
         self.displaced = baggage_step_displaced()
         # Lower case, as Headers.first wants them (header names are case-insensitive).
         self.fields = tuple(f.lower() for f in propagator_fields())
         self.baggage_fields = tuple(f.lower() for f in baggage_fields())
-        parts = _propagation.steps(textmap) or ()  # (a propagator of unknown shape: none)
+        parts = oii.propagator_steps(textmap) or ()  # (a propagator of unknown shape: none)
         w3c = [p for p in parts if is_baggage_step(p)]
         others = [p for p in parts if not is_baggage_step(p)]
         # Baggage is W3C's alone: a header's fate outside egress_allow depends on its value only.
@@ -263,16 +271,16 @@ class _Policy:
             and all(type(p).__module__ in _NO_BAGGAGE_MODULES for p in others)
         )
         self.others = tuple(f for f in self.fields if f != _BAGGAGE)
-        self.keep = frozenset(all_identity_keys())
+        self.keep = frozenset(identity_keys())
         self.routes: dict[str, tuple[bool, str]] = {}  # host -> (allowed, server.address)
         # a W3C baggage header -> (the header to send outside egress_allow, identity removed)
         self.filtered: dict[str, tuple[str | None, bool]] = {}
 
     def route(self, destination: str) -> tuple[bool, str]:
-        allowed, address = _egress.judge(destination, self.settings.egress_allow)
+        allowed, address = oii.judge_destination(destination, self.settings.egress_allow)
         # (a policy is made per global textmap: one that displaced ours sends identity nowhere)
         verdict = (allowed and not self.displaced, address)
-        return _memo.remember(self.routes, destination, verdict)
+        return oii.remember(self.routes, destination, verdict)
 
     def filter(self, header: str, host: str) -> tuple[str | None, bool]:
         """What of ``header`` may go outside ``egress_allow``, and whether identity was removed.
@@ -282,12 +290,12 @@ class _Policy:
         """
         found = self.filtered.get(header)
         if found is None:
-            sent, _oversize = _propagation.extract({_BAGGAGE: header}, default_getter, self.keep)
+            sent, _oversize = oii.propagator_extract({_BAGGAGE: header}, default_getter, self.keep)
             kept = strip_for_egress(sent, host, hop=HOP, settings=self.settings, record=False)
             # Stripped means identity was there to remove (not merely other baggage).
             found = (encoded_baggage(kept).get(_BAGGAGE), not self.keep.isdisjoint(get_all(sent)))
             if len(header) <= _FILTERED_MAX_CHARS:  # identity baggage is short; floods are not
-                _memo.remember(self.filtered, header, found, limit=_FILTERED_LIMIT)
+                oii.remember(self.filtered, header, found, limit=_FILTERED_LIMIT)
         return found
 
 
@@ -319,28 +327,31 @@ def plan_policy(headers: H, access: Headers[H], host: str) -> Plan | None:
     policy = _policy
     if (
         policy is None
-        or policy.settings is not _config.get_settings()
+        or policy.settings is not oi.get_settings()
         or policy.textmap is not propagate.get_global_textmap()
     ):
         policy = _new_policy()
     header: str | None = None
     if policy.w3c:
         header = access.first(headers, _BAGGAGE)
-        if header is None:
-            for field in policy.others:
-                if access.first(headers, field) is not None:
-                    return None  # injected already, without baggage
-            return (_INJECT,)
-    else:
-        if all(access.first(headers, field) is None for field in policy.fields):
-            return (_INJECT,)
-        if all(access.first(headers, field) is None for field in policy.baggage_fields):
-            return None
+        if header is None:  # nothing injected yet, or injected already without baggage
+            injected = any(access.first(headers, field) is not None for field in policy.others)
+            return None if injected else (_INJECT,)
+    elif all(access.first(headers, field) is None for field in policy.fields):
+        return (_INJECT,)
+    elif all(access.first(headers, field) is None for field in policy.baggage_fields):
+        return None
+    return _plan_for_host(policy, header, host)
+
+
+def _plan_for_host(policy: _Policy, header: str | None, host: str) -> Plan | None:
+    """What injected headers need for ``host``: nothing, or signing, inside ``egress_allow``;
+    the W3C baggage ``header`` stripped (or, for another shape, decoded and stripped) outside."""
     route = policy.routes.get(host)
     if route is None:
         route = policy.route(host)
     if route[0]:
-        if policy.settings.has_keys and state_of(otel_context.get_current()) is not None:
+        if policy.settings.has_keys and identity_state(otel_context.get_current()) is not None:
             return (_SIGN,)  # plain OpenTelemetry injected unsigned identity; verifiers need ours
         return None
     if header is None:
@@ -355,7 +366,7 @@ def carry_out(plan: Plan, headers: H, access: Headers[H], host: str) -> None:
     if kind == _SEND:
         _kind, out, stripped, address = plan
         if stripped:
-            _telemetry.record_stripped(trace.get_current_span(), HOP, address)
+            oii.record_stripped(trace.get_current_span(), HOP, address)
         # Set even when unchanged: every value of the header goes, not just the one decoded.
         if out is None:
             access.remove(headers, _BAGGAGE)
@@ -378,7 +389,7 @@ def apply_policy(headers: H, access: Headers[H], host: str) -> None:
     try:
         plan = plan_policy(headers, access, host)
     except Exception:  # noqa: BLE001 - the request goes out; identity fails closed below
-        _telemetry.log_internal_error("http.client")
+        oii.log_internal_error("http.client")
         plan = (_DROP,)
     if plan is not None:
         _carry_out_safely(plan, headers, access, host)
@@ -388,7 +399,7 @@ def _carry_out_safely(plan: Plan, headers: H, access: Headers[H], host: str) -> 
     try:
         carry_out(plan, headers, access, host)
     except Exception:  # noqa: BLE001 - the request goes out; identity fails closed below
-        _telemetry.log_internal_error("http.client")
+        oii.log_internal_error("http.client")
         _drop_identity(headers, access)
 
 
@@ -396,7 +407,7 @@ def _filter(headers: H, access: Headers[H], host: str, ctx: Context) -> None:
     # Limited like every inbound hop, so an oversize header still shows its identity members;
     # and re-encoded even when nothing was stripped: a member the propagator could not decode
     # is never forwarded to an outside destination as is.
-    sent, _oversize = _propagation.extract(headers, access, frozenset(all_identity_keys()))
+    sent, _oversize = oii.propagator_extract(headers, access, frozenset(identity_keys()))
     span = trace.get_current_span(ctx)
     filtered = strip_for_egress(sent, host, hop=HOP, span=span)
     _replace_baggage(headers, access, baggage_fields(), filtered)
@@ -414,7 +425,7 @@ def _drop_identity(headers: Any, access: Headers[Any]) -> None:
         for field in baggage_fields():
             access.remove(headers, field)
     except Exception:  # noqa: BLE001
-        _telemetry.log_internal_error("http.client.drop")
+        oii.log_internal_error("http.client.drop")
 
 
 # --- the wrappers (installed by HttpClientIdentityInstrumentor) ------------------------------
@@ -459,7 +470,7 @@ def _requests_destination(url: str, kwargs: Any) -> str:
 
 
 def wrap_requests_send(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
-    if suppressed(current_context()):
+    if is_suppressed(current_context()):
         return wrapped(*args, **kwargs)
     request = args[0] if args else kwargs.get("request")
     if request is not None:
@@ -504,7 +515,7 @@ def _connection_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any)
     try:
         plan = plan_policy(_urllib3_view(original), urllib3_headers, host)
     except Exception:  # noqa: BLE001 - the request goes out; identity fails closed below
-        _telemetry.log_internal_error("http.client")
+        oii.log_internal_error("http.client")
         plan = (_DROP,)
     if plan is not None:
         # urllib3 may pass the pool's shared default headers: change a copy, never those.
@@ -526,7 +537,7 @@ def _connection_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any)
 
 
 def wrap_urllib3_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
-    if handled.get() or suppressed(current_context()):
+    if handled.get() or is_suppressed(current_context()):
         return wrapped(*args, **kwargs)
     return _connection_request(wrapped, instance, args, kwargs)
 
@@ -534,7 +545,7 @@ def wrap_urllib3_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any
 def wrap_http_client_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
     """``http.client.HTTPConnection.request``: urllib.request (every redirect hop too) and
     direct ``http.client`` use. (urllib3 has its own ``request``, wrapped on its own.)"""
-    if handled.get() or suppressed(current_context()):
+    if handled.get() or is_suppressed(current_context()):
         return wrapped(*args, **kwargs)
     return _connection_request(wrapped, instance, args, kwargs)
 
@@ -555,7 +566,7 @@ def _httpcore_destination(pool: Any, request: Any) -> str:
 
 
 def wrap_httpcore_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
-    if not suppressed(current_context()):
+    if not is_suppressed(current_context()):
         request = args[0] if args else kwargs.get("request")
         if request is not None and isinstance(request.headers, list):
             host = destination_of(_httpcore_destination, instance, request)
@@ -564,7 +575,7 @@ def wrap_httpcore_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: An
 
 
 def wrap_aiohttp_send(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
-    if not suppressed(current_context()):
+    if not is_suppressed(current_context()):
         headers = getattr(instance, "headers", None)
         if headers is not None:
             apply_policy(headers, mapping_headers, destination_of(_aiohttp_destination, instance))

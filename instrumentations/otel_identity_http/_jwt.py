@@ -16,7 +16,8 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import otel_identity as oi
-from otel_identity import _telemetry, names
+from otel_identity import instrumentation as oii
+from otel_identity import names
 from otel_identity_http._server import AuthResult, Rejected, RequestView
 
 MAX_TOKEN_CHARS = 8192
@@ -91,62 +92,102 @@ def jwt_identity(
         raise ValueError("jwt_identity needs key= or keys=")
     if not algorithms:
         raise ValueError("jwt_identity needs algorithms=")
-    algorithm_list = list(algorithms)
-    options = {"require": list(required_claims)}
-    audience_arg = audience if audience is None or isinstance(audience, str) else list(audience)
-    issuer_arg = issuer if issuer is None or isinstance(issuer, str) else list(issuer)
-    prefix = scheme.lower() + " "
-
-    untrusted = (
-        jwt.InvalidAudienceError,
-        jwt.InvalidIssuerError,
-        jwt.ImmatureSignatureError,
-        jwt.InvalidAlgorithmError,
+    return _JwtSource(
+        jwt,
+        key=key,
+        keys=keys,
+        decode_options={
+            "algorithms": list(algorithms),
+            "audience": audience
+            if audience is None or isinstance(audience, str)
+            else list(audience),
+            "issuer": issuer if issuer is None or isinstance(issuer, str) else list(issuer),
+            "leeway": leeway,
+            "options": {"require": list(required_claims)},
+        },
+        claims=(user_claim, tenant_claim, session_claim, roles_claim),
+        header=header,
+        prefix=scheme.lower() + " ",
     )
 
-    def verify(request: RequestView) -> AuthResult:
-        value = request.header(header)
+
+class _JwtSource:
+    """The auth source ``jwt_identity`` makes: one verification per request."""
+
+    __name__ = "jwt_identity"
+
+    def __init__(
+        self,
+        jwt: Any,
+        *,
+        key: Any,
+        keys: Mapping[str, Any] | None,
+        decode_options: dict[str, Any],
+        claims: tuple[str, str | None, str | None, str | None],
+        header: str,
+        prefix: str,
+    ) -> None:
+        self._jwt = jwt
+        self._key = key
+        self._keys = keys
+        self._decode_options = decode_options
+        self._claims = claims
+        self._header = header
+        self._prefix = prefix
+        # The verdict on each kind of failure, the first that matches (else ``malformed``).
+        self._reasons = (
+            (jwt.ExpiredSignatureError, names.REASON_EXPIRED),
+            (jwt.InvalidSignatureError, names.REASON_BAD_SIGNATURE),
+            (
+                (
+                    jwt.InvalidAudienceError,
+                    jwt.InvalidIssuerError,
+                    jwt.ImmatureSignatureError,
+                    jwt.InvalidAlgorithmError,
+                ),
+                names.REASON_UNTRUSTED,
+            ),
+        )
+
+    def __call__(self, request: RequestView) -> AuthResult:
+        value = request.header(self._header)
+        prefix = self._prefix
         if not value or value[: len(prefix)].lower() != prefix:
             return None
         token = value[len(prefix) :].strip()
         if len(token) > MAX_TOKEN_CHARS:
             return Rejected(names.REASON_OVERSIZE)
+        claims = self._decode(token)
+        return claims if isinstance(claims, Rejected) else self._identity(claims)
+
+    def _decode(self, token: str) -> dict[str, Any] | Rejected:
+        """The verified claims of ``token``, or why it was rejected."""
+        jwt = self._jwt
         try:
-            verify_key = key
-            if keys:
+            verify_key = self._key
+            if self._keys:
                 kid = jwt.get_unverified_header(token).get("kid")
-                if not isinstance(kid, str) or kid not in keys:
+                if not isinstance(kid, str) or kid not in self._keys:
                     return Rejected(names.REASON_UNKNOWN_KEY)
-                verify_key = keys[kid]
-            claims = jwt.decode(
-                token,
-                verify_key,
-                algorithms=algorithm_list,
-                audience=audience_arg,
-                issuer=issuer_arg,
-                leeway=leeway,
-                options=options,  # type: ignore[arg-type]
-            )
-        except jwt.ExpiredSignatureError:
-            return Rejected(names.REASON_EXPIRED)
-        except jwt.InvalidSignatureError:
-            return Rejected(names.REASON_BAD_SIGNATURE)
-        except untrusted:
-            return Rejected(names.REASON_UNTRUSTED)
-        except jwt.PyJWTError:
-            return Rejected(names.REASON_MALFORMED)
+                verify_key = self._keys[kid]
+            return jwt.decode(token, verify_key, **self._decode_options)  # type: ignore[no-any-return]
+        except jwt.PyJWTError as exc:
+            kinds = (reason for kind, reason in self._reasons if isinstance(exc, kind))
+            return Rejected(next(kinds, names.REASON_MALFORMED))
         except Exception as exc:  # noqa: BLE001 - e.g. a key of the wrong type: config, not input
-            _telemetry.log_once(
+            oii.log_once(
                 logging.WARNING,
                 ("jwt_identity", type(exc).__name__),
                 "otel-identity: jwt_identity could not verify a token (%s); check its key",
                 type(exc).__name__,
             )
             return Rejected(names.REASON_MALFORMED)
+
+    def _identity(self, claims: Mapping[str, Any]) -> AuthResult:
+        user_claim, tenant_claim, session_claim, roles_claim = self._claims
         try:
-            user_id = _text(_claim(claims, user_claim))
             identity = oi.Identity(
-                user_id=user_id,
+                user_id=_text(_claim(claims, user_claim)),
                 tenant_id=_text(_claim(claims, tenant_claim)),
                 session_id=_text(_claim(claims, session_claim)),
                 roles=_roles(_claim(claims, roles_claim)),
@@ -155,6 +196,3 @@ def jwt_identity(
         except TypeError:
             return Rejected(names.REASON_MALFORMED)
         return None if identity.is_empty else identity
-
-    verify.__name__ = "jwt_identity"
-    return verify

@@ -20,22 +20,26 @@ things are specific to HTTP servers and live here:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.baggage import _BAGGAGE_KEY
+from opentelemetry.baggage import get_all
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, default_setter
 from opentelemetry.trace import INVALID_SPAN, SpanKind
-from opentelemetry.trace.propagation import _SPAN_KEY
 
 import otel_identity as oi
-from otel_identity import _propagation, _telemetry, names
-from otel_identity._context import _SLOT_KEY, _STATE_KEY, HOP_KEY, state_of
-from otel_identity._hops import HopState, is_anonymous_route, missing_event
+from otel_identity import instrumentation as oii
+from otel_identity import names
+from otel_identity.instrumentation import (
+    HopState,
+    identity_state,
+    is_anonymous_route,
+    missing_event,
+)
 
 HOP = names.HOP_HTTP_SERVER
 
@@ -108,8 +112,8 @@ class ServerHop(HopState):
             self.outcome = names.OUTCOME_PRESENT
         elif self.outcome not in (names.OUTCOME_REJECTED, names.OUTCOME_ANONYMOUS):
             self.outcome = names.OUTCOME_MISSING
-        self.key = _telemetry.hop_key(self.hop, self.outcome, self.reason)
-        _telemetry.count(self.key)
+        self.key = oii.hop_key(self.hop, self.outcome, self.reason)
+        oii.count_hop(self.key)
 
     def flush(self, span: trace.Span) -> None:
         if self.span is None:
@@ -117,11 +121,11 @@ class ServerHop(HopState):
         keep: list[tuple[str, dict[str, Any]]] = []
         for name, attributes in self.pending:
             if name != names.EVENT_MISSING:
-                _telemetry.add_event(span, name, attributes)
+                oii.add_event(span, name, attributes)
             elif not self.settled:
                 keep.append((name, attributes))  # held until the app has answered
-            elif not _telemetry.has_event(span, name):
-                _telemetry.add_event(span, name, attributes)
+            elif not oii.has_event(span, name):
+                oii.add_event(span, name, attributes)
         self.pending = keep
 
     def drop_missing(self) -> None:
@@ -148,9 +152,9 @@ class ServerHop(HopState):
         if span is None or not span.is_recording():
             span = trace.get_current_span()
         if span.is_recording():
-            if not _telemetry.has_event(span, names.EVENT_MISSING):
+            if not oii.has_event(span, names.EVENT_MISSING):
                 name, attributes = missing[0]
-                _telemetry.add_event(span, name, attributes)
+                oii.add_event(span, name, attributes)
         else:
             # No span to take it yet: the next span started under this hop does.
             self.pending.append(missing[0])
@@ -175,40 +179,92 @@ def mark_authenticated() -> None:
 R = TypeVar("R", bound="MutableMapping[str, Any]")
 
 
+@dataclass(frozen=True)
+class Shape(Generic[R]):
+    """How a server interface hands a request over (WSGI's environ, ASGI's scope)."""
+
+    name: str  # names the interface in the log line of an internal error
+    getter: Getter[R]
+    header: Callable[[R, str], str | None]  # one request header, or None
+    rewrite: Callable[[R, Context], R]  # a copy whose baggage headers carry the context's
+
+
+def begin(
+    request: R,
+    shape: Shape[R],
+    *,
+    auth: Sequence[AuthSource],
+    route_of: Callable[[R], str | None],
+    continue_trace: bool,
+) -> tuple[R, Stash | None]:
+    """The start of one request's hop, shared by the WSGI and ASGI calls (see ``enter``).
+
+    Never raises: when the start fails, the error is logged and the request is returned with
+    no stash; it then runs without a hop, with no identity."""
+    try:
+        return enter(
+            request, shape, route=route_of(request), auth=auth, continue_trace=continue_trace
+        )
+    except Exception:  # noqa: BLE001 - without a hop the request still runs, with no identity
+        oii.log_internal_error(f"{shape.name}.admit")
+        return request, None
+
+
 def enter(
     request: R,
-    getter: Getter[R],
-    base: Context,
+    shape: Shape[R],
     *,
     route: str | None,
     auth: Sequence[AuthSource],
-    header: Callable[[R, str], str | None],
     continue_trace: bool,
-    rewrite: Callable[[R, Context], R],
 ) -> tuple[R, Stash]:
-    """The WSGI/ASGI-independent start of a request's hop, on top of ``base`` (the current
-    context): the core's extract (policy, limits), then the app's header-based ``auth``
-    sources, which read the request through a ``RequestView`` (``header`` gives one header).
+    """The start of a request's hop, on top of the current context: the core's extract
+    (policy, limits), then the app's header-based ``auth`` sources, which read the request
+    through a ``RequestView``.
 
     ``request`` is the environ or scope: it is returned rewritten when policy or the app's
     authentication changed the baggage, marked as handled (a mounted sub-application does not
     hop again), and, with an OpenTelemetry middleware inside (``continue_trace=False``),
     holding the stash its tap restores our context from. Runs on every request.
     """
-    local = base.get(_SPAN_KEY)
-    inner = (
-        local is not None
-        and getattr(local, "kind", None) is SpanKind.SERVER
-        and local.get_span_context().is_valid  # type: ignore[attr-defined]
-    )
+    base = oii.current_context()
+    local: Any = trace.get_current_span(base)
+    inner = getattr(local, "kind", None) is SpanKind.SERVER and local.get_span_context().is_valid
+    # With an OpenTelemetry server span, the sender's span is not used (that span is, or will
+    # be, the hop's span): the trace context is not parsed a second time.
+    own_span = inner or not continue_trace
+    ctx, hop = _admit(request, shape.getter, base, route, inner=inner, own_span=own_span)
+    # The hop's span is the inner middleware's server span, or (an OpenTelemetry server
+    # middleware inside makes the SERVER span from the headers) whatever the base had.
+    ctx = oii.hop_context(ctx, hop, span=local if own_span else None)
+    changed = hop.outcome == names.OUTCOME_REJECTED
+    if auth:
+        original = request
+        view = RequestView(route or "", original, lambda name: shape.header(original, name))
+        ctx, authenticated = _authenticate(ctx, hop, auth, view)
+        changed = changed or authenticated
+    if inner:
+        hop.flush(local)
+        if hop.authenticated:
+            stamp(local, ctx)
+    if changed:
+        request = shape.rewrite(request, ctx)
+    request[HANDLED_KEY] = True
+    stash = Stash(ctx, hop)
+    if not continue_trace:
+        request[STASH_KEY] = stash
+    return request, stash
+
+
+def _admit(
+    request: R, getter: Getter[R], base: Context, route: str | None, *, inner: bool, own_span: bool
+) -> tuple[Context, ServerHop]:
+    """The core's extract of the request, not yet counted, and its hop state as a ServerHop."""
     probe = base
     if inner:
         # Without the hop's own span in the base, extract keeps every event pending, so
         # "missing" can wait for the app; an inner middleware's server span is hidden from it.
-        probe = Context({**base, _SPAN_KEY: INVALID_SPAN})
-    # With an OpenTelemetry server span, the sender's span is not used (that span is, or will
-    # be, the hop's span): the trace context is not parsed a second time.
-    own_span = inner or not continue_trace
+        probe = trace.set_span_in_context(INVALID_SPAN, base)
     ctx = oi.extract(
         request,
         getter,
@@ -218,37 +274,13 @@ def enter(
         account=False,
         trace_context=not own_span,
     )
-    state = ctx.get(HOP_KEY)
+    state = oi.hop_state(ctx)
     hop = ServerHop(
         state if isinstance(state, HopState) else HopState(HOP, names.OUTCOME_MISSING),
         route,
         oi.get_identity(ctx),
     )
-    values = dict(ctx)
-    values[HOP_KEY] = hop
-    if own_span:
-        # The hop's span is the inner middleware's server span, or (an OpenTelemetry server
-        # middleware inside makes the SERVER span from the headers) whatever the base had.
-        values[_SPAN_KEY] = local if local is not None else INVALID_SPAN
-    ctx = Context(values)
-    changed = hop.outcome == names.OUTCOME_REJECTED
-    if auth:
-        original = request
-        view = RequestView(route or "", original, lambda name: header(original, name))
-        ctx, authenticated = _authenticate(ctx, hop, auth, view)
-        changed = changed or authenticated
-    if inner:
-        span: trace.Span = local  # type: ignore[assignment]
-        hop.flush(span)
-        if hop.authenticated:
-            stamp(span, ctx)
-    if changed:
-        request = rewrite(request, ctx)
-    request[HANDLED_KEY] = True
-    stash = Stash(ctx, hop)
-    if not continue_trace:
-        request[STASH_KEY] = stash
-    return request, stash
+    return ctx, hop
 
 
 def settle(hop: ServerHop, present: bool | None = None) -> None:
@@ -272,7 +304,7 @@ def settle(hop: ServerHop, present: bool | None = None) -> None:
         else:
             hop.settled = True
     except Exception:  # noqa: BLE001 - never break the response
-        _telemetry.log_internal_error("http settle")
+        oii.log_internal_error("http settle")
 
 
 def _stamp_server_span(hop: ServerHop, ctx: Context) -> None:
@@ -295,7 +327,7 @@ def _authenticate(
         try:
             result = source(view)
         except Exception as exc:  # noqa: BLE001 - an app's auth source must not break the hop
-            _telemetry.log_once(
+            oii.log_once(
                 logging.WARNING,
                 ("auth_source", type(exc).__name__),
                 "otel-identity: auth source %r raised %s; request treated as unauthenticated",
@@ -338,7 +370,7 @@ def _fields() -> tuple[tuple[str, ...], tuple[str, ...]]:
     textmap = propagate.get_global_textmap()
     if _fields_cache[0] != id(textmap):
         probe: dict[str, str] = {}
-        propagate.inject(probe, context=Context({_BAGGAGE_KEY: {"otel-identity": "1"}}))
+        propagate.inject(probe, context=oii.baggage_context({"otel-identity": "1"}))
         _fields_cache = (id(textmap), tuple(sorted(textmap.fields)), tuple(probe))
     return _fields_cache[1], _fields_cache[2]
 
@@ -356,9 +388,9 @@ def baggage_fields() -> tuple[str, ...]:
 def encoded_baggage(ctx: Context) -> dict[str, str]:
     """The baggage headers that carry exactly the baggage of ``ctx`` (global propagator)."""
     out: dict[str, str] = {}
-    baggage = cast("Mapping[str, object]", ctx.get(_BAGGAGE_KEY) or {})
+    baggage = get_all(ctx)
     if baggage:
-        _propagation.inject(out, Context({_BAGGAGE_KEY: baggage}), default_setter)
+        oii.propagator_inject(out, oii.baggage_context(baggage), default_setter)
     return out
 
 
@@ -393,12 +425,8 @@ def restored(inside: Context, stash: Stash) -> Context:
     """
     stash.used = True
     ours = stash.context
-    values = dict(inside)
-    values[_BAGGAGE_KEY] = ours.get(_BAGGAGE_KEY)
-    values[_STATE_KEY] = ours.get(_STATE_KEY)
-    values[_SLOT_KEY] = ours.get(_SLOT_KEY)
-    values[HOP_KEY] = ours.get(HOP_KEY)
-    span: Any = values.get(_SPAN_KEY)
+    ctx = oii.with_identity_of(inside, ours)
+    span: Any = trace.get_current_span(ctx)
     if span is not None and getattr(span, "kind", None) is SpanKind.SERVER and span.is_recording():
         hop = stash.hop
         hop.span = span
@@ -406,12 +434,12 @@ def restored(inside: Context, stash: Stash) -> Context:
             hop.flush(span)
         if hop.authenticated:
             stamp(span, ours)
-    return Context(values)
+    return ctx
 
 
 def stamp(span: trace.Span, ctx: Context) -> None:
     """Identity attributes on a server span started before the app's auth set the identity."""
-    state = state_of(ctx)
+    state = identity_state(ctx)
     if state is not None and span.is_recording():
         attributes = state.span_attributes(oi.get_settings().span_attributes)
         if attributes:
@@ -449,17 +477,23 @@ def _is_otel(node: object) -> bool:
     if (getattr(node, "__module__", "") or "").startswith(_OTEL_PREFIX):
         return True  # a function made by an instrumentation (Flask's rewrapped wsgi_app)
     try:
-        if getattr(node, "_is_instrumented_by_opentelemetry", False) is True:
-            return True  # Flask and FastAPI apps instrumented by OpenTelemetry
-        user_middleware: Iterable[object] = getattr(node, "user_middleware", None) or ()
-        for middleware in user_middleware:  # Starlette's declared middleware
-            cls = getattr(middleware, "cls", None)
-            if (getattr(cls, "__module__", "") or "").startswith(_OTEL_PREFIX):
-                return True
-        if module.startswith("django.core.handlers"):
-            from django.conf import settings  # type: ignore[import-untyped]
-
-            return any("opentelemetry" in str(m) for m in getattr(settings, "MIDDLEWARE", ()))
+        return _declares_otel(node, module)
     except Exception:  # noqa: BLE001 - detection is a best effort over arbitrary objects
         return False
+
+
+def _declares_otel(node: object, module: str) -> bool:
+    """Whether ``node`` says it is instrumented: a flag, a declared middleware, a setting."""
+    if getattr(node, "_is_instrumented_by_opentelemetry", False) is True:
+        return True  # Flask and FastAPI apps instrumented by OpenTelemetry
+    user_middleware: Iterable[object] = getattr(node, "user_middleware", None) or ()
+    for middleware in user_middleware:  # Starlette's declared middleware
+        cls = getattr(middleware, "cls", None)
+        if (getattr(cls, "__module__", "") or "").startswith(_OTEL_PREFIX):
+            return True
+    if module.startswith("django.core.handlers"):
+        from django.conf import settings  # type: ignore[import-untyped]
+
+        return any("opentelemetry" in str(m) for m in getattr(settings, "MIDDLEWARE", ()))
+    return False
     return False

@@ -15,11 +15,19 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 
-from otel_identity import _telemetry
-from otel_identity._hops import attach_raw, current_context, detach_raw
+from otel_identity import instrumentation as oii
+from otel_identity.instrumentation import attach, current_context, detach
 from otel_identity_http import _server
-from otel_identity_http._asgi import ASGIApp, Receive, Scope, Send
-from otel_identity_http._wsgi import Environ, StartResponse, WSGIApp, _HopIterable
+from otel_identity_http._shapes import (
+    ASGIApp,
+    Environ,
+    HopIterable,
+    Receive,
+    Scope,
+    Send,
+    StartResponse,
+    WSGIApp,
+)
 
 _FLASK_TOKEN = "otel_identity.flask_token"  # noqa: S105 - a flask.g key, not a secret
 
@@ -35,14 +43,14 @@ class ReattachWSGI:
         if not isinstance(stash, _server.Stash):
             return self.app(environ, start_response)
         ctx = _server.restored(current_context(), stash)
-        token = attach_raw(ctx)  # detached below, in this frame
+        token = attach(ctx)  # detached below, in this frame
         try:
             result = self.app(environ, start_response)
         finally:
-            detach_raw(token)
+            detach(token)
         if isinstance(result, (list, tuple)):
             return result
-        return _HopIterable(result, ctx, stash.hop)
+        return HopIterable(result, ctx, stash.hop)
 
 
 class ReattachASGI:
@@ -56,11 +64,11 @@ class ReattachASGI:
         if not isinstance(stash, _server.Stash):
             await self.app(scope, receive, send)
             return
-        token = otel_context.attach(_server.restored(otel_context.get_current(), stash))
+        token = attach(_server.restored(current_context(), stash))  # detached in this task
         try:
             await self.app(scope, receive, send)
         finally:
-            otel_context.detach(token)
+            detach(token)
 
 
 def _flask_before() -> None:
@@ -112,7 +120,7 @@ def install(app: object) -> bool:
                 _install_flask(node)
                 return True
     except Exception:  # noqa: BLE001 - without a tap the header rewrite still holds policy
-        _telemetry.log_internal_error("http.tap")
+        oii.log_internal_error("http.tap")
     return bool(nodes)
 
 

@@ -18,9 +18,9 @@ from typing import Any
 from opentelemetry import context as otel_context
 
 import otel_identity as oi
-from otel_identity import _telemetry
-from otel_identity_http._asgi import ASGIApp, Receive, Scope, Send
+from otel_identity import instrumentation as oii
 from otel_identity_http._server import mark_authenticated
+from otel_identity_http._shapes import ASGIApp, Receive, Scope, Send
 
 UserFn = Callable[[Any], Any]
 
@@ -74,7 +74,7 @@ def identity_from_user(
         oi.set_identity(identity, context=otel_context.Context())  # validates the claims
         return identity
     except Exception as exc:  # noqa: BLE001 - the app's mapping must not break its request
-        _telemetry.log_once(
+        oii.log_once(
             logging.WARNING,
             ("identity_from_user", type(exc).__name__),
             "otel-identity: mapping the authenticated user to an identity failed (%s); "

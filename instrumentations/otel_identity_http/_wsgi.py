@@ -10,25 +10,20 @@ iterable must not leave one request's identity behind for the next request on it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from types import TracebackType
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import INVALID_SPAN
-from opentelemetry.trace.propagation import _SPAN_KEY
 
 import otel_identity as oi
-from otel_identity import _telemetry
-from otel_identity._hops import attach_raw, current_context, detach_raw, suppressed
-from otel_identity_http import _server
+from otel_identity.instrumentation import attach, current_context, detach, is_suppressed
+from otel_identity_http import _server, _tap
 from otel_identity_http._server import AuthSource
+from otel_identity_http._shapes import Environ, HopIterable, StartResponse, WSGIApp
 
-Environ = dict[str, Any]
-StartResponse = Callable[..., Any]
-WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 RouteOf = Callable[[Environ], str | None]
 
 
@@ -78,49 +73,7 @@ def _rewritten(environ: Environ, ctx: Context) -> Environ:
     return new
 
 
-class _HopIterable:
-    """The app's response iterable, producing every chunk under the hop's context."""
-
-    __slots__ = ("_ctx", "_hop", "_inner", "_iterator")
-
-    def __init__(self, inner: Iterable[bytes], ctx: Context, hop: _server.ServerHop) -> None:
-        self._inner = inner
-        self._ctx = ctx
-        self._hop = hop
-        self._iterator: Iterator[bytes] | None = None
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        token = otel_context.attach(self._ctx)
-        try:
-            if self._iterator is None:
-                self._iterator = iter(self._inner)
-            return next(self._iterator)
-        finally:
-            otel_context.detach(token)
-
-    def close(self) -> None:
-        token = otel_context.attach(self._ctx)
-        try:
-            close = getattr(self._inner, "close", None)
-            if close is not None:
-                close()
-        finally:
-            _server.settle(self._hop)
-            otel_context.detach(token)
-
-    def __enter__(self) -> _HopIterable:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+_WSGI = _server.Shape("wsgi", environ_getter, _header, _rewritten)
 
 
 def call_wsgi(
@@ -141,20 +94,10 @@ def call_wsgi(
     attached around the call. (Attaching it there would also leave it behind: OpenTelemetry
     detaches its own context only once the body is sent, back to whatever it replaced.)
     """
-    try:
-        route = route_of(environ)
-        environ, stash = _server.enter(
-            environ,
-            environ_getter,
-            current_context(),
-            route=route,
-            auth=auth,
-            header=_header,
-            continue_trace=continue_trace,
-            rewrite=_rewritten,
-        )
-    except Exception:  # noqa: BLE001 - without a hop the request still runs, with no identity
-        _telemetry.log_internal_error("wsgi.admit")
+    environ, stash = _server.begin(
+        environ, _WSGI, auth=auth, route_of=route_of, continue_trace=continue_trace
+    )
+    if stash is None:
         return app(environ, start_response)
 
     hop = stash.hop
@@ -164,29 +107,41 @@ def call_wsgi(
             _server.settle(hop)
         return start_response(*args, **kwargs)
 
-    if tapped and not continue_trace and stash.context.get(_SPAN_KEY) is INVALID_SPAN:
-        # No span is current, so OpenTelemetry's middleware starts the SERVER span from the
-        # headers, in a context of its own; the tap restores ours inside it.
-        try:
-            result = app(environ, hop_start_response)
-        except BaseException:
-            _server.settle(hop, oi.get_identity(stash.context) is not None)
-            raise
-    else:
-        token = attach_raw(stash.context)  # detached below, in this frame
-        try:
-            result = app(environ, hop_start_response)
-        except BaseException:
-            _server.settle(hop)
-            raise
-        finally:
-            detach_raw(token)
+    outside = tapped and not continue_trace
+    result = _run(app, environ, hop_start_response, stash, tap_attaches=outside)
     if isinstance(result, (list, tuple)):  # nothing of the app runs while it is sent
         _server.settle(hop)
         return result
     if stash.used:
         return result  # the tap inside produces the body under the hop's context already
-    return _HopIterable(result, stash.context, hop)
+    return HopIterable(result, stash.context, hop)
+
+
+def _run(
+    app: WSGIApp,
+    environ: Environ,
+    start_response: StartResponse,
+    stash: _server.Stash,
+    *,
+    tap_attaches: bool,
+) -> Iterable[bytes]:
+    """Call ``app`` under the hop's context (see ``call_wsgi``); a failing app settles it."""
+    if tap_attaches and trace.get_current_span(stash.context) is INVALID_SPAN:
+        # No span is current, so OpenTelemetry's middleware starts the SERVER span from the
+        # headers, in a context of its own; the tap restores ours inside it.
+        try:
+            return app(environ, start_response)
+        except BaseException:
+            _server.settle(stash.hop, oi.get_identity(stash.context) is not None)
+            raise
+    token = attach(stash.context)  # detached below, in this frame
+    try:
+        return app(environ, start_response)
+    except BaseException:
+        _server.settle(stash.hop)
+        raise
+    finally:
+        detach(token)
 
 
 class IdentityWSGIMiddleware:
@@ -217,11 +172,9 @@ class IdentityWSGIMiddleware:
         self._tap_inside = False  # self.app is OpenTelemetry's middleware, our tap inside it
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if _server.HANDLED_KEY in environ or suppressed(current_context()):
+        if _server.HANDLED_KEY in environ or is_suppressed(current_context()):
             return self.app(environ, start_response)
         if not self._tapped:
-            from otel_identity_http import _tap
-
             found = _tap.install(self.app)
             if self.continue_trace is None:
                 self.continue_trace = not found

@@ -10,8 +10,7 @@ from typing import Any, TypeVar, cast
 
 import otel_identity as oi
 from otel_identity import names
-from otel_identity._carriers import bytes_headers_setter, delivery_context
-from otel_identity._hops import attached
+from otel_identity.instrumentation import attached, bytes_headers_setter, delivery_context
 
 F = TypeVar("F", bound=Callable[..., Any])
 

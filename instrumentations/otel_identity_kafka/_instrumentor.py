@@ -26,8 +26,8 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
 
-from otel_identity import _telemetry
-from otel_identity._carriers import hold, release
+from otel_identity import instrumentation as oii
+from otel_identity.instrumentation import hold, release
 from otel_identity_kafka._helpers import identity_headers, message_context
 from otel_identity_kafka.package import _instruments_any
 
@@ -53,7 +53,7 @@ def _produce_wrapper(index: int) -> Any:
             try:
                 args, kwargs = _with_headers(args, kwargs, index)
             except Exception:  # noqa: BLE001 - send the message as given rather than fail
-                _telemetry.log_internal_error("kafka produce")
+                oii.log_internal_error("kafka produce")
         return wrapped(*args, **kwargs)
 
     return produce

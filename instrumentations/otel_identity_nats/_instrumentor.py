@@ -14,9 +14,15 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
 
 import otel_identity as oi
-from otel_identity import _telemetry, names
-from otel_identity._carriers import delivery_context, hold, release, text_headers_setter
-from otel_identity._hops import attached
+from otel_identity import instrumentation as oii
+from otel_identity import names
+from otel_identity.instrumentation import (
+    attached,
+    delivery_context,
+    hold,
+    release,
+    text_headers_setter,
+)
 from otel_identity_nats.package import _instruments
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,7 +74,7 @@ def _publish(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
                 else:
                     kwargs = {**kwargs, "headers": headers}
         except Exception:  # noqa: BLE001 - publish the message as given rather than fail
-            _telemetry.log_internal_error("nats publish")
+            oii.log_internal_error("nats publish")
     return wrapped(*args, **kwargs)
 
 

@@ -9,7 +9,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
     BaseInstrumentor,
 )
 
-from otel_identity import _telemetry
+from otel_identity import instrumentation as oii
 from otel_identity_threading import _patching, _pool, _processes, _threads, _workers
 from otel_identity_threading.package import _instruments
 
@@ -36,7 +36,7 @@ class ThreadingIdentityInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         _pool.uninstall()
         for owner, name, wrapper in _TARGETS:
             if not _patching.unwrap_ours(owner, name, wrapper):
-                _telemetry.log_once(
+                oii.log_once(
                     30,  # logging.WARNING
                     ("threading.unwrap", owner.__qualname__, name),
                     "otel-identity: could not remove the wrapper of %s.%s (patched over by "

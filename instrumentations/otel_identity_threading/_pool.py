@@ -3,7 +3,7 @@
 ``submit`` (and so ``map``, ``loop.run_in_executor`` and ``asyncio.to_thread``) builds one
 ``concurrent.futures.thread._WorkItem`` per task, in the submitting thread, and the worker calls
 its ``run``. Our subclass of it captures the current context when it is built and runs the task
-as the core's hand-off hop on that context (see ``otel_identity._context.Handoff``): the work
+as the core's hand-off hop on that context (see ``otel_identity.instrumentation.Handoff``): the work
 item *is* the hop's state and ``current_user`` slot, so a hop allocates nothing of its own and
 no wrapper sits on ``submit`` (this is the hottest hop there is; see
 ``benchmarks/bench_threads.py``). The task is accounted only if it really starts (not when it
@@ -28,9 +28,14 @@ from typing import Any
 
 from opentelemetry.context import Context
 
-from otel_identity import _telemetry
-from otel_identity._context import Handoff
-from otel_identity._hops import current_context, enter, leave, suppressed
+from otel_identity import instrumentation as oii
+from otel_identity.instrumentation import (
+    Handoff,
+    current_context,
+    enter_handoff,
+    is_suppressed,
+    leave_handoff,
+)
 from otel_identity_threading._threads import HOP, bind, is_context_run
 
 _WorkItem: Any = futures_thread._WorkItem
@@ -68,7 +73,7 @@ class HopWorkItem(Handoff, _WorkItem):  # type: ignore[misc]
         self.kwargs = kwargs
         self.source = None  # type: ignore[assignment] # None: not a hop
         captured = current_context()
-        if suppressed(captured):
+        if is_suppressed(captured):
             return
         kind = type(fn)
         if kind is functools.partial or kind is types.BuiltinMethodType:
@@ -85,16 +90,16 @@ class HopWorkItem(Handoff, _WorkItem):  # type: ignore[misc]
         future = self.future
         if not future.set_running_or_notify_cancel():
             return
-        token = enter(self, HOP)
+        token = enter_handoff(self, HOP)
         try:
             result = self.fn(*self.args, **self.kwargs)
         except BaseException as exc:  # noqa: BLE001 - the future carries it, as in the stdlib
-            leave(self, token)
+            leave_handoff(self, token)
             future.set_exception(exc)
             # Break the cycle exc -> traceback -> this frame -> exc, as the stdlib does.
             self = future = None  # type: ignore[assignment] # noqa: PLW0642
         else:
-            leave(self, token)
+            leave_handoff(self, token)
             future.set_result(result)
 
 
@@ -112,7 +117,7 @@ def task_hop_item(base: Any) -> type:
             resolved = task[0] if len(task) == 1 else None
             if type(resolved) is tuple and len(resolved) == 3 and callable(resolved[0]):
                 captured = current_context()
-                if not suppressed(captured):
+                if not is_suppressed(captured):
                     fn, args, fn_kwargs = resolved
                     inner = _inside_context_run(fn, args, captured)
                     if inner is None:
@@ -124,11 +129,11 @@ def task_hop_item(base: Any) -> type:
             base.__init__(self, future, *task, **kwargs)
 
         def hop_call(self, *args: Any, **kwargs: Any) -> Any:
-            token = enter(self, HOP)
+            token = enter_handoff(self, HOP)
             try:
                 return self.task_fn(*args, **kwargs)
             finally:
-                leave(self, token)
+                leave_handoff(self, token)
 
     return WrappingHopWorkItem
 
@@ -152,7 +157,7 @@ def install(item: type = WORK_ITEM) -> None:
     if current is _WorkItem:
         futures_thread._WorkItem = item  # type: ignore[misc,assignment]
     elif current not in (HopWorkItem, WrappingHopWorkItem):
-        _telemetry.log_once(
+        oii.log_once(
             30,  # logging.WARNING
             ("threading.wrap", "_WorkItem"),
             "otel-identity: concurrent.futures.thread._WorkItem was already replaced by "
@@ -168,7 +173,7 @@ def uninstall() -> bool:
     if current in (HopWorkItem, WrappingHopWorkItem):
         futures_thread._WorkItem = _WorkItem  # type: ignore[misc]
         return True
-    _telemetry.log_once(
+    oii.log_once(
         30,  # logging.WARNING
         ("threading.unwrap", "_WorkItem"),
         "otel-identity: concurrent.futures.thread._WorkItem was replaced by something else "

@@ -24,8 +24,7 @@ from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
 from otel_identity import names
-from otel_identity._context import Handoff
-from otel_identity._hops import enter, leave
+from otel_identity.instrumentation import Handoff, enter_handoff, leave_handoff
 from otel_identity_threading._workers import is_worker_loop
 
 HOP = names.HOP_THREAD
@@ -44,11 +43,11 @@ def bind(fn: Callable[..., Any], captured: Context) -> Callable[..., Any]:
 
     def otel_identity_hop(*args: Any, **kwargs: Any) -> Any:
         handoff = Handoff(captured)
-        token = enter(handoff, HOP)
+        token = enter_handoff(handoff, HOP)
         try:
             return fn(*args, **kwargs)
         finally:
-            leave(handoff, token)
+            leave_handoff(handoff, token)
 
     otel_identity_hop.__wrapped__ = fn  # type: ignore[attr-defined]
     return otel_identity_hop
@@ -109,11 +108,11 @@ def wrap_thread_run(
         finally:
             otel_context.detach(token)
     handoff = Handoff(captured)
-    token = enter(handoff, HOP)
+    token = enter_handoff(handoff, HOP)
     try:
         return wrapped(*args, **kwargs)
     finally:
-        leave(handoff, token)
+        leave_handoff(handoff, token)
 
 
 TARGETS: tuple[tuple[type, str, Any], ...] = (

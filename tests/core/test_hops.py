@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 import otel_identity as oi
-from otel_identity import _egress, _signing, _telemetry, names
+from otel_identity import _egress, _signing, _telemetry, _thread_state, names
 
 KEY_A = base64.b64encode(b"a" * 32).decode()
 KEY_B = base64.b64encode(b"b" * 32).decode()
@@ -387,7 +387,7 @@ def test_hop_counts_from_many_threads_add_up_also_after_the_threads_end() -> Non
         t.join()
     assert delta(before, "thread", "present") == 2000
     assert delta(before, "thread", "present") == 2000  # folded tables are not counted twice
-    assert len(_telemetry._tables) <= threading.active_count() + 1
+    assert len(_thread_state.tables) <= threading.active_count() + 1
 
 
 _REPEATED_CASES: dict[str, Callable[[], dict[str, str]]] = {
@@ -463,7 +463,8 @@ class TestRepeatedHeaders:
         assert fast[0] == fast[1] == self._hop(tracer, carrier, route)
 
     def test_repeats_share_the_identity_but_not_the_user_slot(self, tracer: trace.Tracer) -> None:
-        from otel_identity._context import _SLOT_KEY, _STATE_KEY
+        from otel_identity._state import SLOT_KEY as _SLOT_KEY
+        from otel_identity._state import STATE_KEY as _STATE_KEY
 
         carrier = carrier_for(user_id="u", tenant_id="t")
         with tracer.start_as_current_span("server", kind=SpanKind.SERVER):

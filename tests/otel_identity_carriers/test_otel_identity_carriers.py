@@ -16,17 +16,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import otel_identity as oi
 from otel_identity import _telemetry, names
-from otel_identity._carriers import (
-    AsyncIdentityQueue,
-    Envelope,
+from otel_identity._headers import (
     HeadersSetter,
-    IdentityQueue,
     bytes_headers_setter,
     headers_getter,
     headers_setter,
-    seal,
     text_headers_setter,
 )
+from otel_identity._queues import AsyncIdentityQueue, Envelope, IdentityQueue, seal
 
 ALICE = oi.Identity(user_id="alice", tenant_id="acme", roles=("admin",))
 

@@ -23,7 +23,7 @@ from otel_identity_threading import (
 
 import otel_identity as oi
 from otel_identity import _telemetry, names
-from otel_identity._context import current_handoff
+from otel_identity._thread_state import current_handoff
 from tests.otel_identity_threading.probes import load_user
 
 PATCHED = [

@@ -21,8 +21,8 @@ from otel_identity_threading import ThreadingIdentityInstrumentor, _pool
 
 import otel_identity as oi
 from otel_identity import _telemetry, names
-from otel_identity._context import Handoff, current_handoff
-from otel_identity._hops import enter, leave
+from otel_identity._handoff import Handoff, enter, leave
+from otel_identity._thread_state import current_handoff
 from tests.otel_identity_threading.probes import load_user
 
 
@@ -216,14 +216,14 @@ def test_hand_offs_nest_in_one_thread_and_unwind_in_order() -> None:
 def test_a_failing_enter_still_runs_the_task_on_the_captured_context(
     monkeypatch: pytest.MonkeyPatch, work_item: type
 ) -> None:
-    from otel_identity import _hops
+    from otel_identity import _handoff, _thread_state
 
     def broken() -> Any:
         raise RuntimeError("no thread state")
 
-    monkeypatch.setattr(_hops._telemetry, "thread_state", broken)
+    monkeypatch.setattr(_thread_state, "_new_state", broken)
     internal: list[str] = []
-    monkeypatch.setattr(_hops._telemetry, "log_internal_error", internal.append)
+    monkeypatch.setattr(_handoff._telemetry, "log_internal_error", internal.append)
     hop = Handoff(oi.set_identity(user_id="u-enter-fails"))
     result: list[Any] = []
 

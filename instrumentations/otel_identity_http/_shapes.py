@@ -1,0 +1,75 @@
+"""What the WSGI and ASGI calls look like, and a WSGI body produced under the hop's context.
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]: ...
+
+    body = HopIterable(app(environ, start_response), ctx, hop)   # each chunk under ``ctx``
+
+Shared by the middleware (``_wsgi``, ``_asgi``) and the re-attach taps (``_tap``), so neither
+imports the other's module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from types import TracebackType
+from typing import Any
+
+from opentelemetry.context import Context
+
+from otel_identity.instrumentation import attach, detach
+from otel_identity_http import _server
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class HopIterable:
+    """The app's response iterable, producing every chunk under the hop's context."""
+
+    __slots__ = ("_ctx", "_hop", "_inner", "_iterator")
+
+    def __init__(self, inner: Iterable[bytes], ctx: Context, hop: _server.ServerHop) -> None:
+        self._inner = inner
+        self._ctx = ctx
+        self._hop = hop
+        self._iterator: Iterator[bytes] | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        token = attach(self._ctx)
+        try:
+            if self._iterator is None:
+                self._iterator = iter(self._inner)
+            return next(self._iterator)
+        finally:
+            detach(token)
+
+    def close(self) -> None:
+        token = attach(self._ctx)
+        try:
+            close = getattr(self._inner, "close", None)
+            if close is not None:
+                close()
+        finally:
+            _server.settle(self._hop)
+            detach(token)
+
+    def __enter__(self) -> HopIterable:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,326 @@
+"""The receiving side of a hop: what arrived, what policy admits, the hop's context.
+
+    with oi.continue_from(headers, hop="queue.consume"):        # extract, attach, detach
+        handle(message)                                         # identity and current_user set
+
+Every receiving hop goes through ``extract`` (or ``_handoff.receive`` for an in-process
+hand-off), the one place where inbound policy, limits and hop accounting happen; transports
+only supply a getter. Propagation always goes through the global propagator, so
+``OTEL_PROPAGATORS`` is honoured; nothing here parses a header value. What one baggage header
+means on one kind of hop (``Arrival``) is remembered, so the same header on the next request
+of a session is a dict lookup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import CarrierT, Getter, default_getter
+from opentelemetry.trace import SpanKind
+
+from otel_identity import (
+    _baggage,
+    _codec,
+    _config,
+    _memo,
+    _policy,
+    _propagation,
+    _telemetry,
+    _thread_state,
+    names,
+)
+from otel_identity._baggage_propagator import keep_keys_of
+from otel_identity._errors import IdentityRejectedError, MissingIdentityError
+from otel_identity._handoff import hop_state
+from otel_identity._hop_state import HopState, missing_event, quiet_state
+from otel_identity._identity import Identity
+from otel_identity._internals import BAGGAGE_KEY, SPAN_KEY, is_span_of_kind
+from otel_identity._runtime import attached, current_context
+from otel_identity._state import (
+    HOP_KEY,
+    SLOT_KEY,
+    STATE_KEY,
+    IdentityState,
+    UserSlot,
+    all_identity_keys,
+    identity_of,
+    without_identity,
+)
+
+# The span kind an instrumentation gives the receiving side of each hop kind.
+_HOP_SPAN_KIND = {
+    names.HOP_HTTP_SERVER: SpanKind.SERVER,
+    names.HOP_GRPC_SERVER: SpanKind.SERVER,
+    names.HOP_QUEUE_CONSUME: SpanKind.CONSUMER,
+}
+_NO_BAGGAGE: Mapping[str, object] = {}
+
+
+class Arrival:
+    """What one baggage arriving on one kind of hop means under one settings object.
+
+    A pure function of those three (signatures aside, see ``cacheable``), so the same header
+    on the next request of a session is a dict lookup: decoding, policy, the identity state
+    and its span attributes are shared by every hop it arrives on. Never mutated once built.
+    """
+
+    __slots__ = (
+        "cacheable",
+        "entries",
+        "events",
+        "if_missing",
+        "outcome",
+        "present",
+        "reason",
+        "settings",
+        "state",
+    )
+
+    def __init__(
+        self,
+        baggage: Mapping[str, object],
+        wire: _baggage.Parsed,
+        hop: str,
+        settings: _config.Settings,
+    ) -> None:
+        self.settings = settings
+        raw = _codec.raw_values(baggage, settings.identity_keys)
+        policy = _policy.policy_for(hop, settings)
+        # The header's own verdict first: identity members that were ambiguous, refused or
+        # did not fit reject the hop, whatever the rest of them says.
+        reason = wire.verdict(keep_keys_of(settings))
+        identity = None
+        if reason is None:
+            identity, reason = _policy.admit(baggage, raw, policy, settings)
+        required = hop in settings.required_hops
+        self.if_missing = (missing_event(hop, settings),) if required else ()
+        self.events: tuple[tuple[str, dict[str, Any]], ...] = ()
+        # The outcome, or None when it depends on the route (missing, or anonymous).
+        self.outcome: str | None = None
+        if reason is not None:
+            baggage = self._reject(baggage, hop, reason)
+        elif identity is not None:
+            self.outcome = names.OUTCOME_PRESENT
+        self.reason = reason
+        self.state = None if identity is None else IdentityState(raw, identity, baggage)
+        # A present hop has no events: its state is the hop kind's shared one.
+        self.present = None if identity is None else quiet_state(hop, names.OUTCOME_PRESENT)
+        # What the hop's context takes from this (its user slot and hop state are its own).
+        self.entries: dict[str, object] = {
+            BAGGAGE_KEY: baggage,
+            STATE_KEY: self.state,
+            SLOT_KEY: None,
+        }
+        # A verified identity holds only until its signature expires: decide it every time.
+        self.cacheable = policy != "verify" or raw == (None, None, None, None)
+
+    def _reject(self, baggage: Mapping[str, object], hop: str, reason: str) -> Mapping[str, object]:
+        """Decide the hop rejected for ``reason``: its events, a log line, and the baggage
+        without identity members that it continues with."""
+        self.outcome = names.OUTCOME_REJECTED
+        rejected = (names.EVENT_REJECTED, {names.ATTR_HOP: hop, names.ATTR_REJECT_REASON: reason})
+        self.events = (rejected, *self.if_missing)
+        _telemetry.log_limited(
+            f"rejected:{hop}:{reason}",
+            "otel-identity: inbound identity rejected on %s hop (%s); it was removed",
+            hop,
+            reason,
+        )
+        drop = set(all_identity_keys())
+        return {k: v for k, v in baggage.items() if k not in drop}
+
+
+@_memo.per_settings
+def _arrivals_under(settings: _config.Settings) -> dict[tuple[str | None, str], Arrival]:
+    """(baggage header, hop kind) -> what it means under ``settings`` (new settings, a new
+    table)."""
+    return {}
+
+
+def arrival_for(header: str | None, hop: str, settings: _config.Settings) -> Arrival:
+    """What the baggage ``header`` means on a ``hop`` hop under ``settings`` (remembered)."""
+    arrivals = _arrivals_under(settings)
+    arrival = arrivals.get((header, hop))
+    if arrival is None:
+        parsed = _baggage.parse(header, keep_keys_of(settings)) if header else _baggage.EMPTY
+        arrival = Arrival(parsed.members, parsed, hop, settings)
+        if arrival.cacheable:
+            _memo.remember(arrivals, (header, hop), arrival)
+    return arrival
+
+
+def own_span(base: Context, hop: str) -> Any:
+    """The hop's own span: one an instrumentation already started for it, current in
+    ``base`` (the hop keeps it: its children stay under it and it takes the hop's events).
+    None when there is none, and the hop continues the sender's span."""
+    span = base.get(SPAN_KEY)
+    if span is None or not is_span_of_kind(span, _HOP_SPAN_KIND.get(hop, False)):
+        return None
+    return span
+
+
+def _arrive(
+    carrier: CarrierT,
+    getter: Getter[CarrierT],
+    base: Context,
+    own: Any,
+    *,
+    trace_context: bool,
+    hop: str,
+    settings: _config.Settings,
+) -> tuple[trace.Span, Arrival]:
+    """The span the hop continues and what arrived. When the sender's trace context is not
+    needed (the span is known) and the global propagator reads nothing but it and the W3C
+    baggage header, the header alone decides the hop; else the whole propagator runs."""
+    if own is not None or not trace_context:
+        shape = _propagation.baggage_only(propagate.get_global_textmap())
+        if shape is not None:
+            header = _propagation.joined(getter.get(carrier, "baggage")) if shape else None
+            span = own if own is not None else trace.get_current_span(base)
+            return span, arrival_for(header, hop, settings)
+    remote, parsed = _propagation.extract(carrier, getter, keep_keys_of(settings))
+    span = own
+    if span is None:
+        sent = trace.get_current_span(remote)
+        valid = trace_context and sent.get_span_context().is_valid
+        span = sent if valid else trace.get_current_span(base)
+    baggage: Mapping[str, object] = remote.get(BAGGAGE_KEY) or _NO_BAGGAGE  # type: ignore[assignment]
+    return span, Arrival(baggage, parsed, hop, settings)
+
+
+def _decide(arrival: Arrival, hop: str, route: str | None, own: Any) -> HopState:
+    """The hop's state: its outcome (the route decides between missing and anonymous), its
+    events recorded on ``own`` or left pending for its first span."""
+    if arrival.present is not None:  # a present hop's state is known in advance
+        return arrival.present
+    outcome, events = arrival.outcome, arrival.events
+    if outcome is None:
+        if _policy.is_anonymous_route(route, arrival.settings):
+            outcome = names.OUTCOME_ANONYMOUS
+        else:
+            outcome, events = names.OUTCOME_MISSING, arrival.if_missing
+    if not events:  # nothing to deliver: the hop kind's shared state for this outcome
+        return quiet_state(hop, outcome)
+    state = HopState(hop, outcome, arrival.reason)
+    _record(events, own, state)
+    return state
+
+
+def _hop_context(
+    base: Context, arrival: Arrival, state: HopState, span: trace.Span, own: Any
+) -> Context:
+    """``base`` as the hop's context, in one copy: what arrived, the hop's state, its span
+    and, with an identity, a user slot of its own."""
+    values = {**base, **arrival.entries, HOP_KEY: state}
+    if span is not own:
+        values[SPAN_KEY] = span
+    identity = arrival.state
+    if identity is not None:
+        values[SLOT_KEY] = UserSlot(state.hop, identity.identity)
+    return Context(values)
+
+
+def extract(
+    carrier: CarrierT,
+    getter: Getter[CarrierT] | None = None,
+    *,
+    hop: str,
+    context: Context | None = None,
+    route: str | None = None,
+    account: bool = True,
+    trace_context: bool = True,
+) -> Context:
+    """The receiving hop's context: the sender's trace and baggage, identity after policy.
+
+    ``hop`` is the hop kind (``identity.hop``); ``route`` a path or gRPC method for the
+    anonymous-route exemption. Inbound identity is admitted by the configured policy
+    (``trust``/``verify``/``strip``), the hop is counted, and ``identity.missing`` /
+    ``identity.rejected`` are recorded on the hop's span. ``account=False`` leaves counting
+    to a caller that learns the outcome later (an HTTP edge whose app authenticates the
+    request itself). ``trace_context=False`` says the sender's trace context is not wanted
+    (the caller's instrumentation makes the hop's span from it): the hop keeps the span of
+    ``context`` and is decided from the baggage alone. Never raises: on an internal error the
+    result carries no identity (fail closed) and the error is logged.
+    """
+    base = context if context is not None else current_context()
+    try:
+        settings = _config.current or _config.get_settings()
+        own = own_span(base, hop)
+        span, arrival = _arrive(
+            carrier,
+            getter or default_getter,
+            base,
+            own,
+            trace_context=trace_context,
+            hop=hop,
+            settings=settings,
+        )
+        state = _decide(arrival, hop, route, own)
+        if account:
+            _thread_state.count(state.key)
+        return _hop_context(base, arrival, state, span, own)
+    except Exception:  # noqa: BLE001 - never break the host's request path
+        _telemetry.log_internal_error("extract")
+        return without_identity(base)
+
+
+def _record(events: tuple[tuple[str, dict[str, Any]], ...], own: Any, state: HopState) -> None:
+    """A hop's events: on its own span if it has one that records, else pending for its first."""
+    if own is not None and own.is_recording():
+        for name, attributes in events:
+            if not (name == names.EVENT_MISSING and _telemetry.has_event(own, name)):
+                _telemetry.add_event(own, name, attributes)
+    else:
+        state.pending.extend(events)
+
+
+@contextlib.contextmanager
+def continue_from(
+    carrier: CarrierT,
+    getter: Getter[CarrierT] | None = None,
+    *,
+    hop: str,
+    route: str | None = None,
+    require: bool = False,
+) -> Iterator[Identity | None]:
+    """``extract`` and attach for the block; yields the admitted identity (or None).
+
+    With ``require=True`` a hop without an admitted identity raises before the block runs:
+    ``IdentityRejectedError`` (with ``.reason``) if policy refused it, else
+    ``MissingIdentityError``. The hop is accounted and its events recorded either way.
+    """
+    ctx = extract(carrier, getter, hop=hop, route=route)
+    identity = identity_of(ctx)
+    if require and identity is None:
+        state = hop_state(ctx)
+        if state is not None and state.reason is not None:
+            raise IdentityRejectedError(state.reason)
+        raise MissingIdentityError(f"no identity arrived on this {hop} hop")
+    with attached(ctx) as admitted:
+        yield admitted
+
+
+def hop_context(ctx: Context, state: HopState, *, span: trace.Span | None = None) -> Context:
+    """``ctx`` as the context of the hop ``state`` (a transport's own ``HopState`` subclass,
+    say), and with ``span`` as its current span when given."""
+    values = dict(ctx)
+    values[HOP_KEY] = state
+    if span is not None:
+        values[SPAN_KEY] = span
+    return Context(values)
+
+
+def with_identity_of(ctx: Context, source: Context) -> Context:
+    """``ctx`` (its span and everything else) with the identity, baggage and hop of ``source``.
+
+    For a transport whose inner layer extracted the headers again into a context of its own:
+    that context keeps its span and takes back what the outer hop admitted (an entry
+    ``source`` lacks is None in the result, which every reader takes as absent)."""
+    values = dict(ctx)
+    for key in (BAGGAGE_KEY, STATE_KEY, SLOT_KEY, HOP_KEY):
+        values[key] = source.get(key)
+    return Context(values)
