@@ -116,10 +116,7 @@ def wrap_remote(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         carries = False
     if not carries:
         return wrapped(*args, **kwargs)
-    call_kwargs = _call_kwargs(args, kwargs, 1)
-    call_kwargs[PARAM] = _carrier("remote function")
-    args, kwargs = _with_call_kwargs(args, kwargs, 1, call_kwargs)
-    return wrapped(*args, **kwargs)
+    return _call_carrying(wrapped, args, kwargs, 1, "remote function")
 
 
 def _methods(cls: type) -> dict[str, types.FunctionType]:
@@ -163,9 +160,15 @@ def wrap_actor_method_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) 
         carries = False
     if not carries:
         return wrapped(*args, **kwargs)
-    call_kwargs = _call_kwargs(args, kwargs, 2)
-    call_kwargs[PARAM] = _carrier("actor method")
-    args, kwargs = _with_call_kwargs(args, kwargs, 2, call_kwargs)
+    return _call_carrying(wrapped, args, kwargs, 2, "actor method")
+
+
+def _call_carrying(wrapped: Any, args: Any, kwargs: Any, position: int, what: str) -> Any:
+    """Call ``wrapped`` with the caller's carrier added to the keyword arguments of the call
+    it makes (its argument at ``position``, or keyword ``kwargs``)."""
+    call_kwargs = _call_kwargs(args, kwargs, position)
+    call_kwargs[PARAM] = _carrier(what)
+    args, kwargs = _with_call_kwargs(args, kwargs, position, call_kwargs)
     return wrapped(*args, **kwargs)
 
 
