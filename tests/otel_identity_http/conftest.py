@@ -112,3 +112,26 @@ def echo_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> lis
 def echo_servers(wsgi_server: Callable[..., Server]) -> tuple[Server, Server]:
     """(allowed, outside): echo servers on 127.0.0.1 and 127.0.0.2."""
     return wsgi_server(echo_app, "127.0.0.1"), wsgi_server(echo_app, "127.0.0.2")
+
+
+def opentelemetry_client_instrumentor(client: str) -> Any:
+    """OpenTelemetry's own instrumentor for one of the HTTP clients the tests drive."""
+    if client == "requests":
+        from opentelemetry.instrumentation.requests import RequestsInstrumentor
+
+        return RequestsInstrumentor()
+    if client.startswith("httpx"):
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+        return HTTPXClientInstrumentor()
+    if client == "urllib3":
+        from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
+
+        return URLLib3Instrumentor()
+    if client == "aiohttp":
+        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+
+        return AioHttpClientInstrumentor()
+    from opentelemetry.instrumentation.urllib import URLLibInstrumentor
+
+    return URLLibInstrumentor()

@@ -36,7 +36,7 @@ from otel_identity_http import HttpClientIdentityInstrumentor
 import otel_identity as oi
 from otel_identity import _telemetry, names
 
-from .conftest import Server
+from .conftest import Server, opentelemetry_client_instrumentor
 
 
 def _requests(url: str) -> dict[str, Any]:
@@ -85,24 +85,6 @@ CLIENTS: dict[str, Callable[[str], dict[str, Any]]] = {
 }
 
 
-def _otel_instrumentor(client: str) -> Any:
-    if client == "requests":
-        from opentelemetry.instrumentation.requests import RequestsInstrumentor
-
-        return RequestsInstrumentor()
-    if client.startswith("httpx"):
-        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-
-        return HTTPXClientInstrumentor()
-    if client == "urllib3":
-        from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
-
-        return URLLib3Instrumentor()
-    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
-
-    return AioHttpClientInstrumentor()
-
-
 @pytest.fixture(params=["ours_only", "otel_first", "otel_last"])
 def instrumented(request: pytest.FixtureRequest) -> Iterator[Callable[[str], bool]]:
     """Installs our client instrumentor, with OpenTelemetry's loaded before or after it."""
@@ -110,7 +92,7 @@ def instrumented(request: pytest.FixtureRequest) -> Iterator[Callable[[str], boo
     installed: list[Any] = []
 
     def setup(client: str) -> bool:
-        otel = _otel_instrumentor(client) if mode != "ours_only" else None
+        otel = opentelemetry_client_instrumentor(client) if mode != "ours_only" else None
         if otel is not None and mode == "otel_first":
             otel.instrument()
             installed.append(otel)

@@ -30,7 +30,7 @@ from otel_identity_http import HttpClientIdentityInstrumentor
 import otel_identity as oi
 from otel_identity import names
 
-from .conftest import Server, echo_app
+from .conftest import Server, echo_app, opentelemetry_client_instrumentor
 
 ALLOWED, OUTSIDE = "127.0.0.1", "127.0.0.2"
 ORDERS = ("ours-only", "ours-first", "theirs-first")
@@ -82,28 +82,6 @@ CLIENTS: dict[str, Callable[[str], Any]] = {
 }
 
 
-def _theirs(client: str) -> Any:
-    if client == "requests":
-        from opentelemetry.instrumentation.requests import RequestsInstrumentor
-
-        return RequestsInstrumentor()
-    if client.startswith("httpx"):
-        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-
-        return HTTPXClientInstrumentor()
-    if client == "urllib3":
-        from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
-
-        return URLLib3Instrumentor()
-    if client == "aiohttp":
-        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
-
-        return AioHttpClientInstrumentor()
-    from opentelemetry.instrumentation.urllib import URLLibInstrumentor
-
-    return URLLibInstrumentor()
-
-
 @pytest.fixture
 def instrumented() -> Iterator[Callable[[str, str], None]]:
     installed: list[Any] = []
@@ -111,8 +89,14 @@ def instrumented() -> Iterator[Callable[[str, str], None]]:
     def setup(client: str, order: str) -> None:
         ordered: list[Any] = {
             "ours-only": [HttpClientIdentityInstrumentor()],
-            "ours-first": [HttpClientIdentityInstrumentor(), _theirs(client)],
-            "theirs-first": [_theirs(client), HttpClientIdentityInstrumentor()],
+            "ours-first": [
+                HttpClientIdentityInstrumentor(),
+                opentelemetry_client_instrumentor(client),
+            ],
+            "theirs-first": [
+                opentelemetry_client_instrumentor(client),
+                HttpClientIdentityInstrumentor(),
+            ],
         }[order]
         for instrumentor in ordered:
             instrumentor.instrument()
