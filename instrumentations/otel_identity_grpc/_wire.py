@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.baggage import get_all
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import default_getter, default_setter
@@ -171,21 +171,25 @@ class CallShapes:
 class WireCallable(CallShapes):
     """One method of a real channel: the metadata of each call filtered for the target."""
 
-    __slots__ = ("_allowed_under", "_inner", "_target")
+    __slots__ = ("_allowed_settings", "_allowed_textmap", "_inner", "_target")
 
     def __init__(self, inner: Any, target: str) -> None:
         self._inner = inner
         self._target = target
-        # The settings under which the target was last found allowed: the common case is one
-        # attribute read per call (settings are replaced, never changed, by configure()).
-        self._allowed_under: object = None
+        # The settings and global textmap under which the target was last found allowed:
+        # the common case is two lookups per call (settings are replaced, never changed, by
+        # configure(); a textmap that displaces our baggage step is a new object).
+        self._allowed_settings: object = None
+        self._allowed_textmap: object = None
 
     def _send(self, invoke: Callable[..., Any], request: Any, args: Any, kwargs: Any) -> Any:
-        settings = oii.current_settings()
-        if not active or (settings is not None and settings is self._allowed_under):
+        settings, textmap = oii.current_settings(), propagate.get_global_textmap()
+        if not active or (
+            settings is self._allowed_settings and textmap is self._allowed_textmap
+        ):
             return invoke(request, *args, **kwargs)
         if judge(self._target)[0]:
-            self._allowed_under = settings
+            self._allowed_settings, self._allowed_textmap = settings, textmap
             return invoke(request, *args, **kwargs)
         # (request, timeout=None, metadata=None, ...): metadata may come positionally.
         if len(args) >= 2:

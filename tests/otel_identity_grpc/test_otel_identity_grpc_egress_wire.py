@@ -29,7 +29,7 @@ from otel_identity_grpc import GrpcIdentityInstrumentor, _wire
 import otel_identity as oi
 from otel_identity import names
 
-from .otel_identity_grpc_echo import SERVICE, SHAPES, aio_call, call, otel_grpc
+from .otel_identity_grpc_echo import SERVICE, SHAPES, aio_call, call, method, otel_grpc
 
 ALLOWED, OUTSIDE = "127.0.0.1", "127.0.0.2"
 ORDERS = ("ours-only", "ours-first", "theirs-first")
@@ -286,3 +286,36 @@ def test_the_wire_filter_knows_this_grpc() -> None:
         hasattr(getattr(grpc._channel.Channel, name), "_self_wrapper")
         for name in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
     )
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_sync_identity_stops_at_the_wire_once_the_textmap_displaces_our_baggage_step(
+    tracer: Tracer, order: str
+) -> None:
+    """A channel already found allowed notices a textmap set later (fail closed)."""
+    from opentelemetry import propagate
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    def opentelemetrys() -> CompositePropagator:
+        return CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+
+    original = propagate.get_global_textmap()
+    propagate.set_global_textmap(opentelemetrys())
+    core = oi.IdentityInstrumentor()
+    core.instrument()
+    try:
+        oi.configure(egress_allow=ALLOWED)
+        _instrument(order, aio=False)
+        with _sync_server(ALLOWED, "a") as a, grpc.insecure_channel(f"{ALLOWED}:{a}") as to_a:
+            unary = to_a.unary_unary(method(SHAPES[0]))  # one stub method, used for every call
+            with _caller(tracer, "identity-alone"):
+                before = json.loads(unary(b"x", timeout=10))
+                propagate.set_global_textmap(opentelemetrys())  # someone else's, set later
+                after = json.loads(unary(b"x", timeout=10))
+    finally:
+        core.uninstrument()
+        propagate.set_global_textmap(original)
+    assert _values([before]) and all("user.id=u-1" in v for v in _values([before]))
+    assert not [v for v in _values([after]) if "user.id" in v], after
