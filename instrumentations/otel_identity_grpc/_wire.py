@@ -184,9 +184,7 @@ class WireCallable(CallShapes):
 
     def _send(self, invoke: Callable[..., Any], request: Any, args: Any, kwargs: Any) -> Any:
         settings, textmap = oii.current_settings(), propagate.get_global_textmap()
-        if not active or (
-            settings is self._allowed_settings and textmap is self._allowed_textmap
-        ):
+        if not active or (settings is self._allowed_settings and textmap is self._allowed_textmap):
             return invoke(request, *args, **kwargs)
         if judge(self._target)[0]:
             self._allowed_settings, self._allowed_textmap = settings, textmap
