@@ -1,6 +1,6 @@
 """A thread hop (submit + run + result on a 1-worker ThreadPoolExecutor), four ways, one run.
 
-    .venv/bin/python benchmarks/bench_threads.py [--hops 20000] [--rounds 10]
+    .venv/bin/python benchmarks/bench_threads.py [--hops 20000] [--rounds 10] [--count]
 
 The key figure is ``cpu``: the CPU time a hop costs, submit side and worker side together.
 Tasks go in batches while the worker is held at a gate, so submitting and running never
@@ -18,6 +18,12 @@ capture at submit, then the task runs as a counted hop with its own current_user
 round and the median round counts, so drift of the machine hits all of them alike. Goal (issue
 #3): what otel-identity adds over a bare hop is at most half of what the contrib
 instrumentation adds.
+
+``--count`` counts instead of timing, exactly (bench_work.py's ``Counter``): the Python
+calls and bytecodes per hop of each instrumentation's own frames and what they call, cut where
+they call back into the executor or the task. It is not the goal's measure: it leaves out
+what each does in C (allocations, wrapt's proxies, contextvars), which is most of a thread
+hop's cost; it tells which Python steps a hop runs, to follow a change to them.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ import argparse
 import statistics
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from opentelemetry import context as otel_context
+from opentelemetry.instrumentation import threading as otel_threading
 from opentelemetry.instrumentation.threading import ThreadingInstrumentor
 from otel_identity_threading import ThreadingIdentityInstrumentor
 
@@ -109,11 +117,63 @@ PHASES: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {
 }
 
 
+def counted(hops: int = 200) -> dict[str, Counter[str]]:
+    """Calls and bytecodes per hop that each instrumentation's own code executes, in all and
+    by function (see the module's docstring)."""
+    import concurrent.futures
+    import sys
+
+    import bench_work
+
+    host = (
+        bench_work._folder(concurrent.futures),
+        bench_work._folder(sys.modules[__name__]),
+        str(threading.__file__),
+    )
+    measured = {
+        "contrib threading": (bench_work._folder(otel_threading),),
+        "otel-identity": bench_work.MEASURED,
+    }
+    per_hop = {}
+    token = otel_context.attach(oi.set_identity(user_id="u-42", tenant_id="acme"))
+    try:
+        for name, roots in measured.items():
+            on, off = PHASES[name]
+            on()
+            # the worker starts under the trace hook: both sides of the hop are counted
+            with (
+                bench_work.Counter(roots, host).tracing() as counter,
+                ThreadPoolExecutor(1) as pool,
+            ):
+                try:
+                    _latency_ns(pool, 100)
+                    per_hop[name] = counter.count(lambda: pool.submit(_noop).result(), hops)
+                finally:
+                    off()
+    finally:
+        otel_context.detach(token)
+    return per_hop
+
+
+def _print_counted() -> None:
+    for name, hop in counted().items():
+        print(
+            f"{name:<20}{hop['caused calls']:>5.0f} calls {hop['caused bytecodes']:>6.0f} bytecodes"
+        )
+        for spot, n in sorted(hop.items(), key=lambda item: -item[1]):
+            if spot.startswith("in "):
+                print(f"{'':<20}{n:>24.0f}  {spot[3:]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hops", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--count", action="store_true", help="count bytecodes, exactly")
     args = parser.parse_args()
+    if args.count:
+        _print_counted()
+        return
 
     samples: dict[tuple[str, str], list[float]] = {
         (mode, name): [] for mode in MODES for name in PHASES

@@ -83,15 +83,16 @@ class Counter:
     """Counts calls and bytecodes on every thread while ``active``: all of them, and those
     caused by the measured code (see the module's docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, measured: tuple[str, ...] = MEASURED, host: tuple[str, ...] = HOST) -> None:
         self.active: collections.Counter[str] | None = None
+        self._measured, self._host = measured, host
         self._caused: dict[int, bool] = {}  # id of a live frame -> whether it is caused
 
     def _is_caused(self, frame: FrameType) -> bool:
         filename = frame.f_code.co_filename
-        if filename.startswith(MEASURED):
+        if filename.startswith(self._measured):
             return True
-        if filename.startswith(HOST):
+        if filename.startswith(self._host):
             return False
         return frame.f_back is not None and self._caused.get(id(frame.f_back), False)
 
