@@ -149,6 +149,7 @@ def _instrumentors() -> list[str]:
 
 def _report(path: str, html_path: str | None) -> int:
     from otel_identity import _report as report
+    from otel_identity import _report_page
 
     try:
         with open(path, "rb") as handle:
@@ -170,7 +171,7 @@ def _report(path: str, html_path: str | None) -> int:
     if html_path:
         try:
             with open(html_path, "w", encoding="utf-8") as handle:
-                handle.write(report.render_html(result))
+                handle.write(_report_page.render(result))
         except OSError as exc:
             print(f"cannot write {html_path}: {exc.strerror or exc}", file=sys.stderr)
             return 2

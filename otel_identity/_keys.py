@@ -33,12 +33,21 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from otel_identity._errors import ConfigurationError
 
-if TYPE_CHECKING:
-    from otel_identity._config import Settings
+
+class Settings(Protocol):
+    """What the key set is read from: the two key settings of ``_config.Settings`` (named here,
+    so reading keys needs nothing else of the settings)."""
+
+    @property
+    def signing_keys(self) -> Mapping[str, bytes]: ...
+
+    @property
+    def keys_file(self) -> str | None: ...
+
 
 KID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MIN_HMAC_BYTES = 16

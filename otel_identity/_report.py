@@ -6,7 +6,7 @@ length-delimited), Zipkin v2 JSON, or the Python SDK's ``ConsoleSpanExporter`` o
 lines skipped and counted), recognised from the content; and prints, per service and hop kind,
 how many receiving hops had identity, how many arrived without it or with identity that failed
 policy, the work of each tenant, and the hops where identity was lost (a span without identity
-whose parent had one). ``--html PATH`` writes the same as a page (``_report_page``)::
+whose parent had one). ``--html PATH`` writes the same as a page (``_report_page.render``)::
 
     loaded = read(open("spans.json", "rb").read())
     print(render_text(analyse(loaded.spans)))
@@ -380,10 +380,3 @@ def render_text(report: Report) -> str:
         for span, parent in report.lost
     ]
     return "\n".join(lines) + "\n"
-
-
-def render_html(report: Report) -> str:
-    """The report as one self-contained page (no network): see ``_report_page``."""
-    from otel_identity import _report_page
-
-    return _report_page.render(report)

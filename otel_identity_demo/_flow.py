@@ -46,6 +46,7 @@ import otel_identity as oi
 from otel_identity import instrumentation as oii
 from otel_identity import names
 from otel_identity_demo import _metrics
+from otel_identity_demo._errors import DemoError
 from otel_identity_demo._jobs import CeleryJobs, InProcessJobs, Jobs
 
 USERS = [("u-1", "Ada", "acme"), ("u-2", "Grace", "globex")]
@@ -243,10 +244,6 @@ def _round(
     finally:
         otel_context.detach(token)
     return reply, {asked.get_span_context().trace_id, published.get_span_context().trace_id}
-
-
-class DemoError(Exception):
-    """Why the demo cannot run, in one line for its user (``otel-identity demo`` exits 2)."""
 
 
 def run(

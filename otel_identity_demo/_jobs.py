@@ -18,6 +18,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 import otel_identity as oi
+from otel_identity_demo._errors import DemoError
 
 
 class Jobs(Protocol):
@@ -124,8 +125,6 @@ class CeleryJobs:
     def _reach_broker(self) -> None:
         """Fail within seconds, in one line, when the broker does not answer: Celery itself
         would retry for ever (a closed port) or wait on a silent one."""
-        from otel_identity_demo._flow import DemoError
-
         # Short socket timeouts for this probe only: the worker keeps Celery's own.
         options = {"socket_timeout": 2, "socket_connect_timeout": 2}
         try:

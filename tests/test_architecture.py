@@ -106,28 +106,11 @@ def test_no_module_imports_itself_back(module: str) -> None:
     assert _cycle_from(module) is None, " -> ".join(_cycle_from(module) or ())
 
 
-# Lazy cycles left for a later change (settings <-> signing keys, report <-> its page).
-_LAZY_CYCLES_LEFT = frozenset(
-    {
-        "otel_identity._config",
-        "otel_identity._keys",
-        "otel_identity._report",
-        "otel_identity._report_page",
-    }
-)
-
-
-@pytest.mark.parametrize(
-    "module",
-    sorted(
-        m
-        for m in MODULES
-        if m.startswith(("otel_identity_http", "otel_identity.")) and m not in _LAZY_CYCLES_LEFT
-    ),
-)
-def test_core_and_http_modules_have_no_cycle_even_through_lazy_imports(module: str) -> None:
-    """The core's hop modules and the HTTP package (whose WSGI, ASGI and tap modules used to
-    import each other lazily) need no import-order tricks at all."""
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_module_has_a_cycle_even_through_lazy_imports(module: str) -> None:
+    """No import-order tricks at all: not even a function-level import closes a cycle (the
+    HTTP package's WSGI, ASGI and tap modules used to; settings and keys, the report and its
+    page too)."""
     cycle = _cycle_from(module, ALL_IMPORTS)
     assert cycle is None, " -> ".join(cycle or ())
 

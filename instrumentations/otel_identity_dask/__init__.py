@@ -20,17 +20,6 @@ so two tenants making the same call get their own results. Workers get the clien
 
 from __future__ import annotations
 
-from typing import Any
-
-from otel_identity_dask._instrumentor import DaskIdentityInstrumentor
-
-
-def settings_plugin() -> Any:
-    """A worker plugin with this process's ``OTEL_IDENTITY_*`` settings, for an async client:
-    ``await client.register_plugin(settings_plugin())``."""
-    from otel_identity_dask import _settings  # distributed is imported only when asked for
-
-    return _settings.settings_plugin()
-
+from otel_identity_dask._instrumentor import DaskIdentityInstrumentor, settings_plugin
 
 __all__ = ["DaskIdentityInstrumentor", "settings_plugin"]

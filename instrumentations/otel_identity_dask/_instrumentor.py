@@ -64,6 +64,22 @@ def _in_worker() -> bool:
     return True
 
 
+def instrument_worker() -> None:
+    """Instruments a worker process (``IdentitySettingsPlugin`` calls it there), so a task's
+    own submissions carry the task's identity."""
+    instrumentor = DaskIdentityInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
+
+
+def settings_plugin() -> Any:
+    """A worker plugin with this process's ``OTEL_IDENTITY_*`` settings, for an async client:
+    ``await client.register_plugin(settings_plugin())``."""
+    from otel_identity_dask import _settings  # imports distributed: only once it is in use
+
+    return _settings.IdentitySettingsPlugin(identity_environment(), instrument_worker)
+
+
 def _ensure_settings(client: Any) -> None:
     """Register the caller's settings on ``client``'s workers if they changed."""
     from otel_identity_dask import _settings  # imports distributed: only once it is in use
@@ -77,7 +93,8 @@ def _ensure_settings(client: Any) -> None:
         _registered[client] = environment
     try:
         client.register_plugin(
-            _settings.IdentitySettingsPlugin(environment), name=_settings.PLUGIN_NAME
+            _settings.IdentitySettingsPlugin(environment, instrument_worker),
+            name=_settings.PLUGIN_NAME,
         )
     except Exception as exc:  # noqa: BLE001 - the caller's submit goes on regardless
         _settings.log_setup_failure(exc)

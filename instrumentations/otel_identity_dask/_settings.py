@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from otel_identity.instrumentation import adopt_environment, identity_environment
+from otel_identity.instrumentation import adopt_environment
 
 PLUGIN_NAME = "otel-identity-settings"
 _log = logging.getLogger("otel_identity")
@@ -35,8 +35,11 @@ class IdentitySettingsPlugin(WorkerPlugin):  # type: ignore[misc]
 
     name = PLUGIN_NAME
 
-    def __init__(self, environment: Mapping[str, str]) -> None:
+    def __init__(
+        self, environment: Mapping[str, str], instrument: Callable[[], None] | None = None
+    ) -> None:
         self.environment = dict(environment)
+        self.instrument = instrument  # instruments the worker (pickled by reference)
         self.pid = os.getpid()  # the client's process
 
     def setup(self, worker: Any) -> None:
@@ -45,19 +48,11 @@ class IdentitySettingsPlugin(WorkerPlugin):  # type: ignore[misc]
             # settings, including any made in code, which the environment must not undo.
             return
         adopt_environment(self.environment)
-        from otel_identity_dask import DaskIdentityInstrumentor
-
-        instrumentor = DaskIdentityInstrumentor()
-        if not instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.instrument()
+        if self.instrument is not None:
+            self.instrument()
 
     def __repr__(self) -> str:  # never the values: they may hold signing keys
         return f"IdentitySettingsPlugin({sorted(self.environment)})"
-
-
-def settings_plugin() -> IdentitySettingsPlugin:
-    """A plugin with this process's ``OTEL_IDENTITY_*`` settings, for ``register_plugin``."""
-    return IdentitySettingsPlugin(identity_environment())
 
 
 def log_setup_failure(exc: BaseException) -> None:
