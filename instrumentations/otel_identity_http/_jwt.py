@@ -55,6 +55,19 @@ def _roles(value: Any) -> tuple[str, ...]:
     raise TypeError("roles claim is not a list of strings")
 
 
+def _pyjwt() -> Any:
+    """PyJWT, or an error that names the extra to install."""
+    try:
+        import jwt
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            f"jwt_identity needs PyJWT ({exc.name!r} is not installed): "
+            "pip install 'otel-identity[http-jwt]'",
+            name=exc.name,
+        ) from exc
+    return jwt
+
+
 def jwt_identity(
     *,
     algorithms: Collection[str],
@@ -79,15 +92,7 @@ def jwt_identity(
     path: ``user_claim`` (default ``sub``), ``tenant_claim``, ``roles_claim`` (a list, or a
     space-separated string), ``session_claim``. The identity is marked ``verified``.
     """
-    try:
-        import jwt
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError(
-            f"jwt_identity needs PyJWT ({exc.name!r} is not installed): "
-            "pip install 'otel-identity[http-jwt]'",
-            name=exc.name,
-        ) from exc
-
+    jwt = _pyjwt()
     if key is None and not keys:
         raise ValueError("jwt_identity needs key= or keys=")
     if not algorithms:
