@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import abc
 import contextvars
+import re
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
@@ -162,18 +163,16 @@ httpcore_headers = HttpcoreHeaders()
 # --- where a request goes ----------------------------------------------------------------------
 
 
+# Everything up to the first "://" and the authority after it (up to the first /, ? or #).
+_SCHEME_AND_AUTHORITY = re.compile(r".*?://[^/?#]*", re.DOTALL)
+
+
 def url_destination(url: str) -> str:
     """What ``url`` is judged by: its scheme and authority (``_egress`` reads the host in it
-    as the resolver does, and fails closed on an authority readers could disagree on)."""
-    start = url.find("://")
-    if start < 0:
-        return url
-    end = len(url)
-    for stop in "/?#":
-        found = url.find(stop, start + 3)
-        if 0 <= found < end:
-            end = found
-    return url[:end]
+    as the resolver does, and fails closed on an authority readers could disagree on); the
+    whole of ``url`` when it has no ``://``."""
+    found = _SCHEME_AND_AUTHORITY.match(url)
+    return url if found is None else found.group()
 
 
 def destination_of(find: Callable[..., str], *args: Any) -> str:
