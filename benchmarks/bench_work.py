@@ -1,6 +1,6 @@
 """The work otel-identity adds to a round trip, counted: Python calls and bytecodes.
 
-    python benchmarks/bench_work.py
+    python benchmarks/bench_work.py [--identity-baggage]
 
 The latency benchmarks (bench_grpc.py, bench_http.py) measure the goal, but on a shared
 two-core machine their figure moves by a point or two from run to run: more than a change to
@@ -13,6 +13,10 @@ this shape can do). Tracing makes the run slow; the counts are exact.
 
 What a call or a bytecode costs in a real round trip is not counted here: on a loopback round
 trip, code runs cold (see the README's Performance section).
+
+``--identity-baggage``: ``ours`` runs with otel-identity's baggage step in the global textmap,
+as ``IdentityInstrumentor`` leaves it in a deployed service (the other configurations keep
+OpenTelemetry's default textmap). Without it, every configuration has OpenTelemetry's.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import _roundtrip
 import bench_floor
 import bench_grpc
 import bench_http
-from opentelemetry import trace
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from otel_identity_grpc import GrpcIdentityInstrumentor
 from otel_identity_http import HttpClientIdentityInstrumentor
 
@@ -122,9 +128,17 @@ def main() -> None:
     floor_processor = bench_floor.FloorProcessor()
     trace.get_tracer_provider().add_span_processor(floor_processor)  # type: ignore[attr-defined]
 
+    default_textmap = propagate.get_global_textmap()
+    identity_textmap = CompositePropagator(
+        [TraceContextTextMapPropagator(), oi.IdentityBaggagePropagator()]
+    )
+    identity_baggage = "--identity-baggage" in sys.argv
+
     def switch(name: str) -> None:
         processor.enabled = name == "ours"
         floor_processor.enabled = name == "floor"
+        ours_step = identity_baggage and name == "ours"
+        propagate.set_global_textmap(identity_textmap if ours_step else default_textmap)
 
     oi.configure(inbound="trust")
     counter = _Counter()
@@ -137,7 +151,9 @@ def main() -> None:
         }
     sys.settrace(None)
     threading.settrace(None)  # type: ignore[arg-type]
+    step = "otel-identity's" if identity_baggage else "OpenTelemetry's"
     print(f"Work per round trip, counted over {ROUND_TRIPS} round trips (all threads)")
+    print(f"baggage step of 'ours': {step}")
     print(f"{'round trip':<27}{'':>9}{'':>6}{'baseline':>12}{'with it':>12}{'added':>12}")
     for title, results in runs.items():
         base = results["baseline"]

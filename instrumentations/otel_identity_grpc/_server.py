@@ -9,6 +9,13 @@ is current by then and ``extract`` keeps it as the hop's span.
 The wrapped handler reads the metadata from the servicer context of each call, so it depends
 only on the handler and the method: it is built once per pair and reused, which keeps the
 per-RPC cost to the hop itself.
+
+With OpenTelemetry's server interceptor outside ours, the hop is decided in its pass (see
+``otel_identity.instrumentation.announce``): the sync interceptor announces the hop when grpc
+looks the handler up, in the RPC's own ``contextvars.Context``, and OpenTelemetry's extract,
+whose baggage step is ours, decides it there. The handler then finds its hop's context
+current and runs as it is: no second metadata read, decode or attach. Wherever that did not
+happen, the handler does the whole hop itself.
 """
 
 from __future__ import annotations
@@ -24,9 +31,19 @@ from opentelemetry.context import Context
 import otel_identity as oi
 from otel_identity import instrumentation as oii
 from otel_identity import names
-from otel_identity.instrumentation import attach, current_context, detach, is_suppressed
+from otel_identity.instrumentation import (
+    Arriving,
+    announce,
+    announced,
+    attach,
+    current_context,
+    detach,
+    is_suppressed,
+)
 from otel_identity_grpc import _metadata, _state
 
+HOP = names.HOP_GRPC_SERVER
+_BAGGAGE = "baggage"  # the W3C header, which our baggage step reads
 _CACHE_LIMIT = 1024
 # method as grpc gives it -> (the handler grpc found for it, that handler wrapped)
 _wrapped_handlers: dict[object, tuple[Any, Any]] = {}
@@ -39,11 +56,19 @@ _SHAPES: dict[tuple[bool, bool], tuple[str, Callable[..., Any]]] = {
 }
 
 
-def hop_context(servicer_context: Any, route: str | None) -> Context:
-    """The receiving hop's context for one RPC (never raises: ``extract`` fails closed)."""
+def hop_context(
+    servicer_context: Any, route: str | None, marker: Arriving | None = None
+) -> Context:
+    """The receiving hop's context for one RPC, read from its metadata (never raises:
+    ``extract`` fails closed). ``marker``: the hop's announcement, which no extract decided in
+    this context; it is closed, and a hop an extract counted already is not counted again."""
+    account = True
+    if marker is not None:
+        marker.close()
+        account = not marker.counted
     read = getattr(servicer_context, "invocation_metadata", None)
     metadata = read() if read is not None else None
-    return oi.extract(metadata or (), _metadata.getter, hop=names.HOP_GRPC_SERVER, route=route)
+    return oi.extract(metadata or (), _metadata.getter, hop=HOP, route=route, account=account)
 
 
 def _route_of(details: grpc.HandlerCallDetails) -> str | None:
@@ -140,18 +165,27 @@ def _sync_in_hop(
     behavior: Callable[..., Any], route: str | None, *, response_streaming: bool
 ) -> Callable[..., Any]:
     def run(request: Any, servicer_context: Any) -> Any:
-        ctx = hop_context(servicer_context, route)
+        ctx = current_context()
+        marker = announced(HOP)
+        if marker is not None and marker.decided(ctx):
+            # OpenTelemetry's extract decided this hop and attached its context already.
+            return _responses(behavior(request, servicer_context), ctx, response_streaming)
+        ctx = hop_context(servicer_context, route, marker)
         token = attach(ctx)  # detached below, in this frame
         try:
-            result = behavior(request, servicer_context)
-            if response_streaming and result is not None:
-                # A generator's body runs on each next(), after this function returned.
-                return _IterateInContext(ctx, iter(result))
-            return result
+            return _responses(behavior(request, servicer_context), ctx, response_streaming)
         finally:
             detach(token)
 
     return run
+
+
+def _responses(result: Any, ctx: Context, streaming: bool) -> Any:
+    """A response stream whose every step runs under ``ctx`` (a generator's body runs on each
+    next(), after the behavior returned); any other result as it is."""
+    if streaming and result is not None:
+        return _IterateInContext(ctx, iter(result))
+    return result
 
 
 class _IterateInContext:
@@ -201,7 +235,20 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(handler_call_details)
         if (self._managed and not _state.active) or is_suppressed(current_context()):
             return handler
-        return wrap_handler(handler, handler_call_details)
+        wrapped = wrap_handler(handler, handler_call_details)
+        if wrapped is not handler and _one_baggage(handler_call_details):
+            # grpc looks the handler up in the RPC's own contextvars.Context, where it runs
+            # it later: an OpenTelemetry interceptor outside ours extracts there.
+            announce(HOP, _route_of(handler_call_details))
+        return wrapped
+
+
+def _one_baggage(details: Any) -> bool:
+    """Whether the call carries at most one baggage entry. OpenTelemetry's interceptor reads
+    the metadata into a dict, which keeps only the last of a repeated key: a call with several
+    (identity in them is ambiguous, and rejected) is left to our own read, which sees all."""
+    found = _metadata.getter.get(getattr(details, "invocation_metadata", None) or (), _BAGGAGE)
+    return found is None or len(found) == 1
 
 
 class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

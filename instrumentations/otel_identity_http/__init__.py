@@ -38,8 +38,9 @@ from otel_identity_http._server import (
     RequestView,
     mark_authenticated,
 )
+from otel_identity_http._shapes import EnvironGetter
 from otel_identity_http._users import StarletteUserIdentityMiddleware, identity_from_user
-from otel_identity_http._wsgi import EnvironGetter, IdentityWSGIMiddleware
+from otel_identity_http._wsgi import IdentityWSGIMiddleware
 
 __all__ = [
     "AuthResult",

@@ -426,15 +426,22 @@ def restored(inside: Context, stash: Stash) -> Context:
     stash.used = True
     ours = stash.context
     ctx = oii.with_identity_of(inside, ours)
-    span: Any = trace.get_current_span(ctx)
-    if span is not None and getattr(span, "kind", None) is SpanKind.SERVER and span.is_recording():
-        hop = stash.hop
-        hop.span = span
-        if hop.pending:
-            hop.flush(span)
-        if hop.authenticated:
-            stamp(span, ours)
+    span = take_server_span(stash.hop, ctx)
+    if span is not None and stash.hop.authenticated:
+        stamp(span, ours)
     return ctx
+
+
+def take_server_span(hop: ServerHop, ctx: Context) -> trace.Span | None:
+    """The recording SERVER span current in ``ctx`` (OpenTelemetry's, started before the hop
+    was decided) as the hop's span: it takes the hop's pending events. None if there is none."""
+    span: Any = trace.get_current_span(ctx)
+    if getattr(span, "kind", None) is not SpanKind.SERVER or not span.is_recording():
+        return None
+    hop.span = span
+    if hop.pending:
+        hop.flush(span)
+    return span  # type: ignore[no-any-return]
 
 
 def stamp(span: trace.Span, ctx: Context) -> None:

@@ -6,6 +6,10 @@ admitted (identity set by the app's authentication, the hop and its held events)
 in the handler. The outer middleware leaves it in the environ/scope (``STASH_KEY``), and a tap
 placed right inside OpenTelemetry's middleware attaches it again, on top of its server span.
 The header rewrite of ``_server`` stays as the fallback for instrumentations no tap reaches.
+
+Where our WSGI middleware announced the hop for OpenTelemetry's extract instead (``_wsgi``),
+there is no stash: the WSGI tap then only checks that the announcement was taken, and decides
+the hop itself if OpenTelemetry's middleware did not extract.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 
 from otel_identity import instrumentation as oii
-from otel_identity.instrumentation import attach, current_context, detach
+from otel_identity.instrumentation import Arriving, announced, attach, current_context, detach
 from otel_identity_http import _server
 from otel_identity_http._shapes import (
     ASGIApp,
@@ -27,6 +31,7 @@ from otel_identity_http._shapes import (
     Send,
     StartResponse,
     WSGIApp,
+    environ_getter,
 )
 
 _FLASK_TOKEN = "otel_identity.flask_token"  # noqa: S105 - a flask.g key, not a secret
@@ -41,6 +46,9 @@ class ReattachWSGI:
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         stash = environ.get(_server.STASH_KEY)
         if not isinstance(stash, _server.Stash):
+            marker = announced(_server.HOP)
+            if marker is not None and marker.open:
+                return self._decide(marker, environ, start_response)
             return self.app(environ, start_response)
         ctx = _server.restored(current_context(), stash)
         token = attach(ctx)  # detached below, in this frame
@@ -51,6 +59,27 @@ class ReattachWSGI:
         if isinstance(result, (list, tuple)):
             return result
         return HopIterable(result, ctx, stash.hop)
+
+    def _decide(
+        self, marker: Arriving, environ: Environ, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """The announced hop, which OpenTelemetry's middleware did not decide in an extract
+        (it extracts whenever no span is current, as ours made sure): decided here, on top of
+        its context, so the request still runs with its identity and is counted once."""
+        ctx = marker.decide_from(environ, environ_getter)
+        hop = marker.state
+        if isinstance(hop, _server.ServerHop):
+            span = _server.take_server_span(hop, ctx)
+            if span is not None:
+                _server.stamp(span, ctx)  # it started before the identity was known
+        token = attach(ctx)  # detached below, in this frame
+        try:
+            result = self.app(environ, start_response)
+        finally:
+            detach(token)
+        if isinstance(result, (list, tuple)) or not isinstance(hop, _server.ServerHop):
+            return result
+        return HopIterable(result, ctx, hop)
 
 
 class ReattachASGI:
