@@ -30,19 +30,20 @@ from typing import Any
 
 from opentelemetry import propagate
 from opentelemetry.context import Context
-from opentelemetry.propagators.textmap import CarrierT, Getter
+from opentelemetry.propagators.textmap import Getter
 
 from otel_identity import _baggage, _config, _propagation, _telemetry
 from otel_identity._baggage_propagator import arriving, baggage_step_status
 from otel_identity._hop_state import HopState
 from otel_identity._identity import Identity
 from otel_identity._receiving import arrival_for, arrived_context, settled
-from otel_identity._runtime import current_context
 from otel_identity._state import ANNOUNCEMENT_KEY, without_identity
 
 # (the core's hop state, the route, the identity admitted from the request) -> the
 # transport's own hop state (an HTTP hop that settles once the app has answered, say).
 Adopt = Callable[[HopState, str | None, Identity | None], HopState]
+# A request as the hook reads it: its carrier and the hook's own getter for it.
+Request = tuple[Any, Getter[Any]]
 
 
 class Arriving:
@@ -50,31 +51,42 @@ class Arriving:
 
     ``account=False`` leaves counting to the hook, which learns the final outcome later (an
     HTTP hop, once the app answered); ``adopt`` makes the transport's own hop state from the
-    core's. ``state`` is the hop's state once an extract decided it.
+    core's; ``request`` is the request as the hook reads it (see ``announce``). ``state`` is
+    the hop's state once an extract decided it.
     """
 
-    __slots__ = ("account", "adopt", "hop", "open", "route", "state", "token")
+    __slots__ = ("account", "adopt", "hop", "open", "request", "route", "state", "token")
 
     def __init__(
-        self, hop: str, route: str | None, *, account: bool = True, adopt: Adopt | None = None
+        self,
+        hop: str,
+        route: str | None,
+        *,
+        account: bool = True,
+        adopt: Adopt | None = None,
+        request: Request | None = None,
     ) -> None:
         self.hop = hop
         self.route = route
         self.account = account
         self.adopt = adopt
+        self.request = request
         self.open = True  # until an extract decides the hop, or the hook does it itself
         self.state: HopState | None = None
         self.token: Any = None  # what ``withdraw`` resets
 
-    def decide(self, base: Context, found: object) -> Context:
-        """``base`` (what the textmap's other steps extracted) as this hop's context, from the
-        baggage header value(s) ``found``; closes the announcement. Never raises: on an
+    def decide(
+        self, base: Context, carrier: Any = None, getter: Getter[Any] | None = None
+    ) -> Context:
+        """``base`` (what the textmap's other steps extracted) as this hop's context; closes
+        the announcement. The baggage is read from the announced ``request``, else from
+        ``carrier`` through ``getter`` (the extracting instrumentation's). Never raises: on an
         internal error the result carries no identity (fail closed), as ``extract``'s."""
         self.open = False
         try:
             hop, route = self.hop, self.route
             settings = _config.current or _config.get_settings()
-            arrival = arrival_for(_propagation.joined(found), hop, settings)
+            arrival = arrival_for(self._header(carrier, getter), hop, settings)
             state = settled(arrival, hop, route, None, account=self.account)
             if self.adopt is not None:
                 admitted = arrival.state
@@ -85,19 +97,13 @@ class Arriving:
             _telemetry.log_internal_error("extract (announced hop)")
             return without_identity(base)
 
-    def decide_from(
-        self, carrier: CarrierT, getter: Getter[CarrierT], context: Context | None = None
-    ) -> Context:
-        """``decide``, reading the request's baggage from ``carrier`` here: for a hook that
-        finds the announcement still open where OpenTelemetry's extract should have taken it.
-        ``context`` is the base (the current context by default)."""
-        base = context if context is not None else current_context()
-        try:
-            found = getter.get(carrier, _baggage.HEADER)
-        except Exception:  # noqa: BLE001 - a getter of the host's must not break the request
-            _telemetry.log_internal_error("extract (announced hop)")
-            found = None
-        return self.decide(base, found)
+    def _header(self, carrier: Any, getter: Getter[Any] | None) -> str | None:
+        """The request's baggage header (several values joined), read once."""
+        if self.request is not None:
+            (carrier, getter), self.request = self.request, None  # (the request is not kept)
+        if getter is None:
+            return None
+        return _propagation.joined(getter.get(carrier, _baggage.HEADER))
 
     def decided(self, ctx: Context) -> bool:
         """Whether ``ctx`` is (or descends from) the context an extract decided this hop in:
@@ -132,16 +138,26 @@ def textmap_decides() -> bool:
 
 
 def announce(
-    hop: str, route: str | None, *, account: bool = True, adopt: Adopt | None = None
+    hop: str,
+    route: str | None,
+    *,
+    account: bool = True,
+    adopt: Adopt | None = None,
+    request: Request | None = None,
 ) -> Arriving | None:
     """Announce the receiving ``hop`` that the next extract in this context reads (see the
     module); None, announcing nothing, where the global textmap's baggage step is not ours.
 
-    The announcement lives as long as the current ``contextvars.Context``: a hook whose
-    context outlives the request (a server's worker thread) ends it with ``withdraw``."""
+    ``request`` (carrier, getter): the hop's baggage is read from it, as the transport reads
+    it, whatever the extracting instrumentation made of the headers (OpenTelemetry's gRPC
+    interceptor keeps only the last of several baggage entries; its ASGI getter decodes
+    UTF-8, and backslash escapes where that fails): the hop is then decided on exactly the
+    bytes ``extract`` would read. The announcement lives as long as the current
+    ``contextvars.Context``: a hook whose context outlives the request (a server's worker
+    thread, an ASGI server's task) ends it with ``withdraw``."""
     if not textmap_decides():
         return None
-    marker = Arriving(hop, route, account=account, adopt=adopt)
+    marker = Arriving(hop, route, account=account, adopt=adopt, request=request)
     marker.token = arriving.set(marker)
     return marker
 

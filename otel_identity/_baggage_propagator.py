@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from opentelemetry import propagate
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -46,8 +46,8 @@ class Announced(Protocol):
 
     open: bool  # until one extract decides the hop
 
-    def decide(self, base: Context, found: object) -> Context:
-        """``base`` as the hop's context, from the baggage header value(s) ``found``."""
+    def decide(self, base: Context, carrier: Any, getter: Getter[Any]) -> Context:
+        """``base`` as the hop's context, its baggage read from the request."""
 
 
 # The receiving hop the next extract in this context decides, announced by a transport's
@@ -82,10 +82,10 @@ class IdentityBaggagePropagator(TextMapPropagator):
         announced and still open, that hop's context (``_arriving``). Never raises."""
         ctx = context if context is not None else get_current()
         try:
-            values = getter.get(carrier, _baggage.HEADER)
             hop = arriving.get()
             if hop is not None and hop.open:
-                return hop.decide(ctx, values)
+                return hop.decide(ctx, carrier, getter)
+            values = getter.get(carrier, _baggage.HEADER)
             if not values:
                 return ctx
             keep = keep_keys()

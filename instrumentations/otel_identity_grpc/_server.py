@@ -11,11 +11,11 @@ only on the handler and the method: it is built once per pair and reused, which 
 per-RPC cost to the hop itself.
 
 With OpenTelemetry's server interceptor outside ours, the hop is decided in its pass (see
-``otel_identity.instrumentation.announce``): the sync interceptor announces the hop when grpc
-looks the handler up, in the RPC's own ``contextvars.Context``, and OpenTelemetry's extract,
-whose baggage step is ours, decides it there. The handler then finds its hop's context
-current and runs as it is: no second metadata read, decode or attach. Wherever that did not
-happen, the handler does the whole hop itself.
+``otel_identity.instrumentation.announce``): our interceptor announces the hop when grpc looks
+the handler up, in the RPC's own ``contextvars.Context`` (sync) or task (asyncio), where the
+handler runs later, and OpenTelemetry's extract, whose baggage step is ours, decides it
+there. The handler then finds its hop's context current and runs as it is: no second
+metadata read, decode or attach. Wherever that did not happen, it does the whole hop itself.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import otel_identity as oi
 from otel_identity import instrumentation as oii
 from otel_identity import names
 from otel_identity.instrumentation import (
-    Arriving,
     announce,
     announced,
     attach,
@@ -43,7 +42,6 @@ from otel_identity.instrumentation import (
 from otel_identity_grpc import _metadata, _state
 
 HOP = names.HOP_GRPC_SERVER
-_BAGGAGE = "baggage"  # the W3C header, which our baggage step reads
 _CACHE_LIMIT = 1024
 # method as grpc gives it -> (the handler grpc found for it, that handler wrapped)
 _wrapped_handlers: dict[object, tuple[Any, Any]] = {}
@@ -56,12 +54,20 @@ _SHAPES: dict[tuple[bool, bool], tuple[str, Callable[..., Any]]] = {
 }
 
 
-def hop_context(
-    servicer_context: Any, route: str | None, marker: Arriving | None = None
-) -> Context:
+def decided_context() -> Context | None:
+    """The current context, if OpenTelemetry's extract decided the RPC's hop in it (nothing is
+    left to do but run the behavior); else None."""
+    ctx = current_context()
+    marker = announced(HOP)
+    return ctx if marker is not None and marker.decided(ctx) else None
+
+
+def hop_context(servicer_context: Any, route: str | None) -> Context:
     """The receiving hop's context for one RPC, read from its metadata (never raises:
-    ``extract`` fails closed). ``marker``: the hop's announcement, which no extract decided in
-    this context; it is closed, and a hop an extract counted already is not counted again."""
+    ``extract`` fails closed). An announcement of the hop that no extract decided here is
+    closed, and a hop an extract counted already (one whose result was not attached) is not
+    counted again."""
+    marker = announced(HOP)
     account = True
     if marker is not None:
         marker.close()
@@ -126,7 +132,9 @@ def _in_hop(
 
 def _async_stream_in_hop(behavior: Callable[..., Any], route: str | None) -> Callable[..., Any]:
     async def run_stream(request: Any, servicer_context: Any) -> AsyncIterator[Any]:
-        ctx = hop_context(servicer_context, route)
+        ctx = decided_context()
+        if ctx is None:
+            ctx = hop_context(servicer_context, route)
         responses = behavior(request, servicer_context)
         # Each step runs under the hop; between steps the caller's context is back, so
         # nothing leaks into grpc's own loop.
@@ -152,6 +160,8 @@ def _async_stream_in_hop(behavior: Callable[..., Any], route: str | None) -> Cal
 
 def _async_in_hop(behavior: Callable[..., Any], route: str | None) -> Callable[..., Any]:
     async def run_async(request: Any, servicer_context: Any) -> Any:
+        if decided_context() is not None:  # decided, and attached, in OpenTelemetry's pass
+            return await behavior(request, servicer_context)
         token = attach(hop_context(servicer_context, route))  # detached below, in this task
         try:
             return await behavior(request, servicer_context)
@@ -165,12 +175,10 @@ def _sync_in_hop(
     behavior: Callable[..., Any], route: str | None, *, response_streaming: bool
 ) -> Callable[..., Any]:
     def run(request: Any, servicer_context: Any) -> Any:
-        ctx = current_context()
-        marker = announced(HOP)
-        if marker is not None and marker.decided(ctx):
-            # OpenTelemetry's extract decided this hop and attached its context already.
+        ctx = decided_context()
+        if ctx is not None:  # decided, and attached, in OpenTelemetry's pass
             return _responses(behavior(request, servicer_context), ctx, response_streaming)
-        ctx = hop_context(servicer_context, route, marker)
+        ctx = hop_context(servicer_context, route)
         token = attach(ctx)  # detached below, in this frame
         try:
             return _responses(behavior(request, servicer_context), ctx, response_streaming)
@@ -236,19 +244,20 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if (self._managed and not _state.active) or is_suppressed(current_context()):
             return handler
         wrapped = wrap_handler(handler, handler_call_details)
-        if wrapped is not handler and _one_baggage(handler_call_details):
+        if wrapped is not handler:
             # grpc looks the handler up in the RPC's own contextvars.Context, where it runs
             # it later: an OpenTelemetry interceptor outside ours extracts there.
-            announce(HOP, _route_of(handler_call_details))
+            _announce(handler_call_details)
         return wrapped
 
 
-def _one_baggage(details: Any) -> bool:
-    """Whether the call carries at most one baggage entry. OpenTelemetry's interceptor reads
-    the metadata into a dict, which keeps only the last of a repeated key: a call with several
-    (identity in them is ambiguous, and rejected) is left to our own read, which sees all."""
-    found = _metadata.getter.get(getattr(details, "invocation_metadata", None) or (), _BAGGAGE)
-    return found is None or len(found) == 1
+def _announce(details: Any) -> None:
+    """Announce the RPC's hop for OpenTelemetry's extract. Its baggage is read from the call's
+    metadata by our getter: OpenTelemetry's interceptor reads the metadata into a dict, which
+    keeps only the last of a repeated key (several baggage entries whose identity conflicts
+    must be rejected, not decided on the last)."""
+    metadata = getattr(details, "invocation_metadata", None) or ()
+    announce(HOP, _route_of(details), request=(metadata, _metadata.getter))
 
 
 class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -263,4 +272,9 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if (self._managed and not _state.active) or is_suppressed(current_context()):
             return handler
-        return wrap_handler(handler, handler_call_details)
+        wrapped = wrap_handler(handler, handler_call_details)
+        if wrapped is not handler:
+            # grpc.aio runs the interceptors and then the handler in the RPC's own task,
+            # whose context an OpenTelemetry interceptor outside ours extracts in.
+            _announce(handler_call_details)
+        return wrapped

@@ -66,7 +66,7 @@ class ReattachWSGI:
         """The announced hop, which OpenTelemetry's middleware did not decide in an extract
         (it extracts whenever no span is current, as ours made sure): decided here, on top of
         its context, so the request still runs with its identity and is counted once."""
-        ctx = marker.decide_from(environ, environ_getter)
+        ctx = marker.decide(current_context(), environ, environ_getter)
         hop = marker.state
         if isinstance(hop, _server.ServerHop):
             span = _server.take_server_span(hop, ctx)

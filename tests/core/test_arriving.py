@@ -194,10 +194,36 @@ def test_a_hook_decides_an_announcement_no_extract_took() -> None:
     def request() -> tuple[Any, ...]:
         marker = oii.announce(HOP, ROUTE)
         assert marker is not None
-        return marker, marker.decide_from(carrier(), default_getter)
+        return marker, marker.decide(Context(), carrier(), default_getter)
 
     marker, ctx = in_request(request)
     assert marker.decided(ctx) and oi.get_identity(ctx) == oi.Identity("u-1", "acme")
+
+
+def test_the_hop_is_decided_on_the_request_as_the_hook_reads_it() -> None:
+    # (OpenTelemetry's gRPC interceptor extracts from a dict of the metadata, which keeps the
+    # last of two baggage entries: the hook's own read sees both, and their conflict)
+    metadata = [("baggage", "user.id=a"), ("baggage", "user.id=b")]
+
+    def request() -> tuple[Any, ...]:
+        marker = oii.announce(HOP, ROUTE, request=(metadata, _PairsGetter()))
+        return marker, propagate.extract(dict(metadata))
+
+    before = totals()
+    marker, ctx = in_request(request)
+    assert oi.get_identity(ctx) is None and marker.decided(ctx)
+    assert marker.request is None  # not kept once the hop is decided
+    assert added(before) == {(HOP, names.OUTCOME_REJECTED, names.REASON_MALFORMED): 1}
+
+
+class _PairsGetter:
+    """A getter over (key, value) pairs that sees every value of a repeated key."""
+
+    def get(self, carrier: list[tuple[str, str]], key: str) -> list[str] | None:
+        return [v for k, v in carrier if k == key] or None
+
+    def keys(self, carrier: list[tuple[str, str]]) -> list[str]:
+        return [k for k, _ in carrier]
 
 
 def test_announcements_are_per_kind_of_hop() -> None:

@@ -1,4 +1,4 @@
-"""The gRPC server hop decided inside OpenTelemetry's own pass (issue #13, point 7).
+"""The gRPC server hop, sync and asyncio, decided inside OpenTelemetry's own pass (#13, point 7).
 
 With OpenTelemetry's server interceptor outside ours and our baggage step in the global
 textmap, its extract decides the hop and the handler runs on that context as it is. These
@@ -10,11 +10,13 @@ whole hop wherever no such pass runs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import grpc.aio
 import otel_identity_grpc as oi_grpc
 import pytest
 from opentelemetry import propagate
@@ -31,7 +33,16 @@ from otel_identity_grpc import GrpcIdentityInstrumentor
 import otel_identity as oi
 from otel_identity import _telemetry, names
 
-from .otel_identity_grpc_echo import HEALTH, SHAPES, STREAM_LENGTH, call, otel_grpc, sync_server
+from .otel_identity_grpc_echo import (
+    HEALTH,
+    SHAPES,
+    STREAM_LENGTH,
+    aio_call,
+    aio_server,
+    call,
+    otel_grpc,
+    sync_server,
+)
 
 SAMPLERS = pytest.mark.parametrize("sampler", [ALWAYS_ON, ALWAYS_OFF], ids=["sampled", "dropped"])
 OUR_STEP = CompositePropagator([TraceContextTextMapPropagator(), oi.IdentityBaggagePropagator()])
@@ -257,8 +268,7 @@ def test_hostile_metadata_is_decided_as_on_the_general_path(
     announced, announced_count, in_pass = _one_hop(_otel_then_ours(provider), metadata)
     assert announced == general
     assert announced_count == general_count
-    # (several baggage entries are left to ours: OpenTelemetry's read keeps only the last)
-    assert in_pass is (sum(k == "baggage" for k, _ in metadata) <= 1)
+    assert in_pass is True
 
 
 def test_two_conflicting_baggage_entries_are_rejected_as_malformed() -> None:
@@ -362,3 +372,117 @@ def test_an_extract_inside_the_handler_is_not_taken_for_the_hop() -> None:
     (state,) = inside.states
     assert getattr(state, "hop", None) == names.HOP_QUEUE_CONSUME
     assert _delta(before) == {(names.OUTCOME_PRESENT,): 1}
+
+
+# -- asyncio: grpc.aio runs the interceptors and the handler in the RPC's own task ----------
+
+
+def _aio_otel_then_ours(provider: TracerProvider) -> list[Any]:
+    return [
+        otel_grpc.aio_server_interceptor(tracer_provider=provider),
+        oi_grpc.aio_server_interceptor(),
+    ]
+
+
+def _aio_calls(
+    interceptors: list[Any] | None,
+    n: int = 1,
+    shape: str = "UnaryUnary",
+    metadata: list[tuple[str, Any]] | None = None,
+    **claims: Any,
+) -> list[dict[str, Any]]:
+    """``n`` calls to a fresh asyncio server (with ``interceptors``, or as instrumented)."""
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with aio_server(interceptors or ()) as target:
+            client = oi_grpc.aio_client_interceptors(target)
+            async with grpc.aio.insecure_channel(target, interceptors=client) as channel:
+                with contextlib.ExitStack() as stack:
+                    if claims:
+                        stack.enter_context(oi.use_identity(**claims))
+                    responses: list[dict[str, Any]] = []
+                    for _ in range(n):
+                        responses.extend(await aio_call(channel, shape, metadata))
+                    return responses
+
+    return asyncio.run(scenario())
+
+
+@SAMPLERS
+@pytest.mark.parametrize("shape", SHAPES)
+def test_aio_with_opentelemetry_outside_the_hop_is_decided_in_its_extract(
+    sampler: Sampler, shape: str
+) -> None:
+    provider, exporter = _provider(sampler)
+    before = _totals()
+    responses = _aio_calls(_aio_otel_then_ours(provider), 2, shape, user_id="u-7", tenant_id="b")
+    steps = STREAM_LENGTH if shape.endswith("Stream") else 1
+    assert [(r["user"], r["in_otel_pass"]) for r in responses] == [("u-7", True)] * 2 * steps
+    assert _delta(before) == {(names.OUTCOME_PRESENT,): 2}
+    server = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert len(server) == (2 if sampler is ALWAYS_ON else 0)
+    assert all(s.attributes and s.attributes.get(names.USER_ID) == "u-7" for s in server)
+
+
+@SAMPLERS
+@pytest.mark.parametrize("opentelemetry_first", [True, False], ids=["otel-first", "ours-first"])
+def test_aio_in_either_load_order_the_hop_is_decided_in_opentelemetrys_extract(
+    sampler: Sampler, opentelemetry_first: bool
+) -> None:
+    provider, _ = _provider(sampler)
+    ordered: list[Any] = [otel_grpc.GrpcAioInstrumentorServer(), GrpcIdentityInstrumentor()]
+    if not opentelemetry_first:
+        ordered.reverse()
+    for instrumentor in ordered:
+        instrumentor.instrument(tracer_provider=provider)
+    before = _totals()
+    responses = _aio_calls(None, 2, user_id="u-7", tenant_id="acme")
+    assert [(r["user"], r["in_otel_pass"]) for r in responses] == [("u-7", True)] * 2
+    assert _delta(before) == {(names.OUTCOME_PRESENT,): 2}
+
+
+@SAMPLERS
+def test_aio_missing_identity_lands_once_on_the_server_span_and_is_counted(
+    sampler: Sampler,
+) -> None:
+    provider, exporter = _provider(sampler)
+    before = _totals()
+    responses = _aio_calls(_aio_otel_then_ours(provider), shape="UnaryStream")
+    assert {(r["user"], r["in_otel_pass"]) for r in responses} == {(None, True)}
+    assert _server_events(exporter) == ([names.EVENT_MISSING] if sampler is ALWAYS_ON else [])
+    assert _delta(before) == {(names.OUTCOME_MISSING,): 1}
+
+
+@SAMPLERS
+@pytest.mark.parametrize("metadata", HOSTILE.values(), ids=list(HOSTILE))
+def test_aio_hostile_metadata_is_decided_as_on_the_general_path(
+    sampler: Sampler, metadata: list[tuple[str, Any]]
+) -> None:
+    oi.configure(inbound="trust")
+    provider, _ = _provider(sampler)
+
+    def one_hop(interceptors: list[Any]) -> tuple[Any, ...]:
+        before = _totals()
+        (response,) = _aio_calls(interceptors, metadata=metadata)
+        seen = (response["user"], response["tenant"], response["members"])
+        return seen, _delta(before), response["in_otel_pass"]
+
+    general = one_hop([oi_grpc.aio_server_interceptor()])
+    announced = one_hop(_aio_otel_then_ours(provider))
+    assert announced[:2] == general[:2]
+    assert (general[2], announced[2]) == (False, True)
+
+
+@SAMPLERS
+@pytest.mark.parametrize("interceptors", ["ours only", "ours outside opentelemetry"])
+def test_aio_without_opentelemetry_inside_ours_does_the_whole_hop(
+    sampler: Sampler, interceptors: str
+) -> None:
+    provider, _ = _provider(sampler)
+    chain = [oi_grpc.aio_server_interceptor()]
+    if interceptors != "ours only":
+        chain.append(otel_grpc.aio_server_interceptor(tracer_provider=provider))
+    before = _totals()
+    responses = _aio_calls(chain, 2, user_id="u-7", tenant_id="acme")
+    assert [(r["user"], r["in_otel_pass"]) for r in responses] == [("u-7", False)] * 2
+    assert _delta(before) == {(names.OUTCOME_PRESENT,): 2}
