@@ -1,4 +1,4 @@
-"""What the WSGI and ASGI calls look like, how a WSGI environ's headers are read, and a WSGI
+"""What the WSGI and ASGI calls look like, how their request headers are read, and a WSGI
 body produced under the hop's context.
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]: ...
@@ -57,6 +57,25 @@ class EnvironGetter(Getter[Environ]):
 
 
 environ_getter = EnvironGetter()
+
+
+class ScopeGetter(Getter[Scope]):
+    """Reads request headers from an ASGI scope (a list of ``(bytes, bytes)`` pairs)."""
+
+    def get(self, carrier: Scope, key: str) -> list[str] | None:
+        wanted = key.lower().encode("latin-1")
+        values = [
+            value.decode("latin-1")
+            for name, value in carrier.get("headers") or ()
+            if name.lower() == wanted
+        ]
+        return values or None
+
+    def keys(self, carrier: Scope) -> list[str]:
+        return [name.decode("latin-1").lower() for name, _ in carrier.get("headers") or ()]
+
+
+scope_getter = ScopeGetter()
 
 
 class HopIterable:

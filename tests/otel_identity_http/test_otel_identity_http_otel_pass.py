@@ -1,6 +1,6 @@
-"""The WSGI server hop decided inside OpenTelemetry's own pass (issue #13, point 7).
+"""The WSGI and ASGI server hops decided inside OpenTelemetry's own pass (#13, point 7).
 
-With OpenTelemetry's WSGI middleware right inside ours and our baggage step in the global
+With OpenTelemetry's WSGI (or ASGI) middleware right inside ours and our baggage step in the global
 textmap, that middleware's extract decides the hop. These tests prove it is the same hop as on
 the general path (identity while the app runs and while its body is produced, ``current_user``
 per hop, ``identity.missing`` on the server span, anonymous routes, rejection, hostile
@@ -11,6 +11,7 @@ itself should that middleware not extract.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from opentelemetry import baggage, propagate
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.instrumentation import utils as instrumentation_utils
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as OtelASGI
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as OtelWSGI
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import TracerProvider
@@ -29,7 +31,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from otel_identity_http import IdentityWSGIMiddleware
+from otel_identity_http import IdentityASGIMiddleware, IdentityWSGIMiddleware
 
 import otel_identity as oi
 from otel_identity import _telemetry, names
@@ -321,3 +323,210 @@ def test_in_either_order_the_hop_is_decided_alike(sampler: Sampler, header: str)
         assert in_pass is (order == "identity_outer")
         seen[order] = (before_seen, _delta(before))
     assert seen["identity_outer"] == seen["identity_inner"]
+
+
+# -- ASGI: OpenTelemetry's ASGI middleware right inside ours ---------------------------------
+
+HOP = names.HOP_HTTP_SERVER
+
+
+async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers with what the endpoint saw (``in_otel_pass`` read while the hop runs)."""
+    seen = _seen()
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": json.dumps(seen)})
+        await send({"type": "websocket.close"})
+        return
+    start = {"type": "http.response.start", "status": 200, "headers": []}
+    await send(start)
+    await send({"type": "http.response.body", "body": json.dumps(seen).encode()})
+
+
+def _asgi_stacked(
+    sampler: Sampler = ALWAYS_ON, order: str = "identity_outer", **otel: Any
+) -> tuple[Any, InMemorySpanExporter]:
+    provider, exporter = _provider(sampler)
+    if order == "identity_outer":
+        return IdentityASGIMiddleware(OtelASGI(asgi_app, tracer_provider=provider, **otel)), (
+            exporter
+        )
+    return OtelASGI(IdentityASGIMiddleware(asgi_app), tracer_provider=provider, **otel), exporter
+
+
+def _scope(baggage_header: bytes | None, path: str, kind: str) -> dict[str, Any]:
+    headers = [(b"host", b"service"), (b"traceparent", TRACEPARENT.encode())]
+    if baggage_header is not None:
+        headers.append((b"baggage", baggage_header))
+    return {
+        "type": kind,
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http" if kind == "http" else "ws",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+def _asgi_request(
+    stacked: Any, baggage_header: bytes | None, path: str = "/orders", kind: str = "http"
+) -> dict[str, Any]:
+    sent: list[dict[str, Any]] = []
+    incoming = [{"type": "http.request", "body": b"", "more_body": False}]
+    if kind == "websocket":
+        incoming = [{"type": "websocket.connect"}, {"type": "websocket.disconnect"}]
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def request() -> None:
+        await stacked(_scope(baggage_header, path, kind), receive, send)
+        assert dict(otel_context.get_current()) == {}  # nothing left behind in the task
+        assert oii.announced(HOP) is None  # the announcement ended with the call
+
+    asyncio.run(request())
+    body = [m.get("body") or m.get("text") for m in sent if m["type"] in _BODIES]
+    return json.loads(b"".join(b if isinstance(b, bytes) else b.encode() for b in body))  # type: ignore[no-any-return]
+
+
+_BODIES = ("http.response.body", "websocket.send")
+
+
+@SAMPLERS
+@pytest.mark.parametrize("kind", ["http", "websocket"])
+def test_asgi_the_hop_is_decided_in_opentelemetrys_extract(sampler: Sampler, kind: str) -> None:
+    oi.configure(inbound="trust")
+    stacked, exporter = _asgi_stacked(sampler)
+    before = _totals()
+    for _ in range(2):
+        seen = _asgi_request(stacked, b"user.id=u-1,tenant.id=acme", kind=kind)
+        assert (seen["user"], seen["tenant"], seen["in_otel_pass"]) == ("u-1", "acme", True)
+    assert _delta(before) == {(names.OUTCOME_PRESENT,): 2}
+    server = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert len(server) == (2 if sampler is ALWAYS_ON else 0)
+    assert all(s.attributes and s.attributes.get(names.USER_ID) == "u-1" for s in server)
+
+
+@SAMPLERS
+def test_asgi_missing_identity_lands_once_on_the_server_span(sampler: Sampler) -> None:
+    stacked, exporter = _asgi_stacked(sampler)
+    before = _totals()
+    seen = _asgi_request(stacked, None)
+    assert (seen["user"], seen["in_otel_pass"]) == (None, True)
+    assert _server_events(exporter) == ([names.EVENT_MISSING] if sampler is ALWAYS_ON else [])
+    assert _delta(before) == {(names.OUTCOME_MISSING,): 1}
+
+
+@SAMPLERS
+def test_asgi_anonymous_routes_are_decided_in_the_same_pass(sampler: Sampler) -> None:
+    oi.configure(anonymous_routes="/healthz")
+    stacked, exporter = _asgi_stacked(sampler)
+    before = _totals()
+    assert _asgi_request(stacked, None, path="/healthz")["in_otel_pass"] is True
+    assert _server_events(exporter) == []
+    assert _delta(before) == {(names.OUTCOME_ANONYMOUS,): 1}
+
+
+@SAMPLERS
+def test_asgi_unsigned_identity_under_verify_is_rejected_in_the_same_pass(
+    sampler: Sampler,
+) -> None:
+    oi.configure(inbound="verify", signing_keys="k1:" + "a" * 44)
+    stacked, exporter = _asgi_stacked(sampler)
+    before = _totals()
+    seen = _asgi_request(stacked, b"user.id=root,other=kept")
+    assert (seen["user"], seen["members"], seen["in_otel_pass"]) == (None, {"other": "kept"}, True)
+    if sampler is ALWAYS_ON:
+        assert _server_events(exporter) == [names.EVENT_REJECTED, names.EVENT_MISSING]
+    assert _delta(before) == {(names.OUTCOME_REJECTED, names.REASON_UNTRUSTED): 1}
+
+
+@SAMPLERS
+def test_asgi_an_app_that_raises_counts_its_hop_once(sampler: Sampler) -> None:
+    async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    provider, _ = _provider(sampler)
+    stacked = IdentityASGIMiddleware(OtelASGI(failing, tracer_provider=provider))
+    before = _totals()
+
+    async def request() -> None:
+        with pytest.raises(RuntimeError):
+            await stacked(_scope(b"user.id=u-1", "/orders", "http"), None, None)
+        assert oii.announced(HOP) is None and dict(otel_context.get_current()) == {}
+
+    asyncio.run(request())
+    assert _delta(before) == {(names.OUTCOME_PRESENT,): 1}
+
+
+def test_asgi_with_a_span_current_the_general_path_does_the_hop(tracer: Any) -> None:
+    oi.configure(inbound="trust")
+    stacked, _ = _asgi_stacked()
+    before = _totals()
+
+    async def request() -> dict[str, Any]:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        with tracer.start_as_current_span("outer"):
+            await stacked(_scope(b"user.id=u-1", "/orders", "http"), _no_body, send)
+        return json.loads(sent[-1]["body"])  # type: ignore[no-any-return]
+
+    seen = asyncio.run(request())
+    assert (seen["user"], seen["in_otel_pass"]) == ("u-1", False)
+    assert _delta(before) == {(names.OUTCOME_PRESENT,): 1}
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+@SAMPLERS
+def test_asgi_on_an_url_opentelemetry_excludes_the_tap_decides_the_hop(sampler: Sampler) -> None:
+    # OpenTelemetry's middleware neither extracts nor starts a span on an excluded URL: the
+    # announcement is still open inside it, and our tap there decides the hop, once.
+    oi.configure(inbound="trust")
+    stacked, exporter = _asgi_stacked(sampler, excluded_urls="healthz")
+    before = _totals()
+    seen = _asgi_request(stacked, b"user.id=u-1,tenant.id=acme", path="/healthz")
+    assert (seen["user"], seen["in_otel_pass"]) == ("u-1", True)  # (decided by the tap)
+    assert _delta(before) == {(names.OUTCOME_PRESENT,): 1}
+    assert [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER] == []
+
+
+ASGI_HOSTILE = {
+    **{name: header.encode() for name, header in HOSTILE.items()},
+    # OpenTelemetry's ASGI getter decodes a header that is not UTF-8 with backslash escapes:
+    # read that way, a look-alike key becomes user.id. Ours reads the bytes as they are.
+    "escaped key, not UTF-8": b"\\x75ser.id=mallory,k=\xff",
+    "escaped value, not UTF-8": b"user.id=ro\\x6ft,k=\xff",
+    "UTF-8 value": "user.id=caf\u00e9,tenant.id=acme".encode(),
+}
+
+
+@SAMPLERS
+@pytest.mark.parametrize("header", ASGI_HOSTILE.values(), ids=list(ASGI_HOSTILE))
+def test_asgi_in_either_order_the_hop_is_decided_alike(sampler: Sampler, header: bytes) -> None:
+    oi.configure(inbound="trust")
+    seen = {}
+    for order in ("identity_outer", "identity_inner"):
+        stacked, _ = _asgi_stacked(sampler, order=order)
+        before = _totals()
+        found = _asgi_request(stacked, header)
+        assert found.pop("in_otel_pass") is (order == "identity_outer")
+        seen[order] = (found, _delta(before))
+    assert seen["identity_outer"] == seen["identity_inner"]
+    if b"\\x" in header:
+        assert seen["identity_outer"][0]["user"] is None
