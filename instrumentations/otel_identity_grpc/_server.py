@@ -43,8 +43,8 @@ from otel_identity_grpc import _metadata, _state
 
 HOP = names.HOP_GRPC_SERVER
 _CACHE_LIMIT = 1024
-# method as grpc gives it -> (the handler grpc found for it, that handler wrapped)
-_wrapped_handlers: dict[object, tuple[Any, Any]] = {}
+# method as grpc gives it -> (the handler grpc found for it, that handler wrapped, its route)
+_wrapped_handlers: dict[object, tuple[Any, Any, str | None]] = {}
 
 _SHAPES: dict[tuple[bool, bool], tuple[str, Callable[..., Any]]] = {
     (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
@@ -86,17 +86,39 @@ def _route_of(details: grpc.HandlerCallDetails) -> str | None:
 
 def wrap_handler(handler: Any, details: grpc.HandlerCallDetails) -> Any:
     """``handler`` with its behavior run inside the RPC's hop; None stays None."""
+    return _wrapped(handler, details)[0]
+
+
+def _wrapped(handler: Any, details: grpc.HandlerCallDetails) -> tuple[Any, str | None]:
+    """``wrap_handler``, and the RPC's route; built once per handler and method."""
     if handler is None:
-        return None
+        return None, None
     method = getattr(details, "method", None)
     cached = _wrapped_handlers.get(method)
     if cached is not None and cached[0] is handler:
-        return cached[1]
+        return cached[1], cached[2]
     # (a handler made afresh per call, by an interceptor inside ours, replaces the last one)
-    wrapped = _wrap(handler, _route_of(details))
+    route = _route_of(details)
+    wrapped = _wrap(handler, route)
     if len(_wrapped_handlers) >= _CACHE_LIMIT:
         _wrapped_handlers.clear()
-    _wrapped_handlers[method] = (handler, wrapped)
+    _wrapped_handlers[method] = (handler, wrapped, route)
+    return wrapped, route
+
+
+def hop_handler(handler: Any, details: grpc.HandlerCallDetails) -> Any:
+    """``wrap_handler``, with the RPC's hop announced for an OpenTelemetry interceptor outside
+    ours: grpc looks the handler up in the RPC's own ``contextvars.Context`` (sync) or task
+    (asyncio), where it runs the handler later, and that interceptor extracts there.
+
+    The hop's baggage is read from the call's metadata by our getter: OpenTelemetry's
+    interceptor reads the metadata into a dict, which keeps only the last of a repeated key
+    (several baggage entries whose identity conflicts must be rejected, not decided on the
+    last)."""
+    wrapped, route = _wrapped(handler, details)
+    if wrapped is not handler:
+        metadata = getattr(details, "invocation_metadata", None) or ()
+        announce(HOP, route, request=(metadata, _metadata.getter))
     return wrapped
 
 
@@ -243,21 +265,7 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(handler_call_details)
         if (self._managed and not _state.active) or is_suppressed(current_context()):
             return handler
-        wrapped = wrap_handler(handler, handler_call_details)
-        if wrapped is not handler:
-            # grpc looks the handler up in the RPC's own contextvars.Context, where it runs
-            # it later: an OpenTelemetry interceptor outside ours extracts there.
-            _announce(handler_call_details)
-        return wrapped
-
-
-def _announce(details: Any) -> None:
-    """Announce the RPC's hop for OpenTelemetry's extract. Its baggage is read from the call's
-    metadata by our getter: OpenTelemetry's interceptor reads the metadata into a dict, which
-    keeps only the last of a repeated key (several baggage entries whose identity conflicts
-    must be rejected, not decided on the last)."""
-    metadata = getattr(details, "invocation_metadata", None) or ()
-    announce(HOP, _route_of(details), request=(metadata, _metadata.getter))
+        return hop_handler(handler, handler_call_details)
 
 
 class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -272,9 +280,4 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if (self._managed and not _state.active) or is_suppressed(current_context()):
             return handler
-        wrapped = wrap_handler(handler, handler_call_details)
-        if wrapped is not handler:
-            # grpc.aio runs the interceptors and then the handler in the RPC's own task,
-            # whose context an OpenTelemetry interceptor outside ours extracts in.
-            _announce(handler_call_details)
-        return wrapped
+        return hop_handler(handler, handler_call_details)
