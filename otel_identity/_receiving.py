@@ -5,10 +5,12 @@
 
 Every receiving hop goes through ``extract`` (or ``_handoff.receive`` for an in-process
 hand-off), the one place where inbound policy, limits and hop accounting happen; transports
-only supply a getter. Propagation always goes through the global propagator, so
-``OTEL_PROPAGATORS`` is honoured; nothing here parses a header value. What one baggage header
-means on one kind of hop (``Arrival``) is remembered, so the same header on the next request
-of a session is a dict lookup.
+only supply a getter. A server hop announced for OpenTelemetry's own extract (``_arriving``)
+is decided by the same steps: ``arrival_for`` (what arrived and what policy admits),
+``settled`` (its state, events and count) and ``arrived_context``. Propagation always goes
+through the global propagator, so ``OTEL_PROPAGATORS`` is honoured; nothing here parses a
+header value. What one baggage header means on one kind of hop (``Arrival``) is remembered,
+so the same header on the next request of a session is a dict lookup.
 """
 
 from __future__ import annotations
