@@ -17,14 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import INVALID_SPAN
 
-from otel_identity import instrumentation as oii
 from otel_identity.instrumentation import (
     Arriving,
-    announce,
     attach,
     current_context,
     detach,
@@ -82,7 +78,7 @@ async def call_asgi(
     right inside it; where that middleware's extract can decide the hop, it does
     (``_in_opentelemetry_pass``)."""
     if tapped and not auth and not continue_trace:
-        marker = _announced_hop(scope, route_of)
+        marker = _server.announce_hop(scope, _ASGI, route_of)
         if marker is not None:
             await _in_opentelemetry_pass(app, scope, receive, send, marker)
             return
@@ -106,22 +102,6 @@ async def call_asgi(
     finally:
         _server.settle(hop)
         detach(token)
-
-
-def _announced_hop(scope: Scope, route_of: RouteOf) -> Arriving | None:
-    """The request's hop, announced for the extract of OpenTelemetry's middleware right
-    inside ours, to be decided on the scope's headers as ours reads them (OpenTelemetry's
-    getter decodes them as UTF-8, and backslash escapes where that fails); None where that
-    extract would not decide it: a span is current already, or the baggage step is not ours."""
-    if trace.get_current_span(current_context()) is not INVALID_SPAN:
-        return None
-    try:
-        route = route_of(scope)
-        request = (scope, scope_getter)
-        return announce(_server.HOP, route, account=False, adopt=_server.ServerHop, request=request)
-    except Exception:  # noqa: BLE001 - the general path still runs the hop
-        oii.log_internal_error("asgi.announce")
-        return None
 
 
 async def _in_opentelemetry_pass(

@@ -35,7 +35,9 @@ import otel_identity as oi
 from otel_identity import instrumentation as oii
 from otel_identity import names
 from otel_identity.instrumentation import (
+    Arriving,
     HopState,
+    announce,
     identity_state,
     is_anonymous_route,
     missing_event,
@@ -208,6 +210,24 @@ def begin(
     except Exception:  # noqa: BLE001 - without a hop the request still runs, with no identity
         oii.log_internal_error(f"{shape.name}.admit")
         return request, None
+
+
+def announce_hop(
+    request: R, shape: Shape[R], route_of: Callable[[R], str | None]
+) -> Arriving | None:
+    """The start of a request's hop when OpenTelemetry's middleware is right inside ours: the
+    hop announced for that middleware's extract, to be decided there on the request's headers
+    as ours reads them (OpenTelemetry's ASGI getter decodes them as UTF-8, and backslash
+    escapes where that fails). None where that extract would not decide it: a span is current
+    already (the middleware then extracts nothing), or the baggage step is not ours."""
+    if trace.get_current_span(oii.current_context()) is not INVALID_SPAN:
+        return None
+    try:
+        route, read = route_of(request), (request, shape.getter)
+        return announce(HOP, route, account=False, adopt=ServerHop, request=read)
+    except Exception:  # noqa: BLE001 - the general path still runs the hop
+        oii.log_internal_error(f"{shape.name}.announce")
+        return None
 
 
 def enter(

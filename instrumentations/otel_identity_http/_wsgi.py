@@ -24,10 +24,8 @@ from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN
 
 import otel_identity as oi
-from otel_identity import instrumentation as oii
 from otel_identity.instrumentation import (
     Arriving,
-    announce,
     attach,
     current_context,
     detach,
@@ -91,7 +89,7 @@ def call_wsgi(
     Where that middleware's extract can decide the hop, it does (``_in_opentelemetry_pass``).
     """
     if tapped and not auth and not continue_trace:
-        marker = _announced_hop(environ, route_of)
+        marker = _server.announce_hop(environ, _WSGI, route_of)
         if marker is not None:
             return _in_opentelemetry_pass(app, environ, start_response, marker)
     environ, stash = _server.begin(
@@ -142,19 +140,6 @@ def _run(
         raise
     finally:
         detach(token)
-
-
-def _announced_hop(environ: Environ, route_of: RouteOf) -> Arriving | None:
-    """The request's hop, announced for the extract of OpenTelemetry's middleware right
-    inside ours; None where that extract would not decide it: a span is current already (the
-    middleware then extracts nothing), or the textmap's baggage step is not ours."""
-    if trace.get_current_span(current_context()) is not INVALID_SPAN:
-        return None
-    try:
-        return announce(_server.HOP, route_of(environ), account=False, adopt=_server.ServerHop)
-    except Exception:  # noqa: BLE001 - the general path still runs the hop
-        oii.log_internal_error("wsgi.announce")
-        return None
 
 
 def _in_opentelemetry_pass(
