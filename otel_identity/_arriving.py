@@ -25,6 +25,7 @@ ours: the hook then does the whole hop itself, as wherever no such pass runs.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -163,9 +164,11 @@ def announce(
 
 
 def withdraw(marker: Arriving) -> None:
-    """End ``marker``'s announcement (in the thread or task, and context, that made it)."""
+    """End ``marker``'s announcement (in the thread or task, and context, that made it).
+    Never raises: in any other context the closed announcement is left where it is, inert."""
     marker.open = False
-    arriving.reset(marker.token)
+    with contextlib.suppress(ValueError, RuntimeError):  # another context; withdrawn already
+        arriving.reset(marker.token)
 
 
 def announced(hop: str) -> Arriving | None:

@@ -190,6 +190,22 @@ def test_withdraw_ends_the_announcement() -> None:
     assert added(before) == {}
 
 
+def test_withdrawing_twice_or_from_another_context_never_raises() -> None:
+    marker = in_request(lambda: oii.announce(HOP, ROUTE))
+    assert marker is not None
+    oii.withdraw(marker)  # from another context than the announcement's
+    assert not marker.open
+
+    def twice() -> Any:
+        again = oii.announce(HOP, ROUTE)
+        assert again is not None
+        oii.withdraw(again)
+        oii.withdraw(again)
+        return oii.announced(HOP)
+
+    assert in_request(twice) is None
+
+
 def test_a_hook_decides_an_announcement_no_extract_took() -> None:
     def request() -> tuple[Any, ...]:
         marker = oii.announce(HOP, ROUTE)
