@@ -25,7 +25,6 @@ ours: the hook then does the whole hop itself, as wherever no such pass runs.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -167,8 +166,10 @@ def withdraw(marker: Arriving) -> None:
     """End ``marker``'s announcement (in the thread or task, and context, that made it).
     Never raises: in any other context the closed announcement is left where it is, inert."""
     marker.open = False
-    with contextlib.suppress(ValueError, RuntimeError):  # another context; withdrawn already
+    try:
         arriving.reset(marker.token)
+    except (ValueError, RuntimeError):  # another context; withdrawn already
+        return
 
 
 def announced(hop: str) -> Arriving | None:
