@@ -1,6 +1,6 @@
 """What identity adds, as a share of what OpenTelemetry's own instrumentation adds.
 
-    python benchmarks/bench_overhead.py [grpc|http] [--quick | --rounds N]
+    python benchmarks/bench_overhead.py [grpc|http] [--quick | --rounds N] [--identity-baggage]
 
 DESIGN.md's performance contract: three configurations of one loopback round trip, measured
 interleaved in one run (see _roundtrip.py for how rounds, servers and blocks cancel noise):
@@ -19,6 +19,11 @@ every sampler (every span sampled; a parent-based 1% sampler) and inbound policy
 ``verify``, where the client signs and every server checks the signature) asked for.
 Servers are made fresh every round, in another process; their handlers are built once per
 process and shared by every server of it. No timed assertion anywhere: this prints figures.
+
+``--identity-baggage``: both processes run with otel-identity's baggage step in the global
+textmap, as ``IdentityInstrumentor`` leaves it in a deployed service (one textmap per process,
+so b and c alike: b is then OpenTelemetry's instrumentation with otel-identity's propagator).
+Without it, both keep OpenTelemetry's default textmap.
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ from typing import Any
 import _roundtrip
 import bench_grpc
 import bench_http
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from otel_identity_grpc import GrpcIdentityInstrumentor, server_interceptor
 from otel_identity_http import HttpClientIdentityInstrumentor, IdentityWSGIMiddleware
 
@@ -51,6 +58,7 @@ POLICIES = ("trust", "verify")
 # A fixed key, so the client process and every server process agree (benchmark only).
 _KEY = "bench:" + base64.b64encode(b"k" * 32).decode("ascii")
 _MODE = "OTEL_IDENTITY_BENCH_MODE"  # "<sampler>/<policy>", read by the server process
+_BAGGAGE = "OTEL_IDENTITY_BENCH_BAGGAGE"  # "identity": our baggage step in both processes
 
 
 class _Drop(SpanExporter):
@@ -82,9 +90,17 @@ def _provider(sampler: str, identity: bool) -> TracerProvider:
     return provider
 
 
+def _use_identity_baggage() -> None:
+    if os.environ.get(_BAGGAGE) == "identity":
+        propagate.set_global_textmap(
+            CompositePropagator([TraceContextTextMapPropagator(), oi.IdentityBaggagePropagator()])
+        )
+
+
 def _server_mode() -> tuple[str, str]:
     sampler, policy = os.environ[_MODE].split("/")
     _configure(policy)
+    _use_identity_baggage()
     return sampler, policy
 
 
@@ -163,6 +179,9 @@ class _Switchable(Sampler):
 
 def main() -> None:
     transports = [name for name in RUNS if name in sys.argv[1:]] or list(RUNS)
+    if "--identity-baggage" in sys.argv:
+        os.environ[_BAGGAGE] = "identity"  # inherited by the server process
+    _use_identity_baggage()
     settings = _roundtrip.Settings(rounds=_roundtrip.rounds_from(sys.argv), calls=1000, warm=100)
     sampling = _Switchable()
     processor = oi.IdentitySpanProcessor()

@@ -9,13 +9,18 @@ limits in bytes that never drop identity members) and an exact encoding that Ope
 Python, OpenTelemetry JS and a plain W3C decoder all read back exactly. ``extract`` also
 leaves the parse's facts (ambiguous, refused, oversize) in the context, for ``parsed_of``:
 the receiving hop rejects identity on them.
+
+Where a transport's server hook announced its receiving hop (``_arriving.announce``) before
+OpenTelemetry's own server instrumentation extracts the request, ``extract`` decides that hop
+right here, inside OpenTelemetry's pass: see ``_arriving``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import cast
+from contextvars import ContextVar
+from typing import Any, Protocol, cast
 
 from opentelemetry import propagate
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -34,6 +39,21 @@ from otel_identity import _baggage, _config, _memo, _telemetry
 from otel_identity._internals import BAGGAGE_KEY, composite_steps
 
 _PARSED_KEY = create_key("otel_identity.baggage_parsed")
+
+
+class Announced(Protocol):
+    """A receiving hop announced for the next extract (``_arriving.Arriving``)."""
+
+    open: bool  # until one extract decides the hop
+
+    def decide(self, base: Context, carrier: Any, getter: Getter[Any]) -> Context:
+        """``base`` as the hop's context, its baggage read from the request."""
+
+
+# The receiving hop the next extract in this context decides, announced by a transport's
+# server hook before OpenTelemetry's own extract runs (here, so the step can read it; the
+# marker itself lives with the receiving side, in ``_arriving``).
+arriving: ContextVar[Announced | None] = ContextVar("otel_identity.arriving", default=None)
 
 
 @_memo.per_settings
@@ -58,9 +78,13 @@ class IdentityBaggagePropagator(TextMapPropagator):
         getter: Getter[CarrierT] = default_getter,
     ) -> Context:
         """``context`` with the header's members merged into its baggage, as OpenTelemetry's
-        propagator does, and the parse's facts kept for ``parsed_of``. Never raises."""
+        propagator does, and the parse's facts kept for ``parsed_of``; with a receiving hop
+        announced and still open, that hop's context (``_arriving``). Never raises."""
         ctx = context if context is not None else get_current()
         try:
+            hop = arriving.get()
+            if hop is not None and hop.open:
+                return hop.decide(ctx, carrier, getter)
             values = getter.get(carrier, _baggage.HEADER)
             if not values:
                 return ctx

@@ -5,10 +5,12 @@
 
 Every receiving hop goes through ``extract`` (or ``_handoff.receive`` for an in-process
 hand-off), the one place where inbound policy, limits and hop accounting happen; transports
-only supply a getter. Propagation always goes through the global propagator, so
-``OTEL_PROPAGATORS`` is honoured; nothing here parses a header value. What one baggage header
-means on one kind of hop (``Arrival``) is remembered, so the same header on the next request
-of a session is a dict lookup.
+only supply a getter. A server hop announced for OpenTelemetry's own extract (``_arriving``)
+is decided by the same steps: ``arrival_for`` (what arrived and what policy admits),
+``settled`` (its state, events and count) and ``arrived_context``. Propagation always goes
+through the global propagator, so ``OTEL_PROPAGATORS`` is honoured; nothing here parses a
+header value. What one baggage header means on one kind of hop (``Arrival``) is remembered,
+so the same header on the next request of a session is a dict lookup.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import CarrierT, Getter, default_getter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import NonRecordingSpan, SpanKind
 
 from otel_identity import (
     _baggage,
@@ -41,6 +43,7 @@ from otel_identity._identity import Identity
 from otel_identity._internals import BAGGAGE_KEY, SPAN_KEY, is_span_of_kind
 from otel_identity._runtime import attached, current_context
 from otel_identity._state import (
+    ANNOUNCEMENT_KEY,
     HOP_KEY,
     SLOT_KEY,
     STATE_KEY,
@@ -57,6 +60,7 @@ _HOP_SPAN_KIND = {
     names.HOP_GRPC_SERVER: SpanKind.SERVER,
     names.HOP_QUEUE_CONSUME: SpanKind.CONSUMER,
 }
+_SERVER_HOPS = frozenset(hop for hop, kind in _HOP_SPAN_KIND.items() if kind is SpanKind.SERVER)
 _NO_BAGGAGE: Mapping[str, object] = {}
 
 
@@ -158,9 +162,21 @@ def own_span(base: Context, hop: str) -> Any:
     ``base`` (the hop keeps it: its children stay under it and it takes the hop's events).
     None when there is none, and the hop continues the sender's span."""
     span = base.get(SPAN_KEY)
-    if span is None or not is_span_of_kind(span, _HOP_SPAN_KIND.get(hop, False)):
+    if span is None:
         return None
-    return span
+    if type(span) is NonRecordingSpan:
+        # A span the sampler dropped has no kind. A local one (not the sender's) current where
+        # a server hop arrives is the server instrumentation's own, as a sampled one would be:
+        # the unsampled hop takes the same short path instead of reading the whole carrier
+        # again. (A consumer keeps continuing the sender: its loop may hold any span.)
+        return span if hop in _SERVER_HOPS and _is_local(span) else None
+    return span if is_span_of_kind(span, _HOP_SPAN_KIND.get(hop, False)) else None
+
+
+def _is_local(span: trace.Span) -> bool:
+    """Whether ``span`` has valid ids made in this process (not the remote sender's)."""
+    context = span.get_span_context()
+    return context.is_valid and not context.is_remote
 
 
 def _arrive(
@@ -192,11 +208,23 @@ def _arrive(
     return span, Arrival(baggage, parsed, hop, settings)
 
 
-def _decide(arrival: Arrival, hop: str, route: str | None, own: Any) -> HopState:
-    """The hop's state: its outcome (the route decides between missing and anonymous), its
-    events recorded on ``own`` or left pending for its first span."""
-    if arrival.present is not None:  # a present hop's state is known in advance
-        return arrival.present
+def settled(arrival: Arrival, hop: str, route: str | None, own: Any, *, account: bool) -> HopState:
+    """The hop's state for ``arrival``, counted unless ``account`` is false: the one step that
+    decides a hop, whether ``extract`` or OpenTelemetry's own extract (``_arriving``) runs it.
+
+    Its events go on ``own`` (the hop's span) when it records, else wait on the state for the
+    hop's first span. No span is needed: sampling never changes the count."""
+    state = arrival.present  # a present hop's state is known in advance
+    if state is None:
+        state = _outcome_state(arrival, hop, route, own)
+    if account:
+        _thread_state.count(state.key)
+    return state
+
+
+def _outcome_state(arrival: Arrival, hop: str, route: str | None, own: Any) -> HopState:
+    """The state of a hop that arrived without an admitted identity: its outcome (the route
+    decides between missing and anonymous) and its events."""
     outcome, events = arrival.outcome, arrival.events
     if outcome is None:
         if _policy.is_anonymous_route(route, arrival.settings):
@@ -210,14 +238,21 @@ def _decide(arrival: Arrival, hop: str, route: str | None, own: Any) -> HopState
     return state
 
 
-def _hop_context(
-    base: Context, arrival: Arrival, state: HopState, span: trace.Span, own: Any
+def arrived_context(
+    base: Context,
+    arrival: Arrival,
+    state: HopState,
+    span: trace.Span | None = None,
+    announcement: object = None,
 ) -> Context:
-    """``base`` as the hop's context, in one copy: what arrived, the hop's state, its span
-    and, with an identity, a user slot of its own."""
+    """``base`` as the hop's context, in one copy: what arrived, the hop's state, ``span``
+    (when the hop's span is not the one current in ``base``), the ``announcement`` it was
+    decided for (``_arriving``) and, with an identity, a user slot of its own."""
     values = {**base, **arrival.entries, HOP_KEY: state}
-    if span is not own:
+    if span is not None:
         values[SPAN_KEY] = span
+    if announcement is not None:
+        values[ANNOUNCEMENT_KEY] = announcement
     identity = arrival.state
     if identity is not None:
         values[SLOT_KEY] = UserSlot(state.hop, identity.identity)
@@ -259,10 +294,8 @@ def extract(
             hop=hop,
             settings=settings,
         )
-        state = _decide(arrival, hop, route, own)
-        if account:
-            _thread_state.count(state.key)
-        return _hop_context(base, arrival, state, span, own)
+        state = settled(arrival, hop, route, own, account=account)
+        return arrived_context(base, arrival, state, span if span is not own else None)
     except Exception:  # noqa: BLE001 - never break the host's request path
         _telemetry.log_internal_error("extract")
         return without_identity(base)

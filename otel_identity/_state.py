@@ -28,6 +28,8 @@ from otel_identity._internals import BAGGAGE_KEY
 STATE_KEY = create_key("otel_identity.state")
 SLOT_KEY = create_key("otel_identity.user_slot")
 HOP_KEY = create_key("otel_identity.hop")
+# The announcement (``_arriving.Arriving``) a hop's context was decided for, if any.
+ANNOUNCEMENT_KEY = create_key("otel_identity.announcement")
 
 
 def _settings() -> _config.Settings:

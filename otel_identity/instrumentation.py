@@ -18,6 +18,11 @@ grouped by side of the hop:
 - runtime: ``current_context``, ``attach``/``detach``, ``attached``, ``is_suppressed``;
 - receiving: ``HopState``, ``hop_context``, ``with_identity_of``, ``is_anonymous_route``,
   ``missing_event``, ``count_hop``/``hop_key``, ``delivery_context``, ``hold``/``release``;
+- receiving inside OpenTelemetry's own pass: ``announce`` a server hop before OpenTelemetry's
+  server instrumentation extracts the request, and its extract decides the hop (policy,
+  counting, ``current_user`` slot) in the context it attaches; ``announced`` finds the
+  ``Arriving`` marker, whose ``decided`` says whether that happened; ``withdraw`` ends an
+  announcement where the context outlives the request (sketch below);
 - in-process hand-off: ``Handoff``, ``enter_handoff``/``leave_handoff``;
 - sending: ``outgoing_context``, ``strip_for_egress``, ``judge_destination``,
   ``is_allowed_destination``, ``UNREADABLE_DESTINATION``, ``record_stripped``, the carriers'
@@ -28,6 +33,21 @@ grouped by side of the hop:
   ``hop_counts``, ``remember``, ``import_object``, ``current_settings``,
   ``environment_settings``, ``adopt_environment``/``identity_environment``, and the baggage
   step checks ``baggage_step_displaced``/``is_baggage_step``.
+
+A server hook whose transport runs OpenTelemetry's own server instrumentation lets that pass
+decide the hop (``otel_identity_grpc`` and ``otel_identity_http`` do), and still does the
+whole hop itself wherever it did not happen::
+
+    marker = oii.announce("grpc.server", route)    # None where our baggage step is not in use
+    ...                                            # OpenTelemetry extracts and attaches
+    if marker is not None and marker.decided(oii.current_context()):
+        return handler()                           # decided, counted and attached already
+    account = marker is None or not marker.counted # an unattached extract may have counted it
+    if marker is not None:
+        marker.close()
+    ctx = oi.extract(carrier, getter, hop="grpc.server", route=route, account=account)
+    with oii.attached(ctx):
+        return handler()
 """
 
 from __future__ import annotations
@@ -36,6 +56,7 @@ import os
 from collections.abc import Mapping
 
 from otel_identity import _baggage_propagator, _config, _resolver
+from otel_identity._arriving import Arriving, announce, announced, withdraw
 from otel_identity._config import environment_settings, import_object
 from otel_identity._context import is_established
 from otel_identity._delivery import delivery_context, hold, release
@@ -73,11 +94,14 @@ from otel_identity._thread_state import count as count_hop
 __all__ = [
     "ENVIRONMENT_PREFIX",
     "UNREADABLE_DESTINATION",
+    "Arriving",
     "Handoff",
     "HopState",
     "IdentityState",
     "add_event",
     "adopt_environment",
+    "announce",
+    "announced",
     "attach",
     "attached",
     "baggage_context",
@@ -121,6 +145,7 @@ __all__ = [
     "strip_for_egress",
     "text_headers_setter",
     "with_identity_of",
+    "withdraw",
 ]
 
 ENVIRONMENT_PREFIX = "OTEL_IDENTITY_"

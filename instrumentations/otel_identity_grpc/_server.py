@@ -9,6 +9,13 @@ is current by then and ``extract`` keeps it as the hop's span.
 The wrapped handler reads the metadata from the servicer context of each call, so it depends
 only on the handler and the method: it is built once per pair and reused, which keeps the
 per-RPC cost to the hop itself.
+
+With OpenTelemetry's server interceptor outside ours, the hop is decided in its pass (see
+``otel_identity.instrumentation.announce``): our interceptor announces the hop when grpc looks
+the handler up, in the RPC's own ``contextvars.Context`` (sync) or task (asyncio), where the
+handler runs later, and OpenTelemetry's extract, whose baggage step is ours, decides it
+there. The handler then finds its hop's context current and runs as it is: no second
+metadata read, decode or attach. Wherever that did not happen, it does the whole hop itself.
 """
 
 from __future__ import annotations
@@ -24,12 +31,20 @@ from opentelemetry.context import Context
 import otel_identity as oi
 from otel_identity import instrumentation as oii
 from otel_identity import names
-from otel_identity.instrumentation import attach, current_context, detach, is_suppressed
+from otel_identity.instrumentation import (
+    announce,
+    announced,
+    attach,
+    current_context,
+    detach,
+    is_suppressed,
+)
 from otel_identity_grpc import _metadata, _state
 
+HOP = names.HOP_GRPC_SERVER
 _CACHE_LIMIT = 1024
-# method as grpc gives it -> (the handler grpc found for it, that handler wrapped)
-_wrapped_handlers: dict[object, tuple[Any, Any]] = {}
+# method as grpc gives it -> (the handler grpc found for it, that handler wrapped, its route)
+_wrapped_handlers: dict[object, tuple[Any, Any, str | None]] = {}
 
 _SHAPES: dict[tuple[bool, bool], tuple[str, Callable[..., Any]]] = {
     (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
@@ -39,11 +54,27 @@ _SHAPES: dict[tuple[bool, bool], tuple[str, Callable[..., Any]]] = {
 }
 
 
+def decided_context() -> Context | None:
+    """The current context, if OpenTelemetry's extract decided the RPC's hop in it (nothing is
+    left to do but run the behavior); else None."""
+    ctx = current_context()
+    marker = announced(HOP)
+    return ctx if marker is not None and marker.decided(ctx) else None
+
+
 def hop_context(servicer_context: Any, route: str | None) -> Context:
-    """The receiving hop's context for one RPC (never raises: ``extract`` fails closed)."""
+    """The receiving hop's context for one RPC, read from its metadata (never raises:
+    ``extract`` fails closed). An announcement of the hop that no extract decided here is
+    closed, and a hop an extract counted already (one whose result was not attached) is not
+    counted again."""
+    marker = announced(HOP)
+    account = True
+    if marker is not None:
+        marker.close()
+        account = not marker.counted
     read = getattr(servicer_context, "invocation_metadata", None)
     metadata = read() if read is not None else None
-    return oi.extract(metadata or (), _metadata.getter, hop=names.HOP_GRPC_SERVER, route=route)
+    return oi.extract(metadata or (), _metadata.getter, hop=HOP, route=route, account=account)
 
 
 def _route_of(details: grpc.HandlerCallDetails) -> str | None:
@@ -55,17 +86,39 @@ def _route_of(details: grpc.HandlerCallDetails) -> str | None:
 
 def wrap_handler(handler: Any, details: grpc.HandlerCallDetails) -> Any:
     """``handler`` with its behavior run inside the RPC's hop; None stays None."""
+    return _wrapped(handler, details)[0]
+
+
+def _wrapped(handler: Any, details: grpc.HandlerCallDetails) -> tuple[Any, str | None]:
+    """``wrap_handler``, and the RPC's route; built once per handler and method."""
     if handler is None:
-        return None
+        return None, None
     method = getattr(details, "method", None)
     cached = _wrapped_handlers.get(method)
     if cached is not None and cached[0] is handler:
-        return cached[1]
+        return cached[1], cached[2]
     # (a handler made afresh per call, by an interceptor inside ours, replaces the last one)
-    wrapped = _wrap(handler, _route_of(details))
+    route = _route_of(details)
+    wrapped = _wrap(handler, route)
     if len(_wrapped_handlers) >= _CACHE_LIMIT:
         _wrapped_handlers.clear()
-    _wrapped_handlers[method] = (handler, wrapped)
+    _wrapped_handlers[method] = (handler, wrapped, route)
+    return wrapped, route
+
+
+def hop_handler(handler: Any, details: grpc.HandlerCallDetails) -> Any:
+    """``wrap_handler``, with the RPC's hop announced for an OpenTelemetry interceptor outside
+    ours: grpc looks the handler up in the RPC's own ``contextvars.Context`` (sync) or task
+    (asyncio), where it runs the handler later, and that interceptor extracts there.
+
+    The hop's baggage is read from the call's metadata by our getter: OpenTelemetry's
+    interceptor reads the metadata into a dict, which keeps only the last of a repeated key
+    (several baggage entries whose identity conflicts must be rejected, not decided on the
+    last)."""
+    wrapped, route = _wrapped(handler, details)
+    if wrapped is not handler:
+        metadata = getattr(details, "invocation_metadata", None) or ()
+        announce(HOP, route, request=(metadata, _metadata.getter))
     return wrapped
 
 
@@ -101,7 +154,9 @@ def _in_hop(
 
 def _async_stream_in_hop(behavior: Callable[..., Any], route: str | None) -> Callable[..., Any]:
     async def run_stream(request: Any, servicer_context: Any) -> AsyncIterator[Any]:
-        ctx = hop_context(servicer_context, route)
+        ctx = decided_context()
+        if ctx is None:
+            ctx = hop_context(servicer_context, route)
         responses = behavior(request, servicer_context)
         # Each step runs under the hop; between steps the caller's context is back, so
         # nothing leaks into grpc's own loop.
@@ -127,6 +182,8 @@ def _async_stream_in_hop(behavior: Callable[..., Any], route: str | None) -> Cal
 
 def _async_in_hop(behavior: Callable[..., Any], route: str | None) -> Callable[..., Any]:
     async def run_async(request: Any, servicer_context: Any) -> Any:
+        if decided_context() is not None:  # decided, and attached, in OpenTelemetry's pass
+            return await behavior(request, servicer_context)
         token = attach(hop_context(servicer_context, route))  # detached below, in this task
         try:
             return await behavior(request, servicer_context)
@@ -140,18 +197,25 @@ def _sync_in_hop(
     behavior: Callable[..., Any], route: str | None, *, response_streaming: bool
 ) -> Callable[..., Any]:
     def run(request: Any, servicer_context: Any) -> Any:
+        ctx = decided_context()
+        if ctx is not None:  # decided, and attached, in OpenTelemetry's pass
+            return _responses(behavior(request, servicer_context), ctx, response_streaming)
         ctx = hop_context(servicer_context, route)
         token = attach(ctx)  # detached below, in this frame
         try:
-            result = behavior(request, servicer_context)
-            if response_streaming and result is not None:
-                # A generator's body runs on each next(), after this function returned.
-                return _IterateInContext(ctx, iter(result))
-            return result
+            return _responses(behavior(request, servicer_context), ctx, response_streaming)
         finally:
             detach(token)
 
     return run
+
+
+def _responses(result: Any, ctx: Context, streaming: bool) -> Any:
+    """A response stream whose every step runs under ``ctx`` (a generator's body runs on each
+    next(), after the behavior returned); any other result as it is."""
+    if streaming and result is not None:
+        return _IterateInContext(ctx, iter(result))
+    return result
 
 
 class _IterateInContext:
@@ -201,7 +265,7 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(handler_call_details)
         if (self._managed and not _state.active) or is_suppressed(current_context()):
             return handler
-        return wrap_handler(handler, handler_call_details)
+        return hop_handler(handler, handler_call_details)
 
 
 class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -216,4 +280,4 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if (self._managed and not _state.active) or is_suppressed(current_context()):
             return handler
-        return wrap_handler(handler, handler_call_details)
+        return hop_handler(handler, handler_call_details)

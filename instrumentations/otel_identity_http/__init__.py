@@ -25,7 +25,7 @@ outside ``egress_allow`` (or a plain-HTTP proxy outside it) never receives ident
 
 from __future__ import annotations
 
-from otel_identity_http._asgi import IdentityASGIMiddleware, ScopeGetter
+from otel_identity_http._asgi import IdentityASGIMiddleware
 from otel_identity_http._instrumentors import (
     HttpClientIdentityInstrumentor,
     HttpServerIdentityInstrumentor,
@@ -38,8 +38,9 @@ from otel_identity_http._server import (
     RequestView,
     mark_authenticated,
 )
+from otel_identity_http._shapes import EnvironGetter, ScopeGetter
 from otel_identity_http._users import StarletteUserIdentityMiddleware, identity_from_user
-from otel_identity_http._wsgi import EnvironGetter, IdentityWSGIMiddleware
+from otel_identity_http._wsgi import IdentityWSGIMiddleware
 
 __all__ = [
     "AuthResult",

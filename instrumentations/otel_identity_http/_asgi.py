@@ -4,6 +4,13 @@
 
 The admitted context is attached for the whole call of the inner app: the endpoint, streaming
 response bodies and background tasks that run before the call returns all see the identity.
+
+With OpenTelemetry's ASGI middleware right inside ours (no span current, no ``auth`` sources,
+our baggage step in the global textmap), the hop is decided in that middleware's own extract
+(see ``otel_identity.instrumentation.announce``), from the scope's headers as ours reads them;
+the tap inside it decides the hop itself where that middleware does not extract (an excluded
+URL, say). ``identity.missing`` still waits for the response to start, and the hop is counted
+then, with its final outcome.
 """
 
 from __future__ import annotations
@@ -11,36 +18,23 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from opentelemetry.context import Context
-from opentelemetry.propagators.textmap import Getter
 
-from otel_identity.instrumentation import attach, current_context, detach, is_suppressed
+from otel_identity.instrumentation import (
+    Arriving,
+    attach,
+    current_context,
+    detach,
+    is_suppressed,
+    withdraw,
+)
 from otel_identity_http import _server, _tap
 from otel_identity_http._server import AuthSource
-from otel_identity_http._shapes import ASGIApp, Message, Receive, Scope, Send
+from otel_identity_http._shapes import ASGIApp, Message, Receive, Scope, Send, scope_getter
 
 RouteOf = Callable[[Scope], str | None]
 
 _HOP_TYPES = frozenset({"http", "websocket"})
 _RESPONSE_START = frozenset({"http.response.start", "websocket.accept", "websocket.close"})
-
-
-class ScopeGetter(Getter[Scope]):
-    """Reads request headers from an ASGI scope (a list of ``(bytes, bytes)`` pairs)."""
-
-    def get(self, carrier: Scope, key: str) -> list[str] | None:
-        wanted = key.lower().encode("latin-1")
-        values = [
-            value.decode("latin-1")
-            for name, value in carrier.get("headers") or ()
-            if name.lower() == wanted
-        ]
-        return values or None
-
-    def keys(self, carrier: Scope) -> list[str]:
-        return [name.decode("latin-1").lower() for name, _ in carrier.get("headers") or ()]
-
-
-scope_getter = ScopeGetter()
 
 
 def default_route(scope: Scope) -> str | None:
@@ -76,8 +70,18 @@ async def call_asgi(
     auth: Sequence[AuthSource] = (),
     route_of: RouteOf = default_route,
     continue_trace: bool = True,
+    tapped: bool = False,
 ) -> None:
-    """Run one ASGI request of ``app`` as an ``http.server`` hop (the middleware's body)."""
+    """Run one ASGI request of ``app`` as an ``http.server`` hop (the middleware's body).
+
+    ``tapped``: ``app`` is OpenTelemetry's ASGI middleware itself, with our re-attach tap
+    right inside it; where that middleware's extract can decide the hop, it does
+    (``_in_opentelemetry_pass``)."""
+    if tapped and not auth and not continue_trace:
+        marker = _server.announce_hop(scope, _ASGI, route_of)
+        if marker is not None:
+            await _in_opentelemetry_pass(app, scope, receive, send, marker)
+            return
     scope, stash = _server.begin(
         scope, _ASGI, auth=auth, route_of=route_of, continue_trace=continue_trace
     )
@@ -100,6 +104,32 @@ async def call_asgi(
         detach(token)
 
 
+async def _in_opentelemetry_pass(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, marker: Arriving
+) -> None:
+    """Run the request with its hop announced: OpenTelemetry's middleware (``app``) decides
+    it in its extract and keeps its context attached for the call, or, should it not
+    extract, our tap inside it does (``_tap.ReattachASGI``). The hop is counted when the
+    response starts, or when the call ends."""
+    scope[_server.HANDLED_KEY] = True
+
+    async def hop_send(message: Message) -> None:
+        hop = marker.state
+        starts = message.get("type") in _RESPONSE_START
+        if starts and isinstance(hop, _server.ServerHop) and not hop.settled:
+            _server.settle(hop)
+        await send(message)
+
+    try:
+        await app(scope, receive, hop_send)
+    finally:
+        withdraw(marker)
+        hop = marker.state
+        if isinstance(hop, _server.ServerHop):
+            # (OpenTelemetry's context is gone by now: the identity is the one that arrived)
+            _server.settle(hop, hop.arrived is not None)
+
+
 class IdentityASGIMiddleware:
     """ASGI middleware making each HTTP/WebSocket request an ``http.server`` hop.
 
@@ -120,6 +150,7 @@ class IdentityASGIMiddleware:
         self.hop_route = hop_route or default_route
         self.continue_trace = continue_trace
         self._tapped = False
+        self._tap_inside = False  # self.app is OpenTelemetry's middleware, our tap inside it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -133,6 +164,7 @@ class IdentityASGIMiddleware:
             found = _tap.install(self.app)
             if self.continue_trace is None:
                 self.continue_trace = not found
+            self._tap_inside = _tap.tap_inside(self.app)
             self._tapped = True
         await call_asgi(
             self.app,
@@ -142,4 +174,5 @@ class IdentityASGIMiddleware:
             auth=self.auth,
             route_of=self.hop_route,
             continue_trace=self.continue_trace is not False,
+            tapped=self._tap_inside,
         )

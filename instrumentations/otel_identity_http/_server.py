@@ -35,7 +35,9 @@ import otel_identity as oi
 from otel_identity import instrumentation as oii
 from otel_identity import names
 from otel_identity.instrumentation import (
+    Arriving,
     HopState,
+    announce,
     identity_state,
     is_anonymous_route,
     missing_event,
@@ -208,6 +210,24 @@ def begin(
     except Exception:  # noqa: BLE001 - without a hop the request still runs, with no identity
         oii.log_internal_error(f"{shape.name}.admit")
         return request, None
+
+
+def announce_hop(
+    request: R, shape: Shape[R], route_of: Callable[[R], str | None]
+) -> Arriving | None:
+    """The start of a request's hop when OpenTelemetry's middleware is right inside ours: the
+    hop announced for that middleware's extract, to be decided there on the request's headers
+    as ours reads them (OpenTelemetry's ASGI getter decodes them as UTF-8, and backslash
+    escapes where that fails). None where that extract would not decide it: a span is current
+    already (the middleware then extracts nothing), or the baggage step is not ours."""
+    if trace.get_current_span(oii.current_context()) is not INVALID_SPAN:
+        return None
+    try:
+        route, read = route_of(request), (request, shape.getter)
+        return announce(HOP, route, account=False, adopt=ServerHop, request=read)
+    except Exception:  # noqa: BLE001 - the general path still runs the hop
+        oii.log_internal_error(f"{shape.name}.announce")
+        return None
 
 
 def enter(
@@ -426,15 +446,22 @@ def restored(inside: Context, stash: Stash) -> Context:
     stash.used = True
     ours = stash.context
     ctx = oii.with_identity_of(inside, ours)
-    span: Any = trace.get_current_span(ctx)
-    if span is not None and getattr(span, "kind", None) is SpanKind.SERVER and span.is_recording():
-        hop = stash.hop
-        hop.span = span
-        if hop.pending:
-            hop.flush(span)
-        if hop.authenticated:
-            stamp(span, ours)
+    span = take_server_span(stash.hop, ctx)
+    if span is not None and stash.hop.authenticated:
+        stamp(span, ours)
     return ctx
+
+
+def take_server_span(hop: ServerHop, ctx: Context) -> trace.Span | None:
+    """The recording SERVER span current in ``ctx`` (OpenTelemetry's, started before the hop
+    was decided) as the hop's span: it takes the hop's pending events. None if there is none."""
+    span: Any = trace.get_current_span(ctx)
+    if getattr(span, "kind", None) is not SpanKind.SERVER or not span.is_recording():
+        return None
+    hop.span = span
+    if hop.pending:
+        hop.flush(span)
+    return span  # type: ignore[no-any-return]
 
 
 def stamp(span: trace.Span, ctx: Context) -> None:

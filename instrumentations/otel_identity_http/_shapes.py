@@ -1,4 +1,5 @@
-"""What the WSGI and ASGI calls look like, and a WSGI body produced under the hop's context.
+"""What the WSGI and ASGI calls look like, how their request headers are read, and a WSGI
+body produced under the hop's context.
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]: ...
 
@@ -15,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter
 
 from otel_identity.instrumentation import attach, detach
 from otel_identity_http import _server
@@ -28,6 +30,52 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+_ENVIRON_KEYS: dict[str, str] = {}
+
+
+def environ_key(key: str) -> str:
+    """The environ key of request header ``key`` (``baggage`` -> ``HTTP_BAGGAGE``)."""
+    name = _ENVIRON_KEYS.get(key)
+    if name is None:
+        name = "HTTP_" + key.upper().replace("-", "_")
+        if len(_ENVIRON_KEYS) < 256:  # propagator field names: a handful
+            _ENVIRON_KEYS[key] = name
+    return name
+
+
+class EnvironGetter(Getter[Environ]):
+    """Reads request headers from a WSGI environ (``baggage`` -> ``HTTP_BAGGAGE``)."""
+
+    def get(self, carrier: Environ, key: str) -> list[str] | None:
+        value = carrier.get(environ_key(key))
+        return [value] if isinstance(value, str) else None
+
+    def keys(self, carrier: Environ) -> list[str]:
+        return [k[5:].lower().replace("_", "-") for k in carrier if k.startswith("HTTP_")]
+
+
+environ_getter = EnvironGetter()
+
+
+class ScopeGetter(Getter[Scope]):
+    """Reads request headers from an ASGI scope (a list of ``(bytes, bytes)`` pairs)."""
+
+    def get(self, carrier: Scope, key: str) -> list[str] | None:
+        wanted = key.lower().encode("latin-1")
+        values = [
+            value.decode("latin-1")
+            for name, value in carrier.get("headers") or ()
+            if name.lower() == wanted
+        ]
+        return values or None
+
+    def keys(self, carrier: Scope) -> list[str]:
+        return [name.decode("latin-1").lower() for name, _ in carrier.get("headers") or ()]
+
+
+scope_getter = ScopeGetter()
 
 
 class HopIterable:

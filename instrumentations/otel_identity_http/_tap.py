@@ -6,6 +6,10 @@ admitted (identity set by the app's authentication, the hop and its held events)
 in the handler. The outer middleware leaves it in the environ/scope (``STASH_KEY``), and a tap
 placed right inside OpenTelemetry's middleware attaches it again, on top of its server span.
 The header rewrite of ``_server`` stays as the fallback for instrumentations no tap reaches.
+
+Where our middleware announced the hop for OpenTelemetry's extract instead (``_wsgi``,
+``_asgi``), there is no stash: the tap then only checks that the announcement was taken, and
+decides the hop itself if OpenTelemetry's middleware did not extract.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter
 
 from otel_identity import instrumentation as oii
-from otel_identity.instrumentation import attach, current_context, detach
+from otel_identity.instrumentation import Arriving, announced, attach, current_context, detach
 from otel_identity_http import _server
 from otel_identity_http._shapes import (
     ASGIApp,
@@ -27,6 +33,8 @@ from otel_identity_http._shapes import (
     Send,
     StartResponse,
     WSGIApp,
+    environ_getter,
+    scope_getter,
 )
 
 _FLASK_TOKEN = "otel_identity.flask_token"  # noqa: S105 - a flask.g key, not a secret
@@ -41,6 +49,9 @@ class ReattachWSGI:
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         stash = environ.get(_server.STASH_KEY)
         if not isinstance(stash, _server.Stash):
+            marker = announced(_server.HOP)
+            if marker is not None and marker.open:
+                return self._decide(marker, environ, start_response)
             return self.app(environ, start_response)
         ctx = _server.restored(current_context(), stash)
         token = attach(ctx)  # detached below, in this frame
@@ -52,6 +63,34 @@ class ReattachWSGI:
             return result
         return HopIterable(result, ctx, stash.hop)
 
+    def _decide(
+        self, marker: Arriving, environ: Environ, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """The announced hop, decided here (see ``_decided_here``) for the call and its body."""
+        ctx = _decided_here(marker, environ, environ_getter)
+        hop = marker.state
+        token = attach(ctx)  # detached below, in this frame
+        try:
+            result = self.app(environ, start_response)
+        finally:
+            detach(token)
+        if isinstance(result, (list, tuple)) or not isinstance(hop, _server.ServerHop):
+            return result
+        return HopIterable(result, ctx, hop)
+
+
+def _decided_here(marker: Arriving, carrier: Any, getter: Getter[Any]) -> Context:
+    """The announced hop, which OpenTelemetry's middleware did not decide in an extract (it
+    skips excluded URLs, and extracts only when no span is current): decided here, on top of
+    its context, so the request still runs with its identity and is counted once."""
+    ctx = marker.decide(current_context(), carrier, getter)
+    hop = marker.state
+    if isinstance(hop, _server.ServerHop):
+        span = _server.take_server_span(hop, ctx)
+        if span is not None:
+            _server.stamp(span, ctx)  # it started before the identity was known
+    return ctx
+
 
 class ReattachASGI:
     """Sits right inside OpenTelemetry's ASGI middleware."""
@@ -62,9 +101,21 @@ class ReattachASGI:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stash = scope.get(_server.STASH_KEY)
         if not isinstance(stash, _server.Stash):
+            marker = announced(_server.HOP)
+            if marker is not None and marker.open:
+                await self._decide(marker, scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         token = attach(_server.restored(current_context(), stash))  # detached in this task
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            detach(token)
+
+    async def _decide(self, marker: Arriving, scope: Scope, receive: Receive, send: Send) -> None:
+        """The announced hop, decided here (see ``_decided_here``) for the call."""
+        token = attach(_decided_here(marker, scope, scope_getter))  # detached in this task
         try:
             await self.app(scope, receive, send)
         finally:
@@ -89,13 +140,16 @@ def _flask_teardown(_exc: BaseException | None) -> None:
 
 
 def tap_inside(app: object) -> bool:
-    """Whether ``app`` is OpenTelemetry's WSGI middleware itself with our tap right inside."""
+    """Whether ``app`` is OpenTelemetry's WSGI or ASGI middleware itself with our tap right
+    inside."""
     cls = type(app)
-    return (
-        cls.__name__ == "OpenTelemetryMiddleware"
-        and cls.__module__ == "opentelemetry.instrumentation.wsgi"
-        and isinstance(getattr(app, "wsgi", None), ReattachWSGI)
-    )
+    if cls.__name__ != "OpenTelemetryMiddleware":
+        return False
+    if cls.__module__ == "opentelemetry.instrumentation.wsgi":
+        return isinstance(getattr(app, "wsgi", None), ReattachWSGI)
+    if cls.__module__ == "opentelemetry.instrumentation.asgi":
+        return isinstance(getattr(app, "app", None), ReattachASGI)
+    return False
 
 
 def install(app: object) -> bool:

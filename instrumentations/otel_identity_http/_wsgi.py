@@ -6,55 +6,48 @@ The admitted context is current while the app runs and while each chunk of the r
 produced (a streaming generator sees the identity too). It is attached per call rather than
 left attached between the app's return and ``close()``: a server that forgets to close the
 iterable must not leave one request's identity behind for the next request on its thread.
+
+With OpenTelemetry's WSGI middleware right inside ours (no span current, no ``auth`` sources,
+our baggage step in the global textmap), the hop is decided in that middleware's own extract
+(see ``otel_identity.instrumentation.announce``): ours announces it for the call, and neither
+extracts, rewrites headers nor attaches. ``identity.missing`` still waits for the response to
+start, and the hop is counted then, with its final outcome.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import INVALID_SPAN
 
 import otel_identity as oi
-from otel_identity.instrumentation import attach, current_context, detach, is_suppressed
+from otel_identity.instrumentation import (
+    Arriving,
+    attach,
+    current_context,
+    detach,
+    is_suppressed,
+    withdraw,
+)
 from otel_identity_http import _server, _tap
 from otel_identity_http._server import AuthSource
-from otel_identity_http._shapes import Environ, HopIterable, StartResponse, WSGIApp
+from otel_identity_http._shapes import (
+    Environ,
+    HopIterable,
+    StartResponse,
+    WSGIApp,
+    environ_getter,
+    environ_key,
+)
 
 RouteOf = Callable[[Environ], str | None]
 
 
-_ENVIRON_KEYS: dict[str, str] = {}
-
-
-def _environ_key(key: str) -> str:
-    name = _ENVIRON_KEYS.get(key)
-    if name is None:
-        name = "HTTP_" + key.upper().replace("-", "_")
-        if len(_ENVIRON_KEYS) < 256:  # propagator field names: a handful
-            _ENVIRON_KEYS[key] = name
-    return name
-
-
-class EnvironGetter(Getter[Environ]):
-    """Reads request headers from a WSGI environ (``baggage`` -> ``HTTP_BAGGAGE``)."""
-
-    def get(self, carrier: Environ, key: str) -> list[str] | None:
-        value = carrier.get(_environ_key(key))
-        return [value] if isinstance(value, str) else None
-
-    def keys(self, carrier: Environ) -> list[str]:
-        return [k[5:].lower().replace("_", "-") for k in carrier if k.startswith("HTTP_")]
-
-
-environ_getter = EnvironGetter()
-
-
 def _header(environ: Environ, name: str) -> str | None:
-    value = environ.get(_environ_key(name))
+    value = environ.get(environ_key(name))
     return value if isinstance(value, str) else None
 
 
@@ -67,9 +60,9 @@ def _rewritten(environ: Environ, ctx: Context) -> Environ:
     """A copy of ``environ`` whose baggage headers carry exactly the admitted baggage."""
     new = dict(environ)
     for field in _server.baggage_fields():
-        new.pop(_environ_key(field), None)
+        new.pop(environ_key(field), None)
     for field, value in _server.encoded_baggage(ctx).items():
-        new[_environ_key(field)] = value
+        new[environ_key(field)] = value
     return new
 
 
@@ -93,7 +86,12 @@ def call_wsgi(
     alone, before anything else runs, and the tap puts ours back on top of it; so ours is not
     attached around the call. (Attaching it there would also leave it behind: OpenTelemetry
     detaches its own context only once the body is sent, back to whatever it replaced.)
+    Where that middleware's extract can decide the hop, it does (``_in_opentelemetry_pass``).
     """
+    if tapped and not auth and not continue_trace:
+        marker = _server.announce_hop(environ, _WSGI, route_of)
+        if marker is not None:
+            return _in_opentelemetry_pass(app, environ, start_response, marker)
     environ, stash = _server.begin(
         environ, _WSGI, auth=auth, route_of=route_of, continue_trace=continue_trace
     )
@@ -142,6 +140,65 @@ def _run(
         raise
     finally:
         detach(token)
+
+
+def _in_opentelemetry_pass(
+    app: WSGIApp, environ: Environ, start_response: StartResponse, marker: Arriving
+) -> Iterable[bytes]:
+    """Run the request with its hop announced: OpenTelemetry's middleware (``app``) decides
+    it in its extract and attaches its context, or, should it not extract, our tap inside it
+    does (``_tap.ReattachWSGI``). The announcement ends with the call (worker threads are
+    reused); the hop is counted when the response starts, or when its body is closed."""
+    environ[_server.HANDLED_KEY] = True
+
+    def hop_start_response(*args: Any, **kwargs: Any) -> Any:
+        hop = marker.state
+        if isinstance(hop, _server.ServerHop) and not hop.settled:
+            _server.settle(hop)
+        return start_response(*args, **kwargs)
+
+    try:
+        result = app(environ, hop_start_response)
+    except BaseException:
+        if isinstance(marker.state, _server.ServerHop):
+            _server.settle(marker.state, marker.state.arrived is not None)
+        raise
+    finally:
+        withdraw(marker)
+    hop = marker.state
+    if not isinstance(hop, _server.ServerHop) or hop.settled:
+        return result
+    if isinstance(result, (list, tuple)):
+        _server.settle(hop)
+        return result
+    return _SettledAtClose(result, hop)
+
+
+class _SettledAtClose:
+    """A response body produced as it is, whose hop is settled when the server closes it (an
+    app that answers lazily, or fails before it starts its response).
+
+    Nothing is attached per chunk: OpenTelemetry's middleware keeps the hop's context attached
+    until its body is sent (attaching on top of that would restore it after OpenTelemetry's
+    own detach, and leave it behind in the worker thread)."""
+
+    __slots__ = ("_hop", "_inner")
+
+    def __init__(self, inner: Iterable[bytes], hop: _server.ServerHop) -> None:
+        self._inner = inner
+        self._hop = hop
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._inner)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._inner, "close", None)
+            if close is not None:
+                close()
+        finally:
+            # (OpenTelemetry's context is gone by now: the identity is the one that arrived)
+            _server.settle(self._hop, self._hop.arrived is not None)
 
 
 class IdentityWSGIMiddleware:

@@ -70,6 +70,51 @@ def test_extract_keeps_the_local_server_span_an_instrumentation_started(
         assert trace.get_current_span(ctx) is server
 
 
+@pytest.mark.parametrize("hop", ["http.server", "grpc.server"])
+def test_extract_keeps_the_server_span_a_sampler_dropped(hop: str) -> None:
+    # Under a parent-based sampler the instrumentation's server span is a NonRecordingSpan
+    # (no kind): it is still the hop's own span, not a reason to read the whole carrier again
+    # and continue the sender's span instead.
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    dropped = TracerProvider(sampler=ALWAYS_OFF).get_tracer("test")
+    carrier = carrier_for(user_id="u")
+    carrier["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+    with dropped.start_as_current_span("server", kind=SpanKind.SERVER) as server:
+        assert type(server) is trace.NonRecordingSpan
+        before = _telemetry.hop_counts()
+        ctx = oi.extract(carrier, hop=hop)
+        assert trace.get_current_span(ctx) is server
+        assert oi.get_identity(ctx) == oi.Identity(user_id="u")
+        assert delta(before, hop, "present") == 1
+
+
+def test_a_dropped_local_span_is_not_a_consumers_own_span() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    dropped = TracerProvider(sampler=ALWAYS_OFF).get_tracer("test")
+    carrier = carrier_for(user_id="u")
+    carrier["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with dropped.start_as_current_span("loop"):
+        ctx = oi.extract(carrier, hop="queue.consume")
+        sender = trace.get_current_span(ctx).get_span_context()
+        assert format(sender.span_id, "016x") == "b7ad6b7169203331"  # continues the sender
+
+
+def test_the_senders_span_current_is_not_a_server_hops_own_span() -> None:
+    # (a remote span made current, as OpenTelemetry's extract-and-attach leaves it, is the
+    # sender's: the hop still reads the carrier and continues it)
+    carrier = carrier_for(user_id="u")
+    carrier["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+    remote = propagate.extract({"traceparent": carrier["traceparent"]})
+    ctx = oi.extract(carrier, hop="grpc.server", context=remote)
+    sender = trace.get_current_span(ctx).get_span_context()
+    assert sender.is_remote and format(sender.span_id, "016x") == "b7ad6b7169203331"
+    assert oi.get_identity(ctx) == oi.Identity(user_id="u")
+
+
 def test_present_and_missing_hops_are_counted() -> None:
     before = _telemetry.hop_counts()
     oi.extract(carrier_for(user_id="u"), hop="grpc.server")

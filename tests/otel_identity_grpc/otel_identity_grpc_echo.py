@@ -17,9 +17,11 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 
 import otel_identity as oi
+from otel_identity import instrumentation as oii
+from otel_identity import names
 
 SERVICE = "test.Echo"
 SHAPES = ("UnaryUnary", "UnaryStream", "StreamUnary", "StreamStream")
@@ -49,6 +51,7 @@ def method(shape: str) -> str:
 def observed(servicer_context: Any) -> bytes:
     # A span per response: the hop's pending events (no OpenTelemetry server span) land on
     # the first one, and a duplicate would show on the others.
+    in_otel_pass = decided_in_opentelemetrys_pass()
     with trace.get_tracer("tests.grpc.echo").start_as_current_span("echo.respond"):
         identity = oi.get_identity()
         received = [v for k, v in servicer_context.invocation_metadata() if k == "baggage"]
@@ -57,8 +60,16 @@ def observed(servicer_context: Any) -> bytes:
                 "user": identity.user_id if identity else None,
                 "tenant": identity.tenant_id if identity else None,
                 "baggage": received[0] if received else None,
+                "members": dict(baggage.get_all()),
+                "in_otel_pass": in_otel_pass,
             }
         ).encode()
+
+
+def decided_in_opentelemetrys_pass() -> bool:
+    """Whether the current gRPC server hop was decided in OpenTelemetry's own extract."""
+    marker = oii.announced(names.HOP_GRPC_SERVER)
+    return marker is not None and marker.decided(oii.current_context())
 
 
 def _unary_unary(request: bytes, context: Any) -> bytes:
