@@ -16,6 +16,11 @@ The rules (``docs/wire-format.md`` is the reference for other languages):
 * A key given twice with equal values is one member (costing, against the limits, the bytes
   of every occurrence); with different values it is ambiguous: left out and named in
   ``Parsed.ambiguous`` (an identity key then rejects the hop).
+* A header holding any character outside ASCII is garbled: a conforming sender percent-encodes
+  every other octet, so such text was decoded by something (OpenTelemetry's ASGI getter falls
+  back to ``unicode_escape`` for bytes that are not UTF-8, which turns ``\x75ser.id`` into
+  ``user.id``) and none of its members can be trusted to be what was sent. Its identity members
+  reject the hop (``Parsed.garbled``); the others are kept.
 * Limits are the W3C minimums counted in bytes: 64 members, 8192 bytes. Members named in
   ``keep`` (identity) are never the ones dropped to make room.
 * Encoding percent-encodes (UTF-8) every octet outside ``baggage-octet`` and also ``%`` and
@@ -67,6 +72,7 @@ class Parsed:
     ``refused``: keys of members that broke a rule (left out of ``members``).
     ``oversize``: the ``keep`` members alone did not fit the limits (they were left out too).
     ``dropped``: how many accepted members were left out to fit the limits.
+    ``garbled``: the header held characters outside ASCII (see the module's rules).
     """
 
     # A plain dict (OpenTelemetry's ``baggage.get_all`` reads only a dict), shared by every
@@ -76,11 +82,15 @@ class Parsed:
     refused: frozenset[str] = frozenset()
     oversize: bool = False
     dropped: int = 0
+    garbled: bool = False
 
     def verdict(self, keys: frozenset[str]) -> str | None:
         """The reject reason for a hop whose identity members are ``keys``: ``malformed``
-        when one of them was ambiguous or refused, ``oversize`` when they did not fit."""
+        when one of them was ambiguous or refused, or came in a garbled header; ``oversize``
+        when they did not fit."""
         if (self.ambiguous or self.refused) and not keys.isdisjoint(self.ambiguous | self.refused):
+            return names.REASON_MALFORMED
+        if self.garbled and not keys.isdisjoint(self.members):
             return names.REASON_MALFORMED
         return names.REASON_OVERSIZE if self.oversize else None
 
@@ -149,37 +159,34 @@ def _fit(
     return members, oversize, len(accepted) - len(members)
 
 
-def _members(
-    headers: Iterable[str],
-) -> tuple[dict[str, tuple[str, int]], set[str], set[str]]:
-    """Every list member of ``headers``: the accepted ones (key -> value and the bytes it
+def _members(header: str) -> tuple[dict[str, tuple[str, int]], set[str], set[str]]:
+    """Every list member of ``header``: the accepted ones (key -> value and the bytes it
     costs), the keys sent with different values (ambiguous), the keys refused."""
     accepted: dict[str, tuple[str, int]] = {}
     ambiguous: set[str] = set()
     refused: set[str] = set()
-    for header in headers:
-        for raw in header.split(","):
-            text = raw.strip(_OWS)
-            if not text:
-                continue  # an empty list element (",,") is no member
-            key, value = _member(text)
-            seen = accepted.get(key)
-            if value is None:
-                refused.add(key)
-            elif seen is None:
-                if key not in ambiguous:
-                    accepted[key] = (value, _size(text))
-            elif seen[0] != value:
-                ambiguous.add(key)
-            else:  # one member, which costs the bytes of every time it was sent
-                accepted[key] = (value, seen[1] + 1 + _size(text))
+    for raw in header.split(","):
+        text = raw.strip(_OWS)
+        if not text:
+            continue  # an empty list element (",,") is no member
+        key, value = _member(text)
+        seen = accepted.get(key)
+        if value is None:
+            refused.add(key)
+        elif seen is None:
+            if key not in ambiguous:
+                accepted[key] = (value, _size(text))
+        elif seen[0] != value:
+            ambiguous.add(key)
+        else:  # one member, which costs the bytes of every time it was sent
+            accepted[key] = (value, seen[1] + 1 + _size(text))
     for key in ambiguous:
         accepted.pop(key, None)
     return accepted, ambiguous, refused
 
 
-def _parse(headers: Iterable[str], keep: frozenset[str]) -> Parsed:
-    accepted, ambiguous, refused = _members(headers)
+def _parse(header: str, keep: frozenset[str]) -> Parsed:
+    accepted, ambiguous, refused = _members(header)
     if refused or ambiguous:
         _telemetry.log_limited(
             "baggage.refused",
@@ -192,7 +199,8 @@ def _parse(headers: Iterable[str], keep: frozenset[str]) -> Parsed:
         members, oversize, dropped = _fit(accepted, keep)
     if not (members or ambiguous or refused or oversize):
         return EMPTY
-    return Parsed(members, frozenset(ambiguous), frozenset(refused), oversize, dropped)
+    garbled = not header.isascii()
+    return Parsed(members, frozenset(ambiguous), frozenset(refused), oversize, dropped, garbled)
 
 
 _parsed: dict[tuple[str, frozenset[str]], Parsed] = {}
@@ -220,10 +228,10 @@ def parse(headers: str | Sequence[str] | None, keep: frozenset[str] = frozenset(
         last = getattr(_last_long, "entry", None)
         if last is not None and last[1] == keep and last[0] == headers:
             return last[2]  # type: ignore[no-any-return]
-        result = _parse((headers,), keep)
+        result = _parse(headers, keep)
         _last_long.entry = (headers, keep, result)
         return result
-    return _memo.remember(_parsed, (headers, keep), _parse((headers,), keep), _MEMO_ENTRIES)
+    return _memo.remember(_parsed, (headers, keep), _parse(headers, keep), _MEMO_ENTRIES)
 
 
 def encode_member(key: str, value: object) -> str | None:

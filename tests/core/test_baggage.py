@@ -469,3 +469,29 @@ def test_several_baggage_headers_are_one_list_on_the_receive_path() -> None:
     ctx = oi.extract({"baggage": ["user.id=a", "user.id=b"]}, hop="http.server")
     state = oi.hop_state(ctx)
     assert state is not None and state.reason == "malformed"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "user.id=mallory,k=\u00ff",  # a backslash escape decoded, and the stray byte beside it
+        "user.id=alice,tenant.id=caf\u00e9",  # a raw (not percent-encoded) UTF-8 value
+        "k=v\u00ff,user.id=alice",
+    ],
+)
+def test_a_header_with_text_outside_ascii_carries_no_identity(header: str) -> None:
+    parsed = _baggage.parse(header, KEEP)
+    assert parsed.garbled
+    assert parsed.verdict(KEEP) == "malformed"
+    ctx = oi.IdentityBaggagePropagator().extract({"baggage": header}, context=Context())
+    assert "user.id" not in (baggage.get_all(ctx) or {})
+
+
+def test_a_garbled_header_without_identity_keeps_its_other_members() -> None:
+    parsed = _baggage.parse("k=v,x=\u00ff", KEEP)
+    assert parsed.garbled and parsed.verdict(KEEP) is None
+    assert parsed.members == {"k": "v"} and parsed.refused == {"x"}
+
+
+def test_an_ascii_header_is_not_garbled() -> None:
+    assert not _baggage.parse("user.id=caf%C3%A9", KEEP).garbled

@@ -530,3 +530,54 @@ def test_asgi_in_either_order_the_hop_is_decided_alike(sampler: Sampler, header:
     assert seen["identity_outer"] == seen["identity_inner"]
     if b"\\x" in header:
         assert seen["identity_outer"][0]["user"] is None
+
+
+def _raw_get(port: int, baggage_header: bytes) -> dict[str, Any]:
+    """A GET with ``baggage_header``'s bytes exactly as given, over a real socket."""
+    import socket
+
+    request = b"GET /orders HTTP/1.1\r\nHost: service\r\nConnection: close\r\nbaggage: "
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request + baggage_header + b"\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    if b"chunked" in head.lower():  # one chunk: size line, data, then the last chunk
+        body = body.split(b"\r\n", 2)[1]
+    return json.loads(body)  # type: ignore[no-any-return]
+
+
+_STACKS: dict[str, Callable[[TracerProvider], Any]] = {
+    "opentelemetry alone": lambda provider: OtelASGI(asgi_app, tracer_provider=provider),
+    "identity outer": lambda provider: IdentityASGIMiddleware(
+        OtelASGI(asgi_app, tracer_provider=provider)
+    ),
+    "identity inner": lambda provider: OtelASGI(
+        IdentityASGIMiddleware(asgi_app), tracer_provider=provider
+    ),
+}
+
+
+@pytest.mark.parametrize("stack", _STACKS.values(), ids=list(_STACKS))
+@pytest.mark.parametrize(
+    "header",
+    [b"\\x75ser.id=mallory,k=\xff", b"user.id=ro\\x6ft,k=\xff", b"user.id=mallory\xff"],
+    ids=["escaped key", "escaped value", "stray byte"],
+)
+def test_identity_smuggled_past_utf_8_reaches_no_app_through_a_real_server(
+    asgi_server: Callable[..., Any], stack: Callable[[TracerProvider], Any], header: bytes
+) -> None:
+    """OpenTelemetry's ASGI getter reads bytes that are not UTF-8 with backslash escapes,
+    so ``\\x75ser.id`` (which a gateway filtering ``user.id`` lets through) would become
+    ``user.id``: with our baggage step in the textmap no app sees that identity, even behind
+    OpenTelemetry's middleware alone."""
+    oi.configure(inbound="trust")
+    provider, _ = _provider(ALWAYS_ON)
+    server = asgi_server(stack(provider))
+    seen = _raw_get(server.port, header)
+    assert seen["user"] is None
+    assert "user.id" not in seen["members"]
+    # A clean header through the same stack still carries identity.
+    assert _raw_get(server.port, b"user.id=u-1,tenant.id=acme")["user"] == "u-1"
