@@ -33,7 +33,7 @@ from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 
 from otel_identity import _baggage, _config, _propagation, _telemetry
-from otel_identity._baggage_propagator import arriving, baggage_step_status
+from otel_identity._baggage_propagator import Announced, arriving, baggage_step_status
 from otel_identity._hop_state import HopState
 from otel_identity._identity import Identity
 from otel_identity._receiving import arrival_for, arrived_context, settled
@@ -55,7 +55,7 @@ class Arriving:
     the hop's state once an extract decided it.
     """
 
-    __slots__ = ("account", "adopt", "hop", "open", "request", "route", "state", "token")
+    __slots__ = ("account", "adopt", "hop", "open", "previous", "request", "route", "state")
 
     def __init__(
         self,
@@ -73,7 +73,9 @@ class Arriving:
         self.request = request
         self.open = True  # until an extract decides the hop, or the hook does it itself
         self.state: HopState | None = None
-        self.token: Any = None  # what ``withdraw`` resets
+        # What ``withdraw`` puts back. (Not the ``ContextVar.set`` token: that holds the
+        # Context, which holds this marker, a cycle per request that only the collector frees.)
+        self.previous: Announced | None = None
 
     def decide(
         self, base: Context, carrier: Any = None, getter: Getter[Any] | None = None
@@ -158,7 +160,8 @@ def announce(
     if not textmap_decides():
         return None
     marker = Arriving(hop, route, account=account, adopt=adopt, request=request)
-    marker.token = arriving.set(marker)
+    marker.previous = arriving.get()
+    arriving.set(marker)
     return marker
 
 
@@ -166,10 +169,8 @@ def withdraw(marker: Arriving) -> None:
     """End ``marker``'s announcement (in the thread or task, and context, that made it).
     Never raises: in any other context the closed announcement is left where it is, inert."""
     marker.open = False
-    try:
-        arriving.reset(marker.token)
-    except (ValueError, RuntimeError):  # another context; withdrawn already
-        return
+    if arriving.get() is marker:
+        arriving.set(marker.previous)
 
 
 def announced(hop: str) -> Arriving | None:

@@ -43,8 +43,10 @@ from otel_identity_grpc import _metadata, _state
 
 HOP = names.HOP_GRPC_SERVER
 _CACHE_LIMIT = 1024
-# method as grpc gives it -> (the handler grpc found for it, that handler wrapped, its route)
-_wrapped_handlers: dict[object, tuple[Any, Any, str | None]] = {}
+# (method as grpc gives it, id of the handler grpc found for it) -> (that handler, the handler
+# wrapped, its route). Keyed by handler too: several servers of one process (or generic
+# handlers) may each hold their own handler for a method, and must not re-wrap on every call.
+_wrapped_handlers: dict[tuple[object, int], tuple[Any, Any, str | None]] = {}
 
 _SHAPES: dict[tuple[bool, bool], tuple[str, Callable[..., Any]]] = {
     (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
@@ -93,16 +95,15 @@ def _wrapped(handler: Any, details: grpc.HandlerCallDetails) -> tuple[Any, str |
     """``wrap_handler``, and the RPC's route; built once per handler and method."""
     if handler is None:
         return None, None
-    method = getattr(details, "method", None)
-    cached = _wrapped_handlers.get(method)
-    if cached is not None and cached[0] is handler:
+    key = (getattr(details, "method", None), id(handler))
+    cached = _wrapped_handlers.get(key)
+    if cached is not None and cached[0] is handler:  # (the entry keeps its handler alive)
         return cached[1], cached[2]
-    # (a handler made afresh per call, by an interceptor inside ours, replaces the last one)
     route = _route_of(details)
     wrapped = _wrap(handler, route)
-    if len(_wrapped_handlers) >= _CACHE_LIMIT:
+    if len(_wrapped_handlers) >= _CACHE_LIMIT:  # (handlers made afresh per call, say)
         _wrapped_handlers.clear()
-    _wrapped_handlers[method] = (handler, wrapped, route)
+    _wrapped_handlers[key] = (handler, wrapped, route)
     return wrapped, route
 
 

@@ -206,6 +206,39 @@ def test_withdrawing_twice_or_from_another_context_never_raises() -> None:
     assert in_request(twice) is None
 
 
+def test_withdraw_puts_back_the_announcement_it_covered() -> None:
+    def request() -> tuple[Any, ...]:
+        outer = oii.announce(HOP, ROUTE)
+        inner = oii.announce(HOP, "/inner")
+        assert inner is not None
+        oii.withdraw(inner)
+        return outer, oii.announced(HOP)
+
+    outer, found = in_request(request)
+    assert found is outer
+
+
+def test_a_request_announced_and_decided_leaves_no_garbage_for_the_collector() -> None:
+    """The per-request Context, the marker and what the hop's context holds are freed when the
+    request ends: no reference cycle waits for the garbage collector."""
+    import gc
+
+    def request() -> None:
+        oii.announce(HOP, ROUTE)
+        propagate.extract(carrier())
+
+    for _ in range(3):
+        in_request(request)  # warm: caches and memos made once
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(50):
+            in_request(request)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
 def test_a_hook_decides_an_announcement_no_extract_took() -> None:
     def request() -> tuple[Any, ...]:
         marker = oii.announce(HOP, ROUTE)

@@ -278,6 +278,16 @@ def test_wrapped_handlers_are_built_once_per_handler_and_method() -> None:
     assert other is not first
 
 
+def test_several_servers_of_one_method_keep_their_wrapped_handlers() -> None:
+    """Each server (or generic handler) has its own handler for a method: calls that take turns
+    between them find theirs wrapped already, instead of wrapping anew on every call."""
+    handlers = [grpc.unary_unary_rpc_method_handler(lambda r, c: b"") for _ in range(3)]
+    wrapped = [_server.wrap_handler(handler, _OddDetails()) for handler in handlers]
+    for _ in range(2):
+        again = [_server.wrap_handler(handler, _OddDetails()) for handler in handlers]
+        assert all(a is w for a, w in zip(again, wrapped, strict=True))
+
+
 def test_a_handler_looked_up_with_instrumentation_suppressed_is_left_as_it_is() -> None:
     handler = grpc.unary_unary_rpc_method_handler(lambda request, context: b"")
     interceptor = oi_grpc.server_interceptor()
