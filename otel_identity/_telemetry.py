@@ -11,7 +11,6 @@ import logging
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,8 +37,6 @@ def hop_key(hop: str, outcome: str, reason: str | None = None) -> tuple[str, ...
     return (hop, outcome)
 
 
-_retired: Counts = {}  # the counts of threads that have ended
-
 
 def hop_counts() -> Counts:
     """The running hop totals by ``(hop, outcome)``, all threads added up (doctor, tests)."""
@@ -52,19 +49,12 @@ def hop_counts() -> Counts:
 def hop_totals() -> Counts:
     """The running hop totals by ``hop_key``, all threads added up (for the counter)."""
     with _thread_state.lock:
-        live: list[tuple[weakref.ref[threading.Thread], Counts]] = []
-        total = dict(_retired)
-        for ref, table in _thread_state.tables:
+        _thread_state.fold_ended()
+        total = dict(_thread_state.retired)
+        for _ref, table in _thread_state.tables:
             snapshot = table.copy()  # only its own thread writes it; a copy is one C call
             for key, count in snapshot.items():
                 total[key] = total.get(key, 0) + count
-            thread = ref()
-            if thread is None or not thread.is_alive():
-                for key, count in snapshot.items():
-                    _retired[key] = _retired.get(key, 0) + count
-            else:
-                live.append((ref, table))
-        _thread_state.tables[:] = live
     return total
 
 

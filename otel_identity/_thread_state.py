@@ -33,10 +33,14 @@ class ThreadState:
 
 
 _local = threading.local()  # .state: this thread's ThreadState
-lock = threading.Lock()
-# Every thread's own table, with a weak reference to its thread; the telemetry module folds
-# the tables of threads that have ended away at collection, so thread churn does not grow memory.
+lock = threading.Lock()  # guards ``tables`` and ``retired``
+# Every live thread's own table, with a weak reference to its thread, and the counts of the
+# threads that have ended, folded together (``fold_ended``): a server that starts a thread per
+# connection keeps a bounded number of tables, whether or not any metric is ever collected.
 tables: list[tuple[weakref.ref[threading.Thread], Counts]] = []
+retired: Counts = {}
+_FOLD_AT_LEAST = 64
+_fold_at = _FOLD_AT_LEAST  # the number of tables at which a new thread folds the ended ones
 # Called once per thread, before its first table is made (the telemetry module makes its
 # instruments there, so a counter exists as soon as anything is counted).
 on_first_use: list[Callable[[], object]] = []
@@ -56,8 +60,27 @@ def _new_state() -> ThreadState:
     state = ThreadState()
     _local.state = state
     with lock:
+        if len(tables) >= _fold_at:
+            fold_ended()
         tables.append((weakref.ref(threading.current_thread()), state.counts))
     return state
+
+
+def fold_ended() -> None:
+    """Fold the tables of threads that have ended into ``retired`` (the caller holds ``lock``).
+    A new thread does it once the tables have doubled since the last fold: amortized, a few
+    steps per thread."""
+    global _fold_at
+    live = []
+    for ref, table in tables:
+        thread = ref()
+        if thread is None or not thread.is_alive():
+            for key, count in table.items():
+                retired[key] = retired.get(key, 0) + count
+        else:
+            live.append((ref, table))
+    tables[:] = live
+    _fold_at = max(_FOLD_AT_LEAST, 2 * len(live))
 
 
 def count(key: tuple[str, ...]) -> None:

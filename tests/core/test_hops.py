@@ -435,6 +435,21 @@ def test_hop_counts_from_many_threads_add_up_also_after_the_threads_end() -> Non
     assert len(_thread_state.tables) <= threading.active_count() + 1
 
 
+def test_a_thread_per_request_keeps_a_bounded_number_of_tables_without_any_collection() -> None:
+    """A server that starts a thread per connection (werkzeug) and no metric reader: the
+    tables of ended threads are folded as new threads come, not kept until a collection."""
+    import threading
+
+    captured = oi.set_identity(user_id="u")
+    before = _telemetry.hop_counts()
+    for _ in range(300):
+        thread = threading.Thread(target=lambda: oi.receive(captured, hop="thread"))
+        thread.start()
+        thread.join()
+    assert len(_thread_state.tables) <= 2 * threading.active_count() + 64
+    assert delta(before, "thread", "present") == 300
+
+
 _REPEATED_CASES: dict[str, Callable[[], dict[str, str]]] = {
     "present": lambda: carrier_for(user_id="u", tenant_id="t", roles=["a"]),
     "missing": dict,
