@@ -86,6 +86,9 @@ def joined(values: Any) -> str | None:
         return values or None
     if not values:
         return None
+    if type(values) is list and len(values) == 1:  # the usual case: one header line
+        only = values[0]
+        return only if isinstance(only, str) and only else None
     texts = [value for value in values if isinstance(value, str)]
     return ",".join(texts) or None
 

@@ -247,3 +247,27 @@ def test_first_header_value_of_whatever_a_getter_returns(values: object, expecte
     from otel_identity import _propagation
 
     assert _propagation.first(values) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "header"),
+    [
+        (None, None),
+        ("", None),
+        ("a=1", "a=1"),
+        ([], None),
+        (["a=1"], "a=1"),
+        ([""], None),
+        ([b"a=1"], None),
+        (["a=1", "b=2"], "a=1,b=2"),
+        (("a=1",), "a=1"),
+        (["a=1", 7, "b=2"], "a=1,b=2"),
+        (iter(["a=1"]), "a=1"),
+    ],
+)
+def test_the_values_a_getter_returns_are_one_baggage_list(
+    values: object, header: str | None
+) -> None:
+    from otel_identity import _propagation
+
+    assert _propagation.joined(values) == header
