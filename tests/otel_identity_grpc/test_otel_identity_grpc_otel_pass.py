@@ -31,7 +31,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from otel_identity_grpc import GrpcIdentityInstrumentor
 
 import otel_identity as oi
-from otel_identity import _telemetry, names
+from otel_identity import names
+from tests import hop_counts
 
 from .otel_identity_grpc_echo import (
     HEALTH,
@@ -89,23 +90,15 @@ def _calls(
     return responses
 
 
-def _totals() -> dict[tuple[str, ...], int]:
-    """The grpc.server hop counts, by outcome and reject reason."""
-    return {k: n for k, n in _telemetry.hop_totals().items() if k[0] == names.HOP_GRPC_SERVER}
+def _totals() -> hop_counts.Counts:
+    return hop_counts.totals(names.HOP_GRPC_SERVER)
 
 
-def _delta(before: dict[tuple[str, ...], int]) -> dict[tuple[str, ...], int]:
-    after = _totals()
-    return {k[1:]: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+def _delta(before: hop_counts.Counts) -> hop_counts.Counts:
+    return hop_counts.delta(before, names.HOP_GRPC_SERVER)
 
 
-def _server_events(exporter: InMemorySpanExporter) -> list[str]:
-    return [
-        event.name
-        for span in exporter.get_finished_spans()
-        if span.kind is SpanKind.SERVER
-        for event in span.events
-    ]
+_server_events = hop_counts.server_events
 
 
 # -- decided in OpenTelemetry's extract, sampled or not ---------------------------------------

@@ -157,7 +157,9 @@ def test_equal_duplicates_are_one_member(server: Server) -> None:
 
 
 @pytest.mark.parametrize("encoding", ["percent-encoded", "raw UTF-8 in properties"])
-def test_a_multibyte_header_over_8192_bytes_is_limited_in_bytes(server: Server, encoding: str) -> None:
+def test_a_multibyte_header_over_8192_bytes_is_limited_in_bytes(
+    server: Server, encoding: str
+) -> None:
     oi.configure(inbound="trust")
     if encoding == "percent-encoded":  # 2,703 bytes each, 300 characters once decoded
         filler = [f"f{i}=" + "%E2%82%AC" * 300 for i in range(4)]

@@ -34,8 +34,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from otel_identity_http import IdentityASGIMiddleware, IdentityWSGIMiddleware
 
 import otel_identity as oi
-from otel_identity import _telemetry, names
 from otel_identity import instrumentation as oii
+from otel_identity import names
+from tests import hop_counts
 
 STASH_KEY = "otel_identity.admitted"  # what the general path leaves for the tap
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -118,23 +119,15 @@ def _request(stacked: Any, baggage_header: str | None, path: str = "/orders") ->
         assert dict(otel_context.get_current()) == {}  # nothing left behind in the thread
 
 
-def _totals() -> dict[tuple[str, ...], int]:
-    """The http.server hop counts, by outcome and reject reason."""
-    return {k: n for k, n in _telemetry.hop_totals().items() if k[0] == names.HOP_HTTP_SERVER}
+def _totals() -> hop_counts.Counts:
+    return hop_counts.totals(names.HOP_HTTP_SERVER)
 
 
-def _delta(before: dict[tuple[str, ...], int]) -> dict[tuple[str, ...], int]:
-    after = _totals()
-    return {k[1:]: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+def _delta(before: hop_counts.Counts) -> hop_counts.Counts:
+    return hop_counts.delta(before, names.HOP_HTTP_SERVER)
 
 
-def _server_events(exporter: InMemorySpanExporter) -> list[str]:
-    return [
-        event.name
-        for span in exporter.get_finished_spans()
-        if span.kind is SpanKind.SERVER
-        for event in span.events
-    ]
+_server_events = hop_counts.server_events
 
 
 @SAMPLERS
