@@ -37,7 +37,6 @@ def hop_key(hop: str, outcome: str, reason: str | None = None) -> tuple[str, ...
     return (hop, outcome)
 
 
-
 def hop_counts() -> Counts:
     """The running hop totals by ``(hop, outcome)``, all threads added up (doctor, tests)."""
     folded: Counts = {}
