@@ -18,10 +18,22 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import CarrierT, Setter, default_setter
 
-from otel_identity import _codec, _config, _egress, _keys, _propagation, _signing, _telemetry, names
+from otel_identity import (
+    _codec,
+    _config,
+    _egress,
+    _keys,
+    _memo,
+    _propagation,
+    _signing,
+    _telemetry,
+    names,
+)
 from otel_identity._internals import BAGGAGE_KEY
 from otel_identity._runtime import current_context
 from otel_identity._state import (
+    STATE_KEY,
+    IdentityState,
     all_identity_keys,
     identity_keys,
     may_sign,
@@ -74,7 +86,7 @@ def outgoing_context(
             return ctx
         if destination is not None and not _egress.is_allowed(destination, settings.egress_allow):
             return strip_for_egress(ctx, destination, hop=hop, settings=settings)
-        new_baggage = _fit(_signed(ctx, baggage, hop, settings) or baggage)
+        new_baggage = _fit(_signed(ctx, baggage, hop, settings))
         if new_baggage is baggage:
             if not settings.has_keys:  # (a signature is renewed as it ages)
                 _unchanged = (baggage, destination, settings)
@@ -89,14 +101,70 @@ def outgoing_context(
 
 def _signed(
     ctx: Context, baggage: Mapping[str, object], hop: str | None, settings: _config.Settings
-) -> dict[str, object] | None:
-    """``baggage`` with a fresh signature for the identity of ``ctx``, or None to keep it."""
+) -> Mapping[str, object]:
+    """``baggage`` with a signature for the identity of ``ctx`` that is fresh enough to send.
+
+    What the same context sent last on this kind of hop is remembered (see ``_Signed``):
+    the calls a request makes send one baggage mapping, so signing is a dict lookup until
+    half of the token's life is gone, the key set is reloaded or the settings change."""
     if not settings.has_keys:
-        return None
-    token = _token_for(ctx, hop, settings)
-    if token is None or baggage.get(settings.sig_key) == token:
-        return None
-    return {**baggage, settings.sig_key: token}
+        return baggage
+    keys = _keys.current_keys(settings)
+    if keys is None or keys.minter is None:
+        return baggage
+    queue = hop in _QUEUE_HOPS
+    state: IdentityState | None = ctx.get(STATE_KEY)  # type: ignore[assignment]
+    table = _signed_under(settings)
+    known = table.get((id(state), queue))
+    if known is not None and known.holds(state, baggage, keys.generation):
+        return known.outgoing
+    ttl = settings.queue_token_ttl if queue else settings.token_ttl
+    minted = _token_for(ctx, keys, ttl)
+    if minted is None:
+        return baggage
+    token, renew_at = minted
+    outgoing = (
+        baggage if baggage.get(settings.sig_key) == token else {**baggage, settings.sig_key: token}
+    )
+    if state is not None and state.baggage is baggage:  # what state_of decided: the same again
+        signed = _Signed(state, baggage, keys.generation, outgoing, renew_at)
+        _memo.remember(table, (id(state), queue), signed)
+    return outgoing
+
+
+class _Signed:
+    """What one context's baggage leaves as, signed, on one kind of hop: valid for that
+    identity state and baggage mapping (held here, so their ids are not reused meanwhile),
+    under that key set generation, until ``renew_at`` (minutes since the epoch), when less
+    than half of the token's life remains and a receiver could get it about to expire."""
+
+    __slots__ = ("baggage", "generation", "outgoing", "renew_at", "state")
+
+    def __init__(
+        self,
+        state: IdentityState,
+        baggage: Mapping[str, object],
+        generation: int,
+        outgoing: Mapping[str, object],
+        renew_at: float,
+    ) -> None:
+        self.state, self.baggage, self.generation = state, baggage, generation
+        self.outgoing, self.renew_at = outgoing, renew_at
+
+    def holds(self, state: object, baggage: object, generation: int) -> bool:
+        return (
+            self.state is state
+            and self.baggage is baggage
+            and self.generation == generation
+            and _signing.now_minutes() < self.renew_at
+        )
+
+
+@_memo.per_settings
+def _signed_under(settings: _config.Settings) -> dict[tuple[int, bool], _Signed]:
+    """(id of an identity state, queue hop or not) -> what it last left as, signed (new
+    settings, a new table)."""
+    return {}
 
 
 def _fit(baggage: Mapping[str, object]) -> Mapping[str, object]:
@@ -117,8 +185,9 @@ def _fit(baggage: Mapping[str, object]) -> Mapping[str, object]:
 _QUEUE_HOPS = frozenset({names.HOP_QUEUE_PUBLISH, names.HOP_TASK})
 
 
-def _token_for(ctx: Context, hop: str | None, settings: _config.Settings) -> str | None:
-    """A fresh ``identity.sig`` for the identity of ``ctx``, or None to send baggage as it is.
+def _token_for(ctx: Context, keys: _keys.KeySet, ttl: int) -> tuple[str, float] | None:
+    """A fresh ``identity.sig`` for the identity of ``ctx`` and when to renew it, or None to
+    send baggage as it is.
 
     Only an identity established in this process or verified on arrival is signed (the
     minting rules of DESIGN.md). One admitted on trust, or any identity on a service that
@@ -128,11 +197,7 @@ def _token_for(ctx: Context, hop: str | None, settings: _config.Settings) -> str
     state = state_of(ctx)
     if state is None or not may_sign(state):
         return None
-    keys = _keys.current_keys(settings)
-    if keys is None or keys.minter is None:
-        return None
-    ttl = settings.queue_token_ttl if hop in _QUEUE_HOPS else settings.token_ttl
-    return _signing.mint(state.identity, keys, ttl)
+    return _signing.minted(state.identity, keys, ttl)
 
 
 def strip_for_egress(
