@@ -11,6 +11,7 @@ through the global propagator, so ``OTEL_PROPAGATORS`` is honoured.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import cast
 
@@ -62,9 +63,48 @@ def inject(
     _propagation.inject(carrier, outgoing, setter or default_setter)
 
 
-# (baggage, destination, settings) last found to leave unchanged: the calls a request makes
-# send its one baggage mapping (OpenTelemetry never mutates one), mostly to one destination.
-_unchanged: tuple[object, object, object] = (None, None, None)
+# Hops whose work may wait before it runs (a queue's delayed delivery, retries and consumer
+# lag; a compute engine's scheduler queue and a retry after a worker dies): a token minted
+# for one lives ``queue_token_ttl``; any other hop's lives ``token_ttl``.
+_QUEUE_HOPS = frozenset({names.HOP_QUEUE_PUBLISH, names.HOP_TASK})
+
+
+class _AsIs:
+    """A baggage mapping found to leave unchanged for one destination and kind of hop under
+    one settings object: for good when nothing is signed, else while its token is fresh
+    (``_Signed.renew_at``) and the key set that signed it is in force."""
+
+    __slots__ = ("baggage", "destination", "generation", "queue", "settings", "until")
+
+    def __init__(
+        self,
+        baggage: object,
+        destination: str | None,
+        queue: bool,
+        settings: object,
+        signed: _Signed | None = None,
+    ) -> None:
+        self.baggage, self.destination = baggage, destination
+        self.queue, self.settings = queue, settings
+        self.generation = None if signed is None else signed.generation
+        self.until = math.inf if signed is None else signed.renew_at
+
+    def holds(
+        self, baggage: object, destination: str | None, queue: bool, settings: _config.Settings
+    ) -> bool:
+        if self.baggage is not baggage or self.settings is not settings:
+            return False
+        if self.destination != destination or self.queue is not queue:
+            return False
+        return self.generation is None or (
+            _signing.now_minutes() < self.until and _generation(settings) == self.generation
+        )
+
+
+# The mapping last found to leave as it is: the calls a request makes send its one baggage
+# mapping (OpenTelemetry never mutates one), mostly to one destination, and a transport
+# hands the signed context it leaves as to ``inject`` again.
+_as_is = _AsIs(None, None, False, None)
 # (baggage, identity keys, what _codec.fit said), for the same reason.
 _fitted: tuple[object, object, dict[str, object] | None] = (None, None, None)
 
@@ -75,21 +115,22 @@ def outgoing_context(
     """The context as it may leave this process: egress policy, signature, W3C limits.
 
     Never raises: on an internal error the context leaves without identity (fail closed)."""
-    global _unchanged
+    global _as_is
     try:
         baggage: Mapping[str, object] | None = ctx.get(BAGGAGE_KEY)  # type: ignore[assignment]
         if not baggage:
             return ctx
         settings = _config.current or _config.get_settings()
-        last, last_destination, last_settings = _unchanged
-        if last is baggage and last_settings is settings and last_destination == destination:
+        queue = hop in _QUEUE_HOPS
+        if _as_is.holds(baggage, destination, queue, settings):
             return ctx
         if destination is not None and not _egress.is_allowed(destination, settings.egress_allow):
             return strip_for_egress(ctx, destination, hop=hop, settings=settings)
-        new_baggage = _fit(_signed(ctx, baggage, hop, settings))
+        signed = _signed(ctx, baggage, queue, settings)
+        new_baggage = _fit(baggage if signed is None else signed.outgoing)
+        if signed is not None or not settings.has_keys:  # (else a minter may appear)
+            _as_is = _AsIs(new_baggage, destination, queue, settings, signed)
         if new_baggage is baggage:
-            if not settings.has_keys:  # (a signature is renewed as it ages)
-                _unchanged = (baggage, destination, settings)
             return ctx
         values = dict(ctx)
         values[BAGGAGE_KEY] = new_baggage
@@ -100,36 +141,40 @@ def outgoing_context(
 
 
 def _signed(
-    ctx: Context, baggage: Mapping[str, object], hop: str | None, settings: _config.Settings
-) -> Mapping[str, object]:
-    """``baggage`` with a signature for the identity of ``ctx`` that is fresh enough to send.
+    ctx: Context, baggage: Mapping[str, object], queue: bool, settings: _config.Settings
+) -> _Signed | None:
+    """``baggage`` with a signature for the identity of ``ctx`` that is fresh enough to send,
+    or None to send it as it is.
 
     What the same context sent last on this kind of hop is remembered (see ``_Signed``):
     the calls a request makes send one baggage mapping, so signing is a dict lookup until
     half of the token's life is gone, the key set is reloaded or the settings change."""
     if not settings.has_keys:
-        return baggage
+        return None
     keys = _keys.current_keys(settings)
     if keys is None or keys.minter is None:
-        return baggage
-    queue = hop in _QUEUE_HOPS
+        return None
     state: IdentityState | None = ctx.get(STATE_KEY)  # type: ignore[assignment]
     table = _signed_under(settings)
     known = table.get((id(state), queue))
     if known is not None and known.holds(state, baggage, keys.generation):
-        return known.outgoing
+        return known
     ttl = settings.queue_token_ttl if queue else settings.token_ttl
     minted = _token_for(ctx, keys, ttl)
     if minted is None:
-        return baggage
+        return None
     token, renew_at = minted
-    outgoing = (
-        baggage if baggage.get(settings.sig_key) == token else {**baggage, settings.sig_key: token}
-    )
+    unchanged = baggage.get(settings.sig_key) == token
+    outgoing = baggage if unchanged else {**baggage, settings.sig_key: token}
+    signed = _Signed(state, baggage, keys.generation, outgoing, renew_at)
     if state is not None and state.baggage is baggage:  # what state_of decided: the same again
-        signed = _Signed(state, baggage, keys.generation, outgoing, renew_at)
         _memo.remember(table, (id(state), queue), signed)
-    return outgoing
+    return signed
+
+
+def _generation(settings: _config.Settings) -> int:
+    """The generation of the key set in force for ``settings``."""
+    return _signing.generation_of(_keys.current_keys(settings))
 
 
 class _Signed:
@@ -142,7 +187,7 @@ class _Signed:
 
     def __init__(
         self,
-        state: IdentityState,
+        state: IdentityState | None,
         baggage: Mapping[str, object],
         generation: int,
         outgoing: Mapping[str, object],
@@ -177,12 +222,6 @@ def _fit(baggage: Mapping[str, object]) -> Mapping[str, object]:
         fitted = _codec.fit(baggage, keys)
         _fitted = (baggage, keys, fitted)
     return baggage if fitted is None else fitted
-
-
-# Hops whose work may wait before it runs (a queue's delayed delivery, retries and consumer
-# lag; a compute engine's scheduler queue and a retry after a worker dies): a token minted
-# for one lives ``queue_token_ttl``; any other hop's lives ``token_ttl``.
-_QUEUE_HOPS = frozenset({names.HOP_QUEUE_PUBLISH, names.HOP_TASK})
 
 
 def _token_for(ctx: Context, keys: _keys.KeySet, ttl: int) -> tuple[str, float] | None:

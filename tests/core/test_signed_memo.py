@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
 
 import otel_identity as oi
 from otel_identity import _keys, _receiving, _signing
+from otel_identity.instrumentation import outgoing_context
 from tests.signing_helpers import (
     HMAC_A,
     HMAC_B,
@@ -57,6 +60,13 @@ def _sent(hop: str | None = "http.client") -> str | None:
     """The token the current context leaves with on a ``hop`` hop."""
     carrier: dict[str, str] = {}
     oi.inject(carrier, hop=hop)
+    return token_in(carrier)
+
+
+def _sent_from(ctx: Context, hop: str | None = "http.client") -> str | None:
+    """The token ``ctx`` leaves with on a ``hop`` hop."""
+    carrier: dict[str, str] = {}
+    oi.inject(carrier, hop=hop, context=ctx)
     return token_in(carrier)
 
 
@@ -122,6 +132,17 @@ class TestSenderReusesItsToken:
         with oi.use_identity(user_id="u"):
             lifetimes = [_exp(_sent(hop)) - clock.minutes for hop in ("grpc.client", "task") * 2]
         assert lifetimes == [5, 60, 5, 60]
+
+    def test_a_signed_context_sent_again_keeps_its_token_until_renewal(self, clock: Clock) -> None:
+        oi.configure(signing_keys=f"k1:{HMAC_A}", token_ttl=600)
+        with oi.use_identity(user_id="u"):
+            out = outgoing_context(otel_context.get_current())  # as a transport hands it on
+        first = _sent_from(out)
+        assert _sent_from(out) == first
+        assert _exp(_sent_from(out, "queue.publish")) == clock.minutes + 60 * 24  # its own ttl
+        clock.minutes += 5.1
+        renewed = _sent_from(out)
+        assert renewed != first and _exp(renewed) == int(clock.minutes) + 10
 
     def test_a_settings_change_mints_again(self, clock: Clock) -> None:
         oi.configure(signing_keys=f"k1:{HMAC_A}", token_ttl=300)
