@@ -130,14 +130,20 @@ def outgoing_context(
         new_baggage = _fit(baggage if signed is None else signed.outgoing)
         if signed is not None or not settings.has_keys:  # (else a minter may appear)
             _as_is = _AsIs(new_baggage, destination, queue, settings, signed)
-        if new_baggage is baggage:
-            return ctx
-        values = dict(ctx)
-        values[BAGGAGE_KEY] = new_baggage
-        return Context(values)
+        return ctx if new_baggage is baggage else _leaving(ctx, new_baggage, signed)
     except Exception:  # noqa: BLE001 - send no identity rather than break the call
         _telemetry.log_internal_error("outgoing_context")
         return without_identity(ctx)
+
+
+def _leaving(ctx: Context, baggage: Mapping[str, object], signed: _Signed | None) -> Context:
+    """``ctx`` leaving with ``baggage``, and with its signed state when that is its state."""
+    values = dict(ctx)
+    values[BAGGAGE_KEY] = baggage
+    sent = None if signed is None else signed.sent
+    if sent is not None and sent.baggage is baggage:
+        values[STATE_KEY] = sent
+    return Context(values)
 
 
 def _signed(
@@ -183,7 +189,7 @@ class _Signed:
     under that key set generation, until ``renew_at`` (minutes since the epoch), when less
     than half of the token's life remains and a receiver could get it about to expire."""
 
-    __slots__ = ("baggage", "generation", "outgoing", "renew_at", "state")
+    __slots__ = ("baggage", "generation", "outgoing", "renew_at", "sent", "state")
 
     def __init__(
         self,
@@ -195,6 +201,11 @@ class _Signed:
     ) -> None:
         self.state, self.baggage, self.generation = state, baggage, generation
         self.outgoing, self.renew_at = outgoing, renew_at
+        # The state of what leaves: the same identity, decoded from the signed mapping (so
+        # the spans and hops that read the outgoing context find it without decoding).
+        self.sent = None
+        if state is not None and state.baggage is baggage and outgoing is not baggage:
+            self.sent = IdentityState(state.raw, state.identity, outgoing, local=state.local)
 
     def holds(self, state: object, baggage: object, generation: int) -> bool:
         return (
