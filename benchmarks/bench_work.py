@@ -1,6 +1,6 @@
 """The work otel-identity adds to a round trip, counted: Python calls and bytecodes.
 
-    python benchmarks/bench_work.py [--where] [--otel-baggage] [--round-trips N] [--repeat N]
+    python benchmarks/bench_work.py [--where] [--otel-baggage] [--verify] [--round-trips N]
 
 The latency benchmarks (bench_overhead.py, bench_grpc.py, bench_http.py) measure the goal, but
 on a shared two-core machine their figure moves from run to run by more than a change to the
@@ -23,13 +23,16 @@ and counts what the interpreter executes through ``sys.settrace`` (opcode events
 
 ``ours`` runs with otel-identity's baggage step in the global textmap, as
 ``IdentityInstrumentor`` leaves it in a deployed service; ``--otel-baggage`` keeps
-OpenTelemetry's step there too. Tracing makes the run slow. What a call or a bytecode costs in
+OpenTelemetry's step there too. ``--verify`` runs under ``inbound="verify"`` with a fixed
+signing key (bench_overhead.py's): the client signs what it sends and the server verifies it;
+by default the policy is ``trust``. Tracing makes the run slow. What a call or a bytecode costs in
 a real round trip is not counted here (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
 import json
 import statistics
@@ -57,6 +60,8 @@ import otel_identity as oi
 ROUND_TRIPS = 200
 WARM = 200
 CONFIGS = ("baseline", "ours", "floor")
+# The one signing key of ``--verify`` (bench_overhead.py's): an HMAC key, kid ``bench``.
+VERIFY_KEY = "bench:" + base64.b64encode(b"k" * 32).decode("ascii")
 
 
 def _folder(module: Any, up: int = 0) -> str:
@@ -161,6 +166,7 @@ class Run:
     warm: int = WARM
     repeat: int = 1
     identity_baggage: bool = True
+    verify: bool = False
 
 
 Connection = tuple[Callable[[], Any], Callable[[], None]]  # (one round trip, close)
@@ -243,7 +249,10 @@ def measure(run: Run) -> dict[str, dict[str, list[collections.Counter[str]]]]:
     the tracer provider and the settings itself (in-process: for this script and the test)."""
     _settings, processor = _roundtrip.client_setup([])
     configs = _Configs(processor, run.identity_baggage)
-    oi.configure(inbound="trust")
+    if run.verify:
+        oi.configure(inbound="verify", signing_keys=VERIFY_KEY)
+    else:
+        oi.configure(inbound="trust")
     try:
         with Counter().tracing() as counter, oi.use_identity(user_id="u-42", tenant_id="acme"):
             return {title: count(counter, configs, run) for title, count in TRANSPORTS.items()}
@@ -263,6 +272,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--round-trips", type=int, default=ROUND_TRIPS)
     parser.add_argument("--warm", type=int, default=WARM)
     parser.add_argument("--repeat", type=int, default=1, help="count this many times")
+    parser.add_argument("--verify", action="store_true", help='inbound="verify", signed')
     parser.add_argument("--where", action="store_true", help="caused bytecodes by function")
     return parser.parse_args()
 
@@ -274,6 +284,7 @@ def main() -> None:
         warm=arguments.warm,
         repeat=arguments.repeat,
         identity_baggage=not arguments.otel_baggage,
+        verify=arguments.verify,
     )
     runs = measure(run)
     if arguments.json:
@@ -296,7 +307,8 @@ def _print_where(runs: dict[str, dict[str, list[collections.Counter[str]]]]) -> 
 
 def _print_counts(run: Run, runs: dict[str, dict[str, list[collections.Counter[str]]]]) -> None:
     step = "otel-identity's" if run.identity_baggage else "OpenTelemetry's"
-    print(f"Work per round trip, counted over {run.round_trips} round trips")
+    policy = "verify (signed)" if run.verify else "trust"
+    print(f"Work per round trip, counted over {run.round_trips} round trips, inbound={policy}")
     print(f"(baggage step of 'ours': {step}; 'caused' is exact, 'all' moves a little)")
     print(f"{'round trip':<27}{'':>17}{'':>6}{'baseline':>11}{'with it':>11}{'added':>9}")
     for title, results in runs.items():

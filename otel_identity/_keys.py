@@ -329,7 +329,7 @@ class _Ring:
             self._reload()
 
     def current(self) -> KeySet:
-        if self.next_check > time.monotonic() or not self.settings.keys_file:
+        if not self.settings.keys_file or self.next_check > time.monotonic():
             return self.keys
         if self.lock.acquire(blocking=False):  # one hop looks; the others use what is there
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import math
 from collections.abc import Mapping
 
 from otel_identity import _codec, _config, _keys, _memo, _signing, names
@@ -39,23 +40,53 @@ def admit(
     settings: _config.Settings,
 ) -> tuple[Identity | None, str | None]:
     """(admitted identity or None, reject reason or None) for the identity in ``raw``."""
+    identity, reason, _until = admission(baggage, raw, policy, settings)
+    return identity, reason
+
+
+# A verdict that no clock changes: the same header under the same settings and key set.
+FOREVER = math.inf
+# Rejections that the same token, claims and key set always get again (``expired`` is left
+# out: a clock stepped back would make it valid again).
+_LASTING_REJECTIONS = frozenset(
+    {
+        names.REASON_UNTRUSTED,
+        names.REASON_MALFORMED,
+        names.REASON_UNKNOWN_KEY,
+        names.REASON_BAD_SIGNATURE,
+    }
+)
+
+
+def admission(
+    baggage: Mapping[str, object],
+    raw: tuple[object, ...],
+    policy: str,
+    settings: _config.Settings,
+) -> tuple[Identity | None, str | None, float]:
+    """``admit``'s verdict and until when it holds, in minutes since the Unix epoch:
+    ``FOREVER`` unless a signature decided it (then its expiry, or 0: judge it again)."""
     if raw == (None, None, None, None):
-        return None, None
+        return None, None, FOREVER
     if policy == "strip":
-        return None, names.REASON_UNTRUSTED
+        return None, names.REASON_UNTRUSTED, FOREVER
     try:
         identity, reason = _decode(raw)
     except TypeError:  # an unhashable value put in baggage by other code: nothing to admit
-        return None, names.REASON_MALFORMED
-    if identity is None:
-        return None, reason
-    if policy == "verify":
-        keys = _keys.current_keys(settings)
-        reason = _signing.verify(baggage.get(settings.sig_key), identity, keys)
-        if reason is not None:
-            return None, reason
-        identity = Identity(*identity.claims(), verified=True)
-    return identity, None
+        return None, names.REASON_MALFORMED, FOREVER
+    if identity is None or policy != "verify":
+        return identity, reason, FOREVER
+    return _verified(identity, baggage.get(settings.sig_key), settings)
+
+
+def _verified(
+    identity: Identity, token: object, settings: _config.Settings
+) -> tuple[Identity | None, str | None, float]:
+    """``identity`` verified by ``token`` under the key set in force, and until when."""
+    reason, exp = _signing.verdict(token, identity, _keys.current_keys(settings))
+    if reason is None:
+        return Identity(*identity.claims(), verified=True), None, exp
+    return None, reason, (FOREVER if reason in _LASTING_REJECTIONS else 0.0)
 
 
 def policy_for(hop: str, settings: _config.Settings) -> str:

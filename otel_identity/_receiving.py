@@ -28,9 +28,11 @@ from otel_identity import (
     _baggage,
     _codec,
     _config,
+    _keys,
     _memo,
     _policy,
     _propagation,
+    _signing,
     _telemetry,
     _thread_state,
     names,
@@ -67,21 +69,23 @@ _NO_BAGGAGE: Mapping[str, object] = {}
 class Arrival:
     """What one baggage arriving on one kind of hop means under one settings object.
 
-    A pure function of those three (signatures aside, see ``cacheable``), so the same header
-    on the next request of a session is a dict lookup: decoding, policy, the identity state
-    and its span attributes are shared by every hop it arrives on. Never mutated once built.
+    A pure function of those three, and under ``verify`` of the key set and the clock too (see
+    ``holds``), so the same header on the next request of a session is a dict lookup:
+    decoding, policy, verification, the identity state and its span attributes are shared by
+    every hop it arrives on. Never mutated once built.
     """
 
     __slots__ = (
-        "cacheable",
         "entries",
         "events",
+        "generation",
         "if_missing",
         "outcome",
         "present",
         "reason",
         "settings",
         "state",
+        "until",
     )
 
     def __init__(
@@ -97,9 +101,11 @@ class Arrival:
         # The header's own verdict first: identity members that were ambiguous, refused or
         # did not fit reject the hop, whatever the rest of them says.
         reason = wire.verdict(keep_keys_of(settings))
-        identity = None
+        # The key set a verdict is judged by, read first: a reload meanwhile only ages it.
+        self.generation = _generation(settings) if policy == "verify" else None
+        identity, self.until = None, _policy.FOREVER
         if reason is None:
-            identity, reason = _policy.admit(baggage, raw, policy, settings)
+            identity, reason, self.until = _policy.admission(baggage, raw, policy, settings)
         required = hop in settings.required_hops
         self.if_missing = (missing_event(hop, settings),) if required else ()
         self.events: tuple[tuple[str, dict[str, Any]], ...] = ()
@@ -119,8 +125,14 @@ class Arrival:
             STATE_KEY: self.state,
             SLOT_KEY: None,
         }
-        # A verified identity holds only until its signature expires: decide it every time.
-        self.cacheable = policy != "verify" or raw == (None, None, None, None)
+
+    def holds(self) -> bool:
+        """Whether this is still what the header means: always, unless a signature decided
+        it; then until the token expires and while the key set that judged it is in force
+        (a reload, which may remove its key, makes a new one)."""
+        if self.generation is None:
+            return True
+        return _signing.now_minutes() < self.until and _generation(self.settings) == self.generation
 
     def _reject(self, baggage: Mapping[str, object], hop: str, reason: str) -> Mapping[str, object]:
         """Decide the hop rejected for ``reason``: its events, a log line, and the baggage
@@ -145,14 +157,20 @@ def _arrivals_under(settings: _config.Settings) -> dict[tuple[str | None, str], 
     return {}
 
 
+def _generation(settings: _config.Settings) -> int:
+    """The generation of the key set in force for ``settings``."""
+    return _signing.generation_of(_keys.current_keys(settings))
+
+
 def arrival_for(header: str | None, hop: str, settings: _config.Settings) -> Arrival:
-    """What the baggage ``header`` means on a ``hop`` hop under ``settings`` (remembered)."""
+    """What the baggage ``header`` means on a ``hop`` hop under ``settings`` (remembered while
+    it ``holds``: a verified one until its token expires or the key set changes)."""
     arrivals = _arrivals_under(settings)
     arrival = arrivals.get((header, hop))
-    if arrival is None:
+    if arrival is None or not arrival.holds():
         parsed = _baggage.parse(header, keep_keys_of(settings)) if header else _baggage.EMPTY
         arrival = Arrival(parsed.members, parsed, hop, settings)
-        if arrival.cacheable:
+        if arrival.holds():
             _memo.remember(arrivals, (header, hop), arrival)
     return arrival
 

@@ -11,6 +11,7 @@ through the global propagator, so ``OTEL_PROPAGATORS`` is honoured.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import cast
 
@@ -18,10 +19,22 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import CarrierT, Setter, default_setter
 
-from otel_identity import _codec, _config, _egress, _keys, _propagation, _signing, _telemetry, names
+from otel_identity import (
+    _codec,
+    _config,
+    _egress,
+    _keys,
+    _memo,
+    _propagation,
+    _signing,
+    _telemetry,
+    names,
+)
 from otel_identity._internals import BAGGAGE_KEY
 from otel_identity._runtime import current_context
 from otel_identity._state import (
+    STATE_KEY,
+    IdentityState,
     all_identity_keys,
     identity_keys,
     may_sign,
@@ -50,9 +63,48 @@ def inject(
     _propagation.inject(carrier, outgoing, setter or default_setter)
 
 
-# (baggage, destination, settings) last found to leave unchanged: the calls a request makes
-# send its one baggage mapping (OpenTelemetry never mutates one), mostly to one destination.
-_unchanged: tuple[object, object, object] = (None, None, None)
+# Hops whose work may wait before it runs (a queue's delayed delivery, retries and consumer
+# lag; a compute engine's scheduler queue and a retry after a worker dies): a token minted
+# for one lives ``queue_token_ttl``; any other hop's lives ``token_ttl``.
+_QUEUE_HOPS = frozenset({names.HOP_QUEUE_PUBLISH, names.HOP_TASK})
+
+
+class _AsIs:
+    """A baggage mapping found to leave unchanged for one destination and kind of hop under
+    one settings object: for good when nothing is signed, else while its token is fresh
+    (``_Signed.renew_at``) and the key set that signed it is in force."""
+
+    __slots__ = ("baggage", "destination", "generation", "queue", "settings", "until")
+
+    def __init__(
+        self,
+        baggage: object,
+        destination: str | None,
+        queue: bool,
+        settings: object,
+        signed: _Signed | None = None,
+    ) -> None:
+        self.baggage, self.destination = baggage, destination
+        self.queue, self.settings = queue, settings
+        self.generation = None if signed is None else signed.generation
+        self.until = math.inf if signed is None else signed.renew_at
+
+    def holds(
+        self, baggage: object, destination: str | None, queue: bool, settings: _config.Settings
+    ) -> bool:
+        if self.baggage is not baggage or self.settings is not settings:
+            return False
+        if self.destination != destination or self.queue is not queue:
+            return False
+        return self.generation is None or (
+            _signing.now_minutes() < self.until and _generation(settings) == self.generation
+        )
+
+
+# The mapping last found to leave as it is: the calls a request makes send its one baggage
+# mapping (OpenTelemetry never mutates one), mostly to one destination, and a transport
+# hands the signed context it leaves as to ``inject`` again.
+_as_is = _AsIs(None, None, False, None)
 # (baggage, identity keys, what _codec.fit said), for the same reason.
 _fitted: tuple[object, object, dict[str, object] | None] = (None, None, None)
 
@@ -63,40 +115,112 @@ def outgoing_context(
     """The context as it may leave this process: egress policy, signature, W3C limits.
 
     Never raises: on an internal error the context leaves without identity (fail closed)."""
-    global _unchanged
+    global _as_is
     try:
         baggage: Mapping[str, object] | None = ctx.get(BAGGAGE_KEY)  # type: ignore[assignment]
         if not baggage:
             return ctx
         settings = _config.current or _config.get_settings()
-        last, last_destination, last_settings = _unchanged
-        if last is baggage and last_settings is settings and last_destination == destination:
+        queue = hop in _QUEUE_HOPS
+        if _as_is.holds(baggage, destination, queue, settings):
             return ctx
         if destination is not None and not _egress.is_allowed(destination, settings.egress_allow):
             return strip_for_egress(ctx, destination, hop=hop, settings=settings)
-        new_baggage = _fit(_signed(ctx, baggage, hop, settings) or baggage)
-        if new_baggage is baggage:
-            if not settings.has_keys:  # (a signature is renewed as it ages)
-                _unchanged = (baggage, destination, settings)
-            return ctx
-        values = dict(ctx)
-        values[BAGGAGE_KEY] = new_baggage
-        return Context(values)
+        signed = _signed(ctx, baggage, queue, settings)
+        new_baggage = _fit(baggage if signed is None else signed.outgoing)
+        if signed is not None or not settings.has_keys:  # (else a minter may appear)
+            _as_is = _AsIs(new_baggage, destination, queue, settings, signed)
+        return ctx if new_baggage is baggage else _leaving(ctx, new_baggage, signed)
     except Exception:  # noqa: BLE001 - send no identity rather than break the call
         _telemetry.log_internal_error("outgoing_context")
         return without_identity(ctx)
 
 
+def _leaving(ctx: Context, baggage: Mapping[str, object], signed: _Signed | None) -> Context:
+    """``ctx`` leaving with ``baggage``, and with its signed state when that is its state."""
+    values = dict(ctx)
+    values[BAGGAGE_KEY] = baggage
+    sent = None if signed is None else signed.sent
+    if sent is not None and sent.baggage is baggage:
+        values[STATE_KEY] = sent
+    return Context(values)
+
+
 def _signed(
-    ctx: Context, baggage: Mapping[str, object], hop: str | None, settings: _config.Settings
-) -> dict[str, object] | None:
-    """``baggage`` with a fresh signature for the identity of ``ctx``, or None to keep it."""
+    ctx: Context, baggage: Mapping[str, object], queue: bool, settings: _config.Settings
+) -> _Signed | None:
+    """``baggage`` with a signature for the identity of ``ctx`` that is fresh enough to send,
+    or None to send it as it is.
+
+    What the same context sent last on this kind of hop is remembered (see ``_Signed``):
+    the calls a request makes send one baggage mapping, so signing is a dict lookup until
+    half of the token's life is gone, the key set is reloaded or the settings change."""
     if not settings.has_keys:
         return None
-    token = _token_for(ctx, hop, settings)
-    if token is None or baggage.get(settings.sig_key) == token:
+    keys = _keys.current_keys(settings)
+    if keys is None or keys.minter is None:
         return None
-    return {**baggage, settings.sig_key: token}
+    state: IdentityState | None = ctx.get(STATE_KEY)  # type: ignore[assignment]
+    table = _signed_under(settings)
+    known = table.get((id(state), queue))
+    if known is not None and known.holds(state, baggage, keys.generation):
+        return known
+    ttl = settings.queue_token_ttl if queue else settings.token_ttl
+    minted = _token_for(ctx, keys, ttl)
+    if minted is None:
+        return None
+    token, renew_at = minted
+    unchanged = baggage.get(settings.sig_key) == token
+    outgoing = baggage if unchanged else {**baggage, settings.sig_key: token}
+    signed = _Signed(state, baggage, keys.generation, outgoing, renew_at)
+    if state is not None and state.baggage is baggage:  # what state_of decided: the same again
+        _memo.remember(table, (id(state), queue), signed)
+    return signed
+
+
+def _generation(settings: _config.Settings) -> int:
+    """The generation of the key set in force for ``settings``."""
+    return _signing.generation_of(_keys.current_keys(settings))
+
+
+class _Signed:
+    """What one context's baggage leaves as, signed, on one kind of hop: valid for that
+    identity state and baggage mapping (held here, so their ids are not reused meanwhile),
+    under that key set generation, until ``renew_at`` (minutes since the epoch), when less
+    than half of the token's life remains and a receiver could get it about to expire."""
+
+    __slots__ = ("baggage", "generation", "outgoing", "renew_at", "sent", "state")
+
+    def __init__(
+        self,
+        state: IdentityState | None,
+        baggage: Mapping[str, object],
+        generation: int,
+        outgoing: Mapping[str, object],
+        renew_at: float,
+    ) -> None:
+        self.state, self.baggage, self.generation = state, baggage, generation
+        self.outgoing, self.renew_at = outgoing, renew_at
+        # The state of what leaves: the same identity, decoded from the signed mapping (so
+        # the spans and hops that read the outgoing context find it without decoding).
+        self.sent = None
+        if state is not None and state.baggage is baggage and outgoing is not baggage:
+            self.sent = IdentityState(state.raw, state.identity, outgoing, local=state.local)
+
+    def holds(self, state: object, baggage: object, generation: int) -> bool:
+        return (
+            self.state is state
+            and self.baggage is baggage
+            and self.generation == generation
+            and _signing.now_minutes() < self.renew_at
+        )
+
+
+@_memo.per_settings
+def _signed_under(settings: _config.Settings) -> dict[tuple[int, bool], _Signed]:
+    """(id of an identity state, queue hop or not) -> what it last left as, signed (new
+    settings, a new table)."""
+    return {}
 
 
 def _fit(baggage: Mapping[str, object]) -> Mapping[str, object]:
@@ -111,14 +235,9 @@ def _fit(baggage: Mapping[str, object]) -> Mapping[str, object]:
     return baggage if fitted is None else fitted
 
 
-# Hops whose work may wait before it runs (a queue's delayed delivery, retries and consumer
-# lag; a compute engine's scheduler queue and a retry after a worker dies): a token minted
-# for one lives ``queue_token_ttl``; any other hop's lives ``token_ttl``.
-_QUEUE_HOPS = frozenset({names.HOP_QUEUE_PUBLISH, names.HOP_TASK})
-
-
-def _token_for(ctx: Context, hop: str | None, settings: _config.Settings) -> str | None:
-    """A fresh ``identity.sig`` for the identity of ``ctx``, or None to send baggage as it is.
+def _token_for(ctx: Context, keys: _keys.KeySet, ttl: int) -> tuple[str, float] | None:
+    """A fresh ``identity.sig`` for the identity of ``ctx`` and when to renew it, or None to
+    send baggage as it is.
 
     Only an identity established in this process or verified on arrival is signed (the
     minting rules of DESIGN.md). One admitted on trust, or any identity on a service that
@@ -128,11 +247,7 @@ def _token_for(ctx: Context, hop: str | None, settings: _config.Settings) -> str
     state = state_of(ctx)
     if state is None or not may_sign(state):
         return None
-    keys = _keys.current_keys(settings)
-    if keys is None or keys.minter is None:
-        return None
-    ttl = settings.queue_token_ttl if hop in _QUEUE_HOPS else settings.token_ttl
-    return _signing.mint(state.identity, keys, ttl)
+    return _signing.minted(state.identity, keys, ttl)
 
 
 def strip_for_egress(

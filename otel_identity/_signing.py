@@ -75,11 +75,24 @@ def _now_minutes() -> float:
     return time.time() / 60.0
 
 
-def mint(identity: Identity, keys: KeySet, ttl_seconds: int) -> str | None:
-    """A token for the identity's claims under the key set's minting key (None: it has none).
+def now_minutes() -> float:
+    """The time signatures are judged by, in minutes since the Unix epoch (tests set it)."""
+    return _now_minutes()
 
-    A token is reused until half its life is gone; a lifetime of its own per TTL, so a queue
-    hop's long-lived token never stands in for a synchronous hop's short one.
+
+def mint(identity: Identity, keys: KeySet, ttl_seconds: int) -> str | None:
+    """A token for the identity's claims under the key set's minting key (None: it has none)."""
+    minted_token = minted(identity, keys, ttl_seconds)
+    return None if minted_token is None else minted_token[0]
+
+
+def minted(identity: Identity, keys: KeySet, ttl_seconds: int) -> tuple[str, float] | None:
+    """(token, when to renew it in minutes since the epoch) for the identity's claims under
+    the key set's minting key (None: it has none).
+
+    A token is reused until half its life is gone (its renewal time); a lifetime of its own
+    per TTL, so a queue hop's long-lived token never stands in for a synchronous hop's short
+    one.
     """
     key = keys.minter
     if key is None:
@@ -89,31 +102,41 @@ def mint(identity: Identity, keys: KeySet, ttl_seconds: int) -> str | None:
     cache_key = (claims, keys.generation, key.kid, lifetime)
     now = _now_minutes()
     cached = _sign_cache.get(cache_key)
-    if cached is not None and cached[1] - now > lifetime / 2:
-        return cached[0]
-    exp = int(now) + lifetime
-    version = key.version
-    signature = _signature(key, canonical(version, key.kid, exp, claims))
-    token = f"{version}.{key.kid}.{exp}.{_b64(signature)}"
-    _memo.remember(_sign_cache, cache_key, (token, exp))
-    return token
+    if cached is None or cached[1] - now <= lifetime / 2:
+        exp = int(now) + lifetime
+        version = key.version
+        signature = _signature(key, canonical(version, key.kid, exp, claims))
+        token = f"{version}.{key.kid}.{exp}.{_b64(signature)}"
+        cached = _memo.remember(_sign_cache, cache_key, (token, exp))
+    token, exp = cached
+    return token, exp - lifetime / 2
 
 
 def verify(token: object, identity: Identity, keys: KeySet | None) -> str | None:
     """None when ``token`` is a valid, unexpired signature of the claims; else the reason."""
+    return verdict(token, identity, keys)[0]
+
+
+def verdict(token: object, identity: Identity, keys: KeySet | None) -> tuple[str | None, int]:
+    """(``verify``'s reason, the token's expiry in minutes since the epoch, 0 unless valid)."""
     if token is None or token == "":
-        return names.REASON_UNTRUSTED
+        return names.REASON_UNTRUSTED, 0
     if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
-        return names.REASON_MALFORMED
+        return names.REASON_MALFORMED, 0
     claims = identity.claims()
-    cache_key = (token, claims, 0 if keys is None else keys.generation)
+    cache_key = (token, claims, generation_of(keys))
     cached = _verify_cache.get(cache_key)
     if cached is None:
         cached = _memo.remember(_verify_cache, cache_key, _verify_uncached(token, claims, keys))
     exp, reason = cached
     if reason is None and exp <= _now_minutes():
-        return names.REASON_EXPIRED
-    return reason
+        return names.REASON_EXPIRED, 0
+    return reason, exp
+
+
+def generation_of(keys: KeySet | None) -> int:
+    """The key set's generation; 0, which no key set has, for none."""
+    return 0 if keys is None else keys.generation
 
 
 def parse(token: str) -> tuple[str, str, int, bytes] | None:
