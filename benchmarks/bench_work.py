@@ -230,6 +230,7 @@ def _http(counter: Counter, configs: _Configs, run: Run) -> dict[str, Any]:
             if name == "ours":
                 client.instrument()
             port, close_server = bench_floor.build_http(name)
+            _configure(run)()  # (bench_http's build configures the server for trust)
             try:
                 results[name] = _count(counter, bench_floor.connect_http(name, port), run)
             finally:
@@ -244,15 +245,19 @@ def _http(counter: Counter, configs: _Configs, run: Run) -> dict[str, Any]:
 TRANSPORTS = {"gRPC unary": _grpc, "HTTP requests -> werkzeug": _http}
 
 
+def _configure(run: Run) -> Callable[[], None]:
+    """The run's settings (client and servers share them: one process)."""
+    if run.verify:
+        return lambda: oi.configure(inbound="verify", signing_keys=VERIFY_KEY)
+    return lambda: oi.configure(inbound="trust")
+
+
 def measure(run: Run) -> dict[str, dict[str, list[collections.Counter[str]]]]:
     """Per transport and configuration, the counts per round trip of each repeat. Sets up
     the tracer provider and the settings itself (in-process: for this script and the test)."""
     _settings, processor = _roundtrip.client_setup([])
     configs = _Configs(processor, run.identity_baggage)
-    if run.verify:
-        oi.configure(inbound="verify", signing_keys=VERIFY_KEY)
-    else:
-        oi.configure(inbound="trust")
+    _configure(run)()
     try:
         with Counter().tracing() as counter, oi.use_identity(user_id="u-42", tenant_id="acme"):
             return {title: count(counter, configs, run) for title, count in TRANSPORTS.items()}
