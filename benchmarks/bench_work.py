@@ -204,18 +204,19 @@ def _count(counter: Counter, connection: Connection, run: Run) -> list[collectio
 
 def _grpc(counter: Counter, configs: _Configs, run: Run) -> dict[str, Any]:
     bench_grpc.otel_grpc.GrpcInstrumentorClient().instrument()
-    GrpcIdentityInstrumentor().instrument()  # channels; the servers are built as configured
+    # Servers first: the instrumentor below would add its interceptor to every server made
+    # after it. It is for the channels; each server has what its configuration has.
+    servers = {name: bench_floor.build(name) for name in CONFIGS}
+    GrpcIdentityInstrumentor().instrument()
     try:
         results = {}
-        for name in CONFIGS:
+        for name, (port, _close) in servers.items():
             configs.switch(name)
-            port, close_server = bench_floor.build(name)
-            try:
-                results[name] = _count(counter, bench_floor.connect(name, port), run)
-            finally:
-                close_server()
+            results[name] = _count(counter, bench_floor.connect(name, port), run)
         return results
     finally:
+        for _port, close in servers.values():
+            close()
         GrpcIdentityInstrumentor().uninstrument()
         bench_grpc.otel_grpc.GrpcInstrumentorClient().uninstrument()
 
