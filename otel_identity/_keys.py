@@ -389,6 +389,16 @@ def current_keys(settings: Settings) -> KeySet | None:
     return _new_ring(settings).current()
 
 
+def generation_of(keys: KeySet | None) -> int:
+    """The key set's generation; 0, which no key set has, for none."""
+    return 0 if keys is None else keys.generation
+
+
+def current_generation(settings: Settings) -> int:
+    """The generation of the key set in force for ``settings`` (a reload makes a new one)."""
+    return generation_of(current_keys(settings))
+
+
 def _new_ring(settings: Settings) -> _Ring:
     global _ring
     with _ring_lock:

@@ -102,7 +102,7 @@ class Arrival:
         # did not fit reject the hop, whatever the rest of them says.
         reason = wire.verdict(keep_keys_of(settings))
         # The key set a verdict is judged by, read first: a reload meanwhile only ages it.
-        self.generation = _generation(settings) if policy == "verify" else None
+        self.generation = _keys.current_generation(settings) if policy == "verify" else None
         identity, self.until = None, _policy.FOREVER
         if reason is None:
             identity, reason, self.until = _policy.admission(baggage, raw, policy, settings)
@@ -132,7 +132,7 @@ class Arrival:
         (a reload, which may remove its key, makes a new one)."""
         if self.generation is None:
             return True
-        return _signing.now_minutes() < self.until and _generation(self.settings) == self.generation
+        return _signing.in_force(self.until, self.generation, self.settings)
 
     def _reject(self, baggage: Mapping[str, object], hop: str, reason: str) -> Mapping[str, object]:
         """Decide the hop rejected for ``reason``: its events, a log line, and the baggage
@@ -155,11 +155,6 @@ def _arrivals_under(settings: _config.Settings) -> dict[tuple[str | None, str], 
     """(baggage header, hop kind) -> what it means under ``settings`` (new settings, a new
     table)."""
     return {}
-
-
-def _generation(settings: _config.Settings) -> int:
-    """The generation of the key set in force for ``settings``."""
-    return _signing.generation_of(_keys.current_keys(settings))
 
 
 def arrival_for(header: str | None, hop: str, settings: _config.Settings) -> Arrival:

@@ -96,9 +96,7 @@ class _AsIs:
             return False
         if self.destination != destination or self.queue is not queue:
             return False
-        return self.generation is None or (
-            _signing.now_minutes() < self.until and _generation(settings) == self.generation
-        )
+        return self.generation is None or _signing.in_force(self.until, self.generation, settings)
 
 
 # The mapping last found to leave as it is: the calls a request makes send its one baggage
@@ -176,11 +174,6 @@ def _signed(
     if state is not None and state.baggage is baggage:  # what state_of decided: the same again
         _memo.remember(table, (id(state), queue), signed)
     return signed
-
-
-def _generation(settings: _config.Settings) -> int:
-    """The generation of the key set in force for ``settings``."""
-    return _signing.generation_of(_keys.current_keys(settings))
 
 
 class _Signed:

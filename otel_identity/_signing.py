@@ -30,7 +30,14 @@ import time
 
 from otel_identity import _memo, names
 from otel_identity._identity import Identity
-from otel_identity._keys import KID_PATTERN, Key, KeySet
+from otel_identity._keys import (
+    KID_PATTERN,
+    Key,
+    KeySet,
+    Settings,
+    current_generation,
+    generation_of,
+)
 
 Claims = tuple[str | None, str | None, str | None, tuple[str, ...]]
 
@@ -78,6 +85,12 @@ def _now_minutes() -> float:
 def now_minutes() -> float:
     """The time signatures are judged by, in minutes since the Unix epoch (tests set it)."""
     return _now_minutes()
+
+
+def in_force(until: float, generation: int, settings: Settings) -> bool:
+    """Whether something decided by a signature under key set ``generation`` still holds:
+    before ``until`` (minutes since the epoch) and while that key set is in force."""
+    return now_minutes() < until and current_generation(settings) == generation
 
 
 def mint(identity: Identity, keys: KeySet, ttl_seconds: int) -> str | None:
@@ -132,11 +145,6 @@ def verdict(token: object, identity: Identity, keys: KeySet | None) -> tuple[str
     if reason is None and exp <= _now_minutes():
         return names.REASON_EXPIRED, 0
     return reason, exp
-
-
-def generation_of(keys: KeySet | None) -> int:
-    """The key set's generation; 0, which no key set has, for none."""
-    return 0 if keys is None else keys.generation
 
 
 def parse(token: str) -> tuple[str, str, int, bytes] | None:
