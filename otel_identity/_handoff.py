@@ -17,17 +17,18 @@ the hand-off it runs in.
 
 from __future__ import annotations
 
+import threading
 from contextlib import AbstractContextManager
 from typing import Any
 
 from opentelemetry.context import Context
 
-from otel_identity import _telemetry, _thread_state, names
+from otel_identity import _counts, _telemetry, names
 from otel_identity._hop_state import HopState, missing_state, quiet_state
 from otel_identity._identity import Identity
 from otel_identity._runtime import attach, attached, current_context, detach
 from otel_identity._state import HOP_KEY, SLOT_KEY, UserSlot, state_of
-from otel_identity._thread_state import ThreadState
+from otel_identity._thread_state import running
 
 
 class Handoff(UserSlot):
@@ -43,11 +44,11 @@ class Handoff(UserSlot):
     own, as anywhere. A pool's work item is itself a Handoff, so a pool hop allocates nothing.
     """
 
-    __slots__ = ("outer", "source", "state", "thread_state")
+    __slots__ = ("outer", "source", "state", "thread")
     outer: Handoff | None  # the hand-off this one interrupted in the same thread
     source: Context  # None on a pool task that is not a hop (see otel_identity_threading)
     state: Any  # the hop's HopState, set when it is entered
-    thread_state: ThreadState
+    thread: int  # the thread it was entered in (its slot belongs to that thread)
 
     def __init__(self, source: Context) -> None:
         self.source = source  # the context the sender captured at hand-off
@@ -62,15 +63,11 @@ class Handoff(UserSlot):
         state = state_of(self.source)
         return None if state is None else state.identity
 
-    @property
-    def thread(self) -> int:  # type: ignore[override]
-        return self.thread_state.ident
-
 
 def hop_of(ctx: Context) -> object:
     """The hop state of ``ctx``: its own entry, or that of the hand-off it runs in."""
     hop = ctx.get(HOP_KEY)
-    handoff = _thread_state.here().handoff
+    handoff = running.handoff
     if handoff is not None and hop is handoff.source.get(HOP_KEY):
         return handoff.state
     return hop
@@ -84,7 +81,7 @@ def hop_state(context: Context | None = None) -> HopState | None:
 def user_slot(ctx: Context) -> UserSlot | None:
     """The user slot of ``ctx``: its own, or the hand-off's it runs in (see Handoff)."""
     slot: UserSlot | None = ctx.get(SLOT_KEY)  # type: ignore[assignment]
-    handoff = _thread_state.here().handoff
+    handoff = running.handoff
     if handoff is not None:
         source = handoff.source
         if slot is source.get(SLOT_KEY) and ctx.get(HOP_KEY) is source.get(HOP_KEY):
@@ -110,7 +107,7 @@ def receive(context: Context, *, hop: str) -> Context:
     try:
         state = state_of(context)
         hop_state = arrived_state(context, hop)
-        _thread_state.count(hop_state.key)
+        _counts.count(hop_state.key)
         values: dict[str, object] = dict(context)
         if state is not None:
             values[SLOT_KEY] = UserSlot(hop, state.identity)
@@ -138,12 +135,11 @@ def enter(handoff: Handoff, hop: str) -> Any:
     context with no hop of its own. Returns the token for ``leave``.
     """
     try:
-        here = _thread_state.here()
-        handoff.thread_state = here
-        handoff.outer = here.handoff
+        handoff.thread = threading.get_ident()
+        handoff.outer = running.handoff
         handoff.state = state = arrived_state(handoff.source, hop)
-        _thread_state.count(state.key)
-        here.handoff = handoff
+        _counts.count(state.key)
+        running.handoff = handoff
     except Exception:  # noqa: BLE001
         _telemetry.log_internal_error("enter")
     return attach(handoff.source)
@@ -152,7 +148,7 @@ def enter(handoff: Handoff, hop: str) -> Any:
 def leave(handoff: Handoff, token: Any) -> None:
     """End the hop ``enter`` started (in the same thread, innermost first)."""
     try:  # noqa: SIM105 - contextlib.suppress would cost a context manager on every hop
-        handoff.thread_state.handoff = handoff.outer
+        running.handoff = handoff.outer
     except AttributeError:  # enter failed before it kept the hand-off for the thread
         pass
     detach(token)

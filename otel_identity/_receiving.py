@@ -28,13 +28,13 @@ from otel_identity import (
     _baggage,
     _codec,
     _config,
+    _counts,
     _keys,
     _memo,
     _policy,
     _propagation,
     _signing,
     _telemetry,
-    _thread_state,
     names,
 )
 from otel_identity._baggage_propagator import keep_keys_of
@@ -231,7 +231,7 @@ def settled(arrival: Arrival, hop: str, route: str | None, own: Any, *, account:
     if state is None:
         state = _outcome_state(arrival, hop, route, own)
     if account:
-        _thread_state.count(state.key)
+        _counts.count(state.key)
     return state
 
 

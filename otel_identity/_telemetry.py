@@ -18,9 +18,9 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.util.types import Attributes
 
-from otel_identity import _thread_state, names
+from otel_identity import _counts, names
+from otel_identity._counts import Counts
 from otel_identity._errors import ConfigurationError
-from otel_identity._thread_state import Counts
 from otel_identity.version import __version__
 
 logger = logging.getLogger("otel_identity")
@@ -38,7 +38,7 @@ def hop_key(hop: str, outcome: str, reason: str | None = None) -> tuple[str, ...
 
 
 def hop_counts() -> Counts:
-    """The running hop totals by ``(hop, outcome)``, all threads added up (doctor, tests)."""
+    """The running hop totals by ``(hop, outcome)`` (doctor, tests)."""
     folded: Counts = {}
     for key, count in hop_totals().items():
         folded[key[:2]] = folded.get(key[:2], 0) + count
@@ -46,15 +46,8 @@ def hop_counts() -> Counts:
 
 
 def hop_totals() -> Counts:
-    """The running hop totals by ``hop_key``, all threads added up (for the counter)."""
-    with _thread_state.lock:
-        _thread_state.fold_ended()
-        total = dict(_thread_state.retired)
-        for _ref, table in _thread_state.tables:
-            snapshot = table.copy()  # only its own thread writes it; a copy is one C call
-            for key, count in snapshot.items():
-                total[key] = total.get(key, 0) + count
-    return total
+    """The running hop totals by ``hop_key`` (for the counter)."""
+    return _counts.totals()
 
 
 def _observe_hops(_options: CallbackOptions) -> Iterable[Observation]:
@@ -259,4 +252,4 @@ def short(text: object, limit: int = 32) -> str:
     return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
-_thread_state.on_first_use.append(_ensure_instruments)
+_counts.on_new_key.append(_ensure_instruments)

@@ -59,6 +59,7 @@ from otel_identity import _baggage_propagator, _config, _resolver
 from otel_identity._arriving import Arriving, announce, announced, withdraw
 from otel_identity._config import environment_settings, import_object
 from otel_identity._context import is_established
+from otel_identity._counts import count as count_hop
 from otel_identity._delivery import delivery_context, hold, release
 from otel_identity._egress import UNREADABLE as UNREADABLE_DESTINATION
 from otel_identity._egress import is_allowed as is_allowed_destination
@@ -89,7 +90,6 @@ from otel_identity._telemetry import (
     logger,
     record_stripped,
 )
-from otel_identity._thread_state import count as count_hop
 
 __all__ = [
     "ENVIRONMENT_PREFIX",

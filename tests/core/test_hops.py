@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 import otel_identity as oi
-from otel_identity import _egress, _signing, _telemetry, _thread_state, names
+from otel_identity import _counts, _egress, _signing, _telemetry, _thread_state, names
 
 KEY_A = base64.b64encode(b"a" * 32).decode()
 KEY_B = base64.b64encode(b"b" * 32).decode()
@@ -431,23 +431,36 @@ def test_hop_counts_from_many_threads_add_up_also_after_the_threads_end() -> Non
     for t in threads:
         t.join()
     assert delta(before, "thread", "present") == 2000
-    assert delta(before, "thread", "present") == 2000  # folded tables are not counted twice
-    assert len(_thread_state.tables) <= threading.active_count() + 1
+    assert delta(before, "thread", "present") == 2000  # reading the totals changes nothing
 
 
-def test_a_thread_per_request_keeps_a_bounded_number_of_tables_without_any_collection() -> None:
-    """A server that starts a thread per connection (werkzeug) and no metric reader: the
-    tables of ended threads are folded as new threads come, not kept until a collection."""
+def test_a_thread_per_request_leaves_nothing_behind_without_any_collection() -> None:
+    """A server that starts a thread per connection (werkzeug) and no metric reader: counting
+    keeps one table of keys for the process, and a thread that counted keeps nothing once it
+    ended (no per-thread table, no thread-local hand-off)."""
+    import gc
     import threading
+    import weakref
 
     captured = oi.set_identity(user_id="u")
     before = _telemetry.hop_counts()
+    keys = set(_counts.totals())
+    ended: list[weakref.ref[threading.Thread]] = []
+
+    def hop() -> None:
+        oi.receive(captured, hop="thread")
+        assert _thread_state.running.handoff is None  # read without making anything
+
     for _ in range(300):
-        thread = threading.Thread(target=lambda: oi.receive(captured, hop="thread"))
+        thread = threading.Thread(target=hop)
+        ended.append(weakref.ref(thread))
         thread.start()
         thread.join()
-    assert len(_thread_state.tables) <= 2 * threading.active_count() + 64
+    del thread
+    gc.collect()
     assert delta(before, "thread", "present") == 300
+    assert set(_counts.totals()) - keys <= {("thread", "present")}  # a key, not a thread
+    assert all(ref() is None for ref in ended)  # nothing of ours holds an ended thread
 
 
 _REPEATED_CASES: dict[str, Callable[[], dict[str, str]]] = {

@@ -216,12 +216,12 @@ def test_hand_offs_nest_in_one_thread_and_unwind_in_order() -> None:
 def test_a_failing_enter_still_runs_the_task_on_the_captured_context(
     monkeypatch: pytest.MonkeyPatch, work_item: type
 ) -> None:
-    from otel_identity import _handoff, _thread_state
+    from otel_identity import _handoff
 
-    def broken() -> Any:
-        raise RuntimeError("no thread state")
+    def broken(context: Any, hop: str) -> Any:
+        raise RuntimeError("no hop state")
 
-    monkeypatch.setattr(_thread_state, "_new_state", broken)
+    monkeypatch.setattr(_handoff, "arrived_state", broken)
     internal: list[str] = []
     monkeypatch.setattr(_handoff._telemetry, "log_internal_error", internal.append)
     hop = Handoff(oi.set_identity(user_id="u-enter-fails"))
@@ -233,7 +233,7 @@ def test_a_failing_enter_still_runs_the_task_on_the_captured_context(
         leave(hop, token)
         result.append(oi.get_identity())
 
-    thread = threading.Thread(target=in_fresh_thread)  # a thread with no ThreadState yet
+    thread = threading.Thread(target=in_fresh_thread)  # a thread that ran no hand-off yet
     thread.start()
     thread.join()
     assert result == [oi.Identity(user_id="u-enter-fails"), None]
