@@ -90,7 +90,13 @@ class ServerHop(HopState):
     def __init__(
         self, state: HopState, route: str | None, arrived: oi.Identity | None = None
     ) -> None:
-        super().__init__(state.hop, state.outcome, state.reason)
+        # The core's state, as this request's own (its counter key already says its outcome).
+        self.hop, self.outcome, self.reason, self.key = (
+            state.hop,
+            state.outcome,
+            state.reason,
+            state.key,
+        )
         self.pending = list(state.pending)
         self.route = route
         self.span: trace.Span | None = None
@@ -110,11 +116,14 @@ class ServerHop(HopState):
         if self.accounted:
             return
         self.accounted = True
+        outcome = self.outcome
         if identity_present or self.authenticated:
-            self.outcome = names.OUTCOME_PRESENT
-        elif self.outcome not in (names.OUTCOME_REJECTED, names.OUTCOME_ANONYMOUS):
-            self.outcome = names.OUTCOME_MISSING
-        self.key = oii.hop_key(self.hop, self.outcome, self.reason)
+            outcome = names.OUTCOME_PRESENT
+        elif outcome not in (names.OUTCOME_REJECTED, names.OUTCOME_ANONYMOUS):
+            outcome = names.OUTCOME_MISSING
+        if outcome != self.outcome:  # the counter key follows the outcome
+            self.outcome = outcome
+            self.key = oii.hop_key(self.hop, outcome, self.reason)
         oii.count_hop(self.key)
 
     def flush(self, span: trace.Span) -> None:
@@ -317,7 +326,7 @@ def settle(hop: ServerHop, present: bool | None = None) -> None:
         if identity is None and hop.yielded is not None:
             # (Django's middleware, say, has detached the identity it set by now)
             here, identity = hop.yielded, oi.get_identity(hop.yielded)
-        if identity is not None and identity != hop.arrived:
+        if identity is not None and identity is not hop.arrived and identity != hop.arrived:
             _stamp_server_span(hop, here)
         if hop.pending:
             hop.settle(present)  # decides a held "missing"; nothing else is pending long
