@@ -46,36 +46,72 @@ Adopt = Callable[[HopState, str | None, Identity | None], HopState]
 Request = tuple[Any, Getter[Any]]
 
 
-class Arriving:
-    """A receiving hop announced before its request is extracted (see ``announce``).
+class Announcer:
+    """The constant part of announcing a receiving hop: its kind, route, accounting and
+    adoption (see ``Arriving``), made once (a gRPC server makes one per method); each call,
+    ``announcer(request)``, announces one request as ``announce`` does.
 
-    ``account=False`` leaves counting to the hook, which learns the final outcome later (an
-    HTTP hop, once the app answered); ``adopt`` makes the transport's own hop state from the
-    core's; ``request`` is the request as the hook reads it (see ``announce``). ``state`` is
-    the hop's state once an extract decided it.
+        announcer = Announcer("grpc.server", "/shop.Orders/Get")   # once per method
+        marker = announcer((metadata, getter))                     # per request
     """
 
-    __slots__ = ("account", "adopt", "hop", "open", "previous", "request", "route", "state")
+    __slots__ = ("account", "adopt", "hop", "route")
 
     def __init__(
-        self,
-        hop: str,
-        route: str | None,
-        *,
-        account: bool = True,
-        adopt: Adopt | None = None,
-        request: Request | None = None,
+        self, hop: str, route: str | None, *, account: bool = True, adopt: Adopt | None = None
     ) -> None:
         self.hop = hop
         self.route = route
         self.account = account
         self.adopt = adopt
+
+    def __call__(self, request: Request | None = None) -> Arriving | None:
+        """Announce the hop of one request (see ``announce``); None, announcing nothing,
+        where the global textmap's baggage step is not ours."""
+        if not textmap_decides():
+            return None
+        marker = Arriving(self, request)
+        marker.previous = arriving.get()
+        arriving.set(marker)
+        return marker
+
+
+class Arriving:
+    """A receiving hop announced before its request is extracted (see ``announce``).
+
+    ``announcer`` holds what every request of the hop shares (``hop``, ``route``, and:
+    ``account=False`` leaves counting to the hook, which learns the final outcome later, an
+    HTTP hop once the app answered; ``adopt`` makes the transport's own hop state from the
+    core's); ``request`` is the request as the hook reads it (see ``announce``). ``state`` is
+    the hop's state once an extract decided it.
+    """
+
+    __slots__ = ("announcer", "open", "previous", "request", "state")
+
+    def __init__(self, announcer: Announcer, request: Request | None = None) -> None:
+        self.announcer = announcer
         self.request = request
         self.open = True  # until an extract decides the hop, or the hook does it itself
         self.state: HopState | None = None
         # What ``withdraw`` puts back. (Not the ``ContextVar.set`` token: that holds the
         # Context, which holds this marker, a cycle per request that only the collector frees.)
         self.previous: Announced | None = None
+
+    @property
+    def hop(self) -> str:
+        return self.announcer.hop
+
+    @property
+    def route(self) -> str | None:
+        return self.announcer.route
+
+    @property
+    def account(self) -> bool:
+        return self.announcer.account
+
+    @property
+    def adopt(self) -> Adopt | None:
+        return self.announcer.adopt
 
     def decide(
         self, base: Context, carrier: Any = None, getter: Getter[Any] | None = None
@@ -86,13 +122,14 @@ class Arriving:
         internal error the result carries no identity (fail closed), as ``extract``'s."""
         self.open = False
         try:
-            hop, route = self.hop, self.route
+            kind = self.announcer
+            hop, route = kind.hop, kind.route
             settings = _config.current or _config.get_settings()
             arrival = arrival_for(self._header(carrier, getter), hop, settings)
-            state = settled(arrival, hop, route, None, account=self.account)
-            if self.adopt is not None:
+            state = settled(arrival, hop, route, None, account=kind.account)
+            if kind.adopt is not None:
                 admitted = arrival.state
-                state = self.adopt(state, route, admitted.identity if admitted else None)
+                state = kind.adopt(state, route, admitted.identity if admitted else None)
             self.state = state
             return arrived_context(base, arrival, state, announcement=self)
         except Exception:  # noqa: BLE001 - never break the host's request path
@@ -116,7 +153,7 @@ class Arriving:
     def counted(self) -> bool:
         """Whether an extract decided, and counted, this hop (its context may not be current:
         an extract whose result was not attached)."""
-        return self.state is not None and self.account
+        return self.state is not None and self.announcer.account
 
     def close(self) -> None:
         """No extract takes this hop from now on: the hook decides it itself."""
@@ -157,12 +194,7 @@ def announce(
     bytes ``extract`` would read. The announcement lives as long as the current
     ``contextvars.Context``: a hook whose context outlives the request (a server's worker
     thread, an ASGI server's task) ends it with ``withdraw``."""
-    if not textmap_decides():
-        return None
-    marker = Arriving(hop, route, account=account, adopt=adopt, request=request)
-    marker.previous = arriving.get()
-    arriving.set(marker)
-    return marker
+    return Announcer(hop, route, account=account, adopt=adopt)(request)
 
 
 def withdraw(marker: Arriving) -> None:
@@ -176,4 +208,4 @@ def withdraw(marker: Arriving) -> None:
 def announced(hop: str) -> Arriving | None:
     """The ``hop`` hop announced in this context, decided or not; None if there is none."""
     marker = arriving.get()
-    return marker if isinstance(marker, Arriving) and marker.hop == hop else None
+    return marker if isinstance(marker, Arriving) and marker.announcer.hop == hop else None

@@ -20,6 +20,7 @@ metadata read, decode or attach. Wherever that did not happen, it does the whole
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -32,21 +33,27 @@ import otel_identity as oi
 from otel_identity import instrumentation as oii
 from otel_identity import names
 from otel_identity.instrumentation import (
-    announce,
+    Announcer,
+    Arriving,
     announced,
     attach,
     current_context,
     detach,
     is_suppressed,
+    remember,
+    withdraw,
 )
 from otel_identity_grpc import _metadata, _state
 
 HOP = names.HOP_GRPC_SERVER
 _CACHE_LIMIT = 1024
 # (method as grpc gives it, id of the handler grpc found for it) -> (that handler, the handler
-# wrapped, its route). Keyed by handler too: several servers of one process (or generic
-# handlers) may each hold their own handler for a method, and must not re-wrap on every call.
-_wrapped_handlers: dict[tuple[object, int], tuple[Any, Any, str | None]] = {}
+# wrapped, the announcer of its hop). Keyed by handler too: several servers of one process (or
+# generic handlers) may each hold their own handler for a method, and must not re-wrap on
+# every call.
+_wrapped_handlers: dict[tuple[object, int], tuple[Any, Any, Announcer]] = {}
+# method as grpc gives it -> the announcer of its hop (the route is the method).
+_announcers: dict[object, Announcer] = {}
 
 _SHAPES: dict[tuple[bool, bool], tuple[str, Callable[..., Any]]] = {
     (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
@@ -91,20 +98,28 @@ def wrap_handler(handler: Any, details: grpc.HandlerCallDetails) -> Any:
     return _wrapped(handler, details)[0]
 
 
-def _wrapped(handler: Any, details: grpc.HandlerCallDetails) -> tuple[Any, str | None]:
-    """``wrap_handler``, and the RPC's route; built once per handler and method."""
+def _wrapped(handler: Any, details: grpc.HandlerCallDetails) -> tuple[Any, Announcer | None]:
+    """``wrap_handler``, and the announcer of the RPC's hop (None for no handler); built once
+    per handler and method."""
     if handler is None:
         return None, None
     key = (getattr(details, "method", None), id(handler))
     cached = _wrapped_handlers.get(key)
     if cached is not None and cached[0] is handler:  # (the entry keeps its handler alive)
         return cached[1], cached[2]
-    route = _route_of(details)
-    wrapped = _wrap(handler, route)
-    if len(_wrapped_handlers) >= _CACHE_LIMIT:  # (handlers made afresh per call, say)
-        _wrapped_handlers.clear()
-    _wrapped_handlers[key] = (handler, wrapped, route)
-    return wrapped, route
+    announcer = _announcer(details)
+    wrapped = _wrap(handler, announcer.route)
+    remember(_wrapped_handlers, key, (handler, wrapped, announcer), _CACHE_LIMIT)
+    return wrapped, announcer
+
+
+def _announcer(details: grpc.HandlerCallDetails) -> Announcer:
+    """The announcer of the hop of an RPC of ``details``'s method, made once per method."""
+    method = getattr(details, "method", None)
+    found = _announcers.get(method)
+    if found is None:  # (methods made afresh per call, say, clear the table when it is full)
+        found = remember(_announcers, method, Announcer(HOP, _route_of(details)), _CACHE_LIMIT)
+    return found
 
 
 def hop_handler(handler: Any, details: grpc.HandlerCallDetails) -> Any:
@@ -116,11 +131,35 @@ def hop_handler(handler: Any, details: grpc.HandlerCallDetails) -> Any:
     interceptor reads the metadata into a dict, which keeps only the last of a repeated key
     (several baggage entries whose identity conflicts must be rejected, not decided on the
     last)."""
-    wrapped, route = _wrapped(handler, details)
-    if wrapped is not handler:
+    wrapped, announcer = _wrapped(handler, details)
+    if announcer is not None and wrapped is not handler:
         metadata = getattr(details, "invocation_metadata", None) or ()
-        announce(HOP, route, request=(metadata, _metadata.getter))
+        announcer((metadata, _metadata.getter))
     return wrapped
+
+
+def announce_for_opentelemetry(details: grpc.HandlerCallDetails) -> Arriving | None:
+    """The RPC's hop announced for the extract of an OpenTelemetry interceptor that wraps the
+    handler (see ``OpenTelemetryAndIdentity``), or None where that extract will not decide
+    it: it reads only a request that has metadata, through a textmap whose baggage step is
+    ours."""
+    metadata = getattr(details, "invocation_metadata", None)
+    if not metadata:
+        return None
+    return _announcer(details)((metadata, _metadata.getter))
+
+
+def unless_wrapped(
+    handler: Any, found: Any, marker: Arriving, details: grpc.HandlerCallDetails
+) -> Any:
+    """``handler`` (what OpenTelemetry's interceptor made of ``found``, the handler it was
+    given) as it is when that interceptor wrapped it, its extract then deciding the announced
+    hop; else (it stepped aside for this method: uninstrumented, or filtered out)
+    ``marker``'s announcement is withdrawn and ours does the whole hop."""
+    if handler is not found:
+        return handler
+    withdraw(marker)
+    return wrap_handler(handler, details)
 
 
 def _wrap(handler: Any, route: str | None) -> Any:
@@ -260,11 +299,14 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         # application added by hand stay on.
         self._managed = managed
 
+    def enabled(self) -> bool:
+        return (_state.active or not self._managed) and not is_suppressed(current_context())
+
     def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: Any
     ) -> Any:
         handler = continuation(handler_call_details)
-        if (self._managed and not _state.active) or is_suppressed(current_context()):
+        if not self.enabled():
             return handler
         return hop_handler(handler, handler_call_details)
 
@@ -275,10 +317,80 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, *, managed: bool = False) -> None:
         self._managed = managed
 
+    enabled = ServerInterceptor.enabled
+
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
     ) -> Any:
         handler = await continuation(handler_call_details)
-        if (self._managed and not _state.active) or is_suppressed(current_context()):
+        if not self.enabled():
             return handler
         return hop_handler(handler, handler_call_details)
+
+
+class OpenTelemetryAndIdentity(grpc.ServerInterceptor):  # type: ignore[misc]
+    """OpenTelemetry's server interceptor and ours as one stage of grpc's pipeline, first in
+    the server's list (``outermost``): the same as the two in a row, with less per RPC.
+
+    Nothing runs before OpenTelemetry's extract then, so where its interceptor wraps the
+    handler and the request has metadata (it extracts only then), that extract is certain to
+    decide the announced hop: its handler is returned as it is, with no wrapper of ours to
+    check at call time. In any other case ours does what it does inside OpenTelemetry's
+    interceptor as a stage of its own (not ``outermost``: an interceptor before it could
+    extract the request first and take the hop).
+    """
+
+    def __init__(self, opentelemetry: Any, *, managed: bool = False, outermost: bool = True):
+        self.opentelemetry = opentelemetry
+        self.ours = ServerInterceptor(managed=managed)
+        self._outermost = outermost
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        opentelemetry, ours = self.opentelemetry, self.ours
+        if not ours.enabled():
+            return opentelemetry.intercept_service(continuation, details)
+        marker = announce_for_opentelemetry(details) if self._outermost else None
+        if marker is None:
+            return opentelemetry.intercept_service(
+                functools.partial(ours.intercept_service, continuation), details
+            )
+        found = None
+
+        def look_up(details: Any) -> Any:
+            nonlocal found
+            found = continuation(details)
+            return found
+
+        handler = opentelemetry.intercept_service(look_up, details)
+        return unless_wrapped(handler, found, marker, details)
+
+
+class AioOpenTelemetryAndIdentity(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """``OpenTelemetryAndIdentity`` for grpc.aio (which runs each RPC, from the handler's
+    look-up on, in a task of its own)."""
+
+    def __init__(self, opentelemetry: Any, *, managed: bool = False, outermost: bool = True):
+        self.opentelemetry = opentelemetry
+        self.ours = AioServerInterceptor(managed=managed)
+        self._outermost = outermost
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        opentelemetry, ours = self.opentelemetry, self.ours
+        if not ours.enabled():
+            return await opentelemetry.intercept_service(continuation, details)
+        marker = announce_for_opentelemetry(details) if self._outermost else None
+        if marker is None:
+            return await opentelemetry.intercept_service(
+                functools.partial(ours.intercept_service, continuation), details
+            )
+        found = None
+
+        async def look_up(details: Any) -> Any:
+            nonlocal found
+            found = await continuation(details)
+            return found
+
+        handler = await opentelemetry.intercept_service(look_up, details)
+        return unless_wrapped(handler, found, marker, details)
