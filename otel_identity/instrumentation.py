@@ -22,7 +22,9 @@ grouped by side of the hop:
   server instrumentation extracts the request, and its extract decides the hop (policy,
   counting, ``current_user`` slot) in the context it attaches; ``announced`` finds the
   ``Arriving`` marker, whose ``decided`` says whether that happened; ``withdraw`` ends an
-  announcement where the context outlives the request (sketch below);
+  announcement where the context outlives the request (sketch below); an ``Announcer``
+  holds what every request of one hop and route shares, made once (per gRPC method, say),
+  and announces each request with one call, ``announcer(request)``;
 - in-process hand-off: ``Handoff``, ``enter_handoff``/``leave_handoff``;
 - sending: ``outgoing_context``, ``strip_for_egress``, ``judge_destination``,
   ``is_allowed_destination``, ``UNREADABLE_DESTINATION``, ``record_stripped``, the carriers'
@@ -30,7 +32,8 @@ grouped by side of the hop:
   ``propagator_steps``;
 - identity: ``identity_keys``, ``identity_state``, ``is_established``, ``baggage_context``;
 - plumbing: ``logger``, ``log_internal_error``, ``log_once``, ``add_event``/``has_event``,
-  ``hop_counts``, ``remember``, ``import_object``, ``current_settings``,
+  ``hop_counts``, ``remember``/``per_settings`` (bounded memo tables; a value remembered
+  for the settings in force), ``import_object``, ``current_settings``,
   ``environment_settings``, ``adopt_environment``/``identity_environment``, and the baggage
   step checks ``baggage_step_displaced``/``is_baggage_step``.
 
@@ -56,7 +59,7 @@ import os
 from collections.abc import Mapping
 
 from otel_identity import _baggage_propagator, _config, _resolver
-from otel_identity._arriving import Arriving, announce, announced, withdraw
+from otel_identity._arriving import Announcer, Arriving, announce, announced, withdraw
 from otel_identity._config import environment_settings, import_object
 from otel_identity._context import is_established
 from otel_identity._delivery import delivery_context, hold, release
@@ -68,7 +71,7 @@ from otel_identity._handoff import enter as enter_handoff
 from otel_identity._handoff import leave as leave_handoff
 from otel_identity._headers import bytes_headers_setter, header_text, text_headers_setter
 from otel_identity._hop_state import HopState, missing_event
-from otel_identity._memo import remember
+from otel_identity._memo import per_settings, remember
 from otel_identity._policy import is_anonymous_route
 from otel_identity._propagation import extract as propagator_extract
 from otel_identity._propagation import inject as propagator_inject
@@ -94,6 +97,7 @@ from otel_identity._thread_state import count as count_hop
 __all__ = [
     "ENVIRONMENT_PREFIX",
     "UNREADABLE_DESTINATION",
+    "Announcer",
     "Arriving",
     "Handoff",
     "HopState",
@@ -136,6 +140,7 @@ __all__ = [
     "logger",
     "missing_event",
     "outgoing_context",
+    "per_settings",
     "propagator_extract",
     "propagator_inject",
     "propagator_steps",
