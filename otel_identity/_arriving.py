@@ -42,8 +42,10 @@ from otel_identity._state import ANNOUNCEMENT_KEY, without_identity
 # (the core's hop state, the route, the identity admitted from the request) -> the
 # transport's own hop state (an HTTP hop that settles once the app has answered, say).
 Adopt = Callable[[HopState, str | None, Identity | None], HopState]
-# A request as the hook reads it: its carrier and the hook's own getter for it.
-Request = tuple[Any, Getter[Any]]
+# A request as the hook reads it: its carrier and the hook's own getter for it, or the
+# baggage header the hook read from it already (several header lines joined with ",", as a
+# getter's list of them is; "" for none).
+Request = tuple[Any, Getter[Any]] | str
 
 
 class Announcer:
@@ -70,8 +72,7 @@ class Announcer:
         where the global textmap's baggage step is not ours."""
         if not textmap_decides():
             return None
-        marker = Arriving(self, request)
-        marker.previous = arriving.get()
+        marker = Arriving(self, request, arriving.get())
         arriving.set(marker)
         return marker
 
@@ -88,14 +89,17 @@ class Arriving:
 
     __slots__ = ("announcer", "open", "previous", "request", "state")
 
-    def __init__(self, announcer: Announcer, request: Request | None = None) -> None:
+    def __init__(
+        self, announcer: Announcer, request: Request | None, previous: Announced | None
+    ) -> None:
         self.announcer = announcer
         self.request = request
         self.open = True  # until an extract decides the hop, or the hook does it itself
         self.state: HopState | None = None
-        # What ``withdraw`` puts back. (Not the ``ContextVar.set`` token: that holds the
-        # Context, which holds this marker, a cycle per request that only the collector frees.)
-        self.previous: Announced | None = None
+        # What ``withdraw`` puts back, the announcement this one hides. (Not the
+        # ``ContextVar.set`` token: that holds the Context, which holds this marker, a cycle
+        # per request that only the collector frees.)
+        self.previous = previous
 
     @property
     def hop(self) -> str:
@@ -138,8 +142,12 @@ class Arriving:
 
     def _header(self, carrier: Any, getter: Getter[Any] | None) -> str | None:
         """The request's baggage header (several values joined), read once."""
-        if self.request is not None:
-            (carrier, getter), self.request = self.request, None  # (the request is not kept)
+        request = self.request
+        if request is not None:
+            self.request = None  # (the request is not kept)
+            if isinstance(request, str):
+                return request or None
+            carrier, getter = request
         if getter is None:
             return None
         return _propagation.joined(getter.get(carrier, _baggage.HEADER))
@@ -187,7 +195,8 @@ def announce(
     """Announce the receiving ``hop`` that the next extract in this context reads (see the
     module); None, announcing nothing, where the global textmap's baggage step is not ours.
 
-    ``request`` (carrier, getter): the hop's baggage is read from it, as the transport reads
+    ``request`` (carrier, getter), or the baggage header the transport read from it (several
+    lines joined with ",", "" for none): the hop's baggage is read from it, as the transport reads
     it, whatever the extracting instrumentation made of the headers (OpenTelemetry's gRPC
     interceptor keeps only the last of several baggage entries; its ASGI getter decodes
     UTF-8, and backslash escapes where that fails): the hop is then decided on exactly the

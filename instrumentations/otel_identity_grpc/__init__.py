@@ -47,6 +47,7 @@ except ModuleNotFoundError as exc:
     ) from exc
 
 import warnings
+from typing import Any
 
 from otel_identity_grpc import _client, _server
 from otel_identity_grpc._instrumentor import GrpcIdentityInstrumentor
@@ -56,7 +57,7 @@ from otel_identity_grpc.version import __version__
 
 
 def server_interceptor(
-    opentelemetry: grpc.ServerInterceptor | None = None,
+    opentelemetry: Any = None,
 ) -> _server.ServerInterceptor | _server.OpenTelemetryAndIdentity:
     """The interceptor for ``grpc.server(..., interceptors=[...])``.
 
@@ -72,7 +73,7 @@ def server_interceptor(
 
 
 def aio_server_interceptor(
-    opentelemetry: grpc.aio.ServerInterceptor | None = None,
+    opentelemetry: Any = None,
 ) -> _server.AioServerInterceptor | _server.AioOpenTelemetryAndIdentity:
     """The interceptor for ``grpc.aio.server(interceptors=[...])``; given OpenTelemetry's
     (``otel_grpc.aio_server_interceptor()``), one doing the work of both, first in the list,

@@ -313,13 +313,14 @@ class _MultiCallable(_Base, _wire.CallShapes):
             if not settings.has_keys:
                 unchanged[0] = ctx
             return invoke(request, *args, **kwargs)
-        return self._carry(ctx, out, invoke, request, args, kwargs)
+        return self._carry(ctx, out, invoke, request=request, args=args, kwargs=kwargs)
 
     def _carry(
         self,
         ctx: Context,
         out: Context,
         invoke: Callable[..., Any],
+        *,
         request: Any,
         args: tuple[Any, ...],
         kwargs: Any,

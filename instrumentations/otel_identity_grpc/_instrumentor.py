@@ -81,9 +81,9 @@ def _with_server_interceptor(
     current: Sequence[Any] | None, ours: object, fused: Callable[..., object]
 ) -> list[Any]:
     """The server's interceptors with ours: made one stage with OpenTelemetry's (``fused``)
-    where that one is in the list already (the instrumentors' other load order, or a list
-    given by hand), else first (OpenTelemetry's instrumentor, running after ours, then puts
-    its own before it)."""
+    where that one is first in the list already (the instrumentors' other load order, or a
+    list given by hand); right after it where it is further down; else first
+    (OpenTelemetry's instrumentor, running after ours, then puts its own before it)."""
     interceptors = list(current or ())
     if any(isinstance(i, _OURS) for i in interceptors):
         return interceptors
@@ -91,11 +91,10 @@ def _with_server_interceptor(
     for index, interceptor in enumerate(interceptors):
         if _is_opentelemetry(interceptor):
             position = index
-    if position is None:
-        interceptors.insert(0, ours)
+    if position == 0:
+        interceptors[0] = fused(interceptors[0], managed=True)
     else:
-        opentelemetry = interceptors[position]
-        interceptors[position] = fused(opentelemetry, managed=True, outermost=position == 0)
+        interceptors.insert(0 if position is None else position + 1, ours)
     return interceptors
 
 

@@ -46,6 +46,7 @@ from otel_identity.instrumentation import (
 from otel_identity_grpc import _metadata, _state
 
 HOP = names.HOP_GRPC_SERVER
+_BAGGAGE = "baggage"
 _CACHE_LIMIT = 1024
 # (method as grpc gives it, id of the handler grpc found for it) -> (that handler, the handler
 # wrapped, the announcer of its hop). Keyed by handler too: several servers of one process (or
@@ -134,7 +135,7 @@ def hop_handler(handler: Any, details: grpc.HandlerCallDetails) -> Any:
     wrapped, announcer = _wrapped(handler, details)
     if announcer is not None and wrapped is not handler:
         metadata = getattr(details, "invocation_metadata", None) or ()
-        announcer((metadata, _metadata.getter))
+        announcer(_metadata.header(metadata, _BAGGAGE))
     return wrapped
 
 
@@ -142,22 +143,18 @@ def announce_for_opentelemetry(details: grpc.HandlerCallDetails) -> Arriving | N
     """The RPC's hop announced for the extract of an OpenTelemetry interceptor that wraps the
     handler (see ``OpenTelemetryAndIdentity``), or None where that extract will not decide
     it: it reads only a request that has metadata, through a textmap whose baggage step is
-    ours."""
-    metadata = getattr(details, "invocation_metadata", None)
+    ours. (``details`` are grpc's own: the stage is first in the list.)"""
+    metadata = details.invocation_metadata
     if not metadata:
         return None
-    return _announcer(details)((metadata, _metadata.getter))
+    announcer = _announcers.get(details.method) or _announcer(details)
+    return announcer(_metadata.header(metadata, _BAGGAGE))
 
 
-def unless_wrapped(
-    handler: Any, found: Any, marker: Arriving, details: grpc.HandlerCallDetails
-) -> Any:
-    """``handler`` (what OpenTelemetry's interceptor made of ``found``, the handler it was
-    given) as it is when that interceptor wrapped it, its extract then deciding the announced
-    hop; else (it stepped aside for this method: uninstrumented, or filtered out)
+def not_wrapped(handler: Any, marker: Arriving, details: grpc.HandlerCallDetails) -> Any:
+    """``handler``, which OpenTelemetry's interceptor returned as it was given (it stepped
+    aside for this method: uninstrumented, or filtered out): nothing extracts the request, so
     ``marker``'s announcement is withdrawn and ours does the whole hop."""
-    if handler is not found:
-        return handler
     withdraw(marker)
     return wrap_handler(handler, details)
 
@@ -329,31 +326,28 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 class OpenTelemetryAndIdentity(grpc.ServerInterceptor):  # type: ignore[misc]
-    """OpenTelemetry's server interceptor and ours as one stage of grpc's pipeline, first in
-    the server's list (``outermost``): the same as the two in a row, with less per RPC.
+    """OpenTelemetry's server interceptor and ours as one stage of grpc's pipeline, *first*
+    in the server's list: the same as the two in a row, with less work per RPC.
 
     Nothing runs before OpenTelemetry's extract then, so where its interceptor wraps the
     handler and the request has metadata (it extracts only then), that extract is certain to
     decide the announced hop: its handler is returned as it is, with no wrapper of ours to
     check at call time. In any other case ours does what it does inside OpenTelemetry's
-    interceptor as a stage of its own (not ``outermost``: an interceptor before it could
-    extract the request first and take the hop).
+    interceptor as a stage of its own. (Further down the list, an interceptor before it could
+    extract the request first and take the hop: there the two stay two stages.)
     """
 
-    def __init__(self, opentelemetry: Any, *, managed: bool = False, outermost: bool = True):
+    def __init__(self, opentelemetry: Any, *, managed: bool = False) -> None:
         self.opentelemetry = opentelemetry
         self.ours = ServerInterceptor(managed=managed)
-        self._outermost = outermost
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
-        opentelemetry, ours = self.opentelemetry, self.ours
-        if not ours.enabled():
-            return opentelemetry.intercept_service(continuation, details)
-        marker = announce_for_opentelemetry(details) if self._outermost else None
+        if not self.ours.enabled():
+            return self.opentelemetry.intercept_service(continuation, details)
+        marker = announce_for_opentelemetry(details)
         if marker is None:
-            return opentelemetry.intercept_service(
-                functools.partial(ours.intercept_service, continuation), details
-            )
+            ours = functools.partial(self.ours.intercept_service, continuation)
+            return self.opentelemetry.intercept_service(ours, details)
         found = None
 
         def look_up(details: Any) -> Any:
@@ -361,30 +355,29 @@ class OpenTelemetryAndIdentity(grpc.ServerInterceptor):  # type: ignore[misc]
             found = continuation(details)
             return found
 
-        handler = opentelemetry.intercept_service(look_up, details)
-        return unless_wrapped(handler, found, marker, details)
+        handler = self.opentelemetry.intercept_service(look_up, details)
+        if handler is not found:  # wrapped: its extract decides the hop, on the handler's call
+            return handler
+        return not_wrapped(handler, marker, details)
 
 
 class AioOpenTelemetryAndIdentity(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """``OpenTelemetryAndIdentity`` for grpc.aio (which runs each RPC, from the handler's
     look-up on, in a task of its own)."""
 
-    def __init__(self, opentelemetry: Any, *, managed: bool = False, outermost: bool = True):
+    def __init__(self, opentelemetry: Any, *, managed: bool = False) -> None:
         self.opentelemetry = opentelemetry
         self.ours = AioServerInterceptor(managed=managed)
-        self._outermost = outermost
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: Any
     ) -> Any:
-        opentelemetry, ours = self.opentelemetry, self.ours
-        if not ours.enabled():
-            return await opentelemetry.intercept_service(continuation, details)
-        marker = announce_for_opentelemetry(details) if self._outermost else None
+        if not self.ours.enabled():
+            return await self.opentelemetry.intercept_service(continuation, details)
+        marker = announce_for_opentelemetry(details)
         if marker is None:
-            return await opentelemetry.intercept_service(
-                functools.partial(ours.intercept_service, continuation), details
-            )
+            ours = functools.partial(self.ours.intercept_service, continuation)
+            return await self.opentelemetry.intercept_service(ours, details)
         found = None
 
         async def look_up(details: Any) -> Any:
@@ -392,5 +385,7 @@ class AioOpenTelemetryAndIdentity(grpc.aio.ServerInterceptor):  # type: ignore[m
             found = await continuation(details)
             return found
 
-        handler = await opentelemetry.intercept_service(look_up, details)
-        return unless_wrapped(handler, found, marker, details)
+        handler = await self.opentelemetry.intercept_service(look_up, details)
+        if handler is not found:  # wrapped: its extract decides the hop, on the handler's call
+            return handler
+        return not_wrapped(handler, marker, details)

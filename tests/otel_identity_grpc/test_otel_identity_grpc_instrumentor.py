@@ -246,11 +246,12 @@ def test_server_interceptor_is_made_one_stage_with_opentelemetrys_or_goes_first(
     ours = object()
     fused = _server.OpenTelemetryAndIdentity
     first, rest = _instrumentor._with_server_interceptor([otel, app], ours, fused)[0], [app]
-    assert isinstance(first, fused) and first.opentelemetry is otel and first._outermost
+    assert isinstance(first, fused) and first.opentelemetry is otel
     assert _instrumentor._with_server_interceptor([otel, app], ours, fused)[1:] == rest
-    # not first in the list: an interceptor before it may extract first; no shortcut then
-    (before, inner) = _instrumentor._with_server_interceptor([app, otel], ours, fused)
-    assert before is app and isinstance(inner, fused) and not inner._outermost
+    # not first in the list (an interceptor before it may extract first): right after it
+    other = _SeesIdentity()
+    placed = _instrumentor._with_server_interceptor([other, otel, app], ours, fused)
+    assert placed == [other, otel, ours, app]
     assert _instrumentor._with_server_interceptor([app], ours, fused) == [ours, app]
     assert _instrumentor._with_server_interceptor(None, ours, fused) == [ours]
     # never a second one of ours
