@@ -26,14 +26,14 @@ ours: the hook then does the whole hop itself, as wherever no such pass runs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import propagate
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 
 from otel_identity import _baggage, _config, _propagation, _telemetry
-from otel_identity._baggage_propagator import Announced, arriving, baggage_step_status
+from otel_identity._baggage_propagator import arriving, baggage_step_status
 from otel_identity._hop_state import HopState
 from otel_identity._identity import Identity
 from otel_identity._receiving import arrival_for, arrived_context, settled
@@ -42,13 +42,13 @@ from otel_identity._state import ANNOUNCEMENT_KEY, without_identity
 # (the core's hop state, the route, the identity admitted from the request) -> the
 # transport's own hop state (an HTTP hop that settles once the app has answered, say).
 Adopt = Callable[[HopState, str | None, Identity | None], HopState]
-# A request as the hook reads it: its carrier and the hook's own getter for it, or the
-# baggage header the hook read from it already (several header lines joined with ",", as a
-# getter's list of them is; "" for none).
-Request = tuple[Any, Getter[Any]] | str
+# A request as the hook reads it: its carrier and the hook's own getter for it; or, as
+# (header, None), the baggage header the hook read from it already (several header lines
+# joined with ",", as a getter's list of them is; "" for none).
+Request = tuple[Any, Getter[Any] | None]
 
 
-class Announcer:
+class Announcer(NamedTuple):
     """The constant part of announcing a receiving hop: its kind, route, accounting and
     adoption (see ``Arriving``), made once (a gRPC server makes one per method); each call,
     ``announcer(request)``, announces one request as ``announce`` does.
@@ -57,24 +57,17 @@ class Announcer:
         marker = announcer((metadata, getter))                     # per request
     """
 
-    __slots__ = ("account", "adopt", "hop", "route")
-
-    def __init__(
-        self, hop: str, route: str | None, *, account: bool = True, adopt: Adopt | None = None
-    ) -> None:
-        self.hop = hop
-        self.route = route
-        self.account = account
-        self.adopt = adopt
+    hop: str
+    route: str | None
+    account: bool = True
+    adopt: Adopt | None = None
 
     def __call__(self, request: Request | None = None) -> Arriving | None:
         """Announce the hop of one request (see ``announce``); None, announcing nothing,
         where the global textmap's baggage step is not ours."""
         if not textmap_decides():
             return None
-        marker = Arriving(self, request, arriving.get())
-        arriving.set(marker)
-        return marker
+        return Arriving(self, request)
 
 
 class Arriving:
@@ -89,9 +82,9 @@ class Arriving:
 
     __slots__ = ("announcer", "open", "previous", "request", "state")
 
-    def __init__(
-        self, announcer: Announcer, request: Request | None, previous: Announced | None
-    ) -> None:
+    def __init__(self, announcer: Announcer, request: Request | None) -> None:
+        """Made by announcing (``Announcer``, ``announce``): the new marker is the open
+        announcement of the current context from then on."""
         self.announcer = announcer
         self.request = request
         self.open = True  # until an extract decides the hop, or the hook does it itself
@@ -99,7 +92,8 @@ class Arriving:
         # What ``withdraw`` puts back, the announcement this one hides. (Not the
         # ``ContextVar.set`` token: that holds the Context, which holds this marker, a cycle
         # per request that only the collector frees.)
-        self.previous = previous
+        self.previous = arriving.get()
+        arriving.set(self)
 
     @property
     def hop(self) -> str:
@@ -126,14 +120,13 @@ class Arriving:
         internal error the result carries no identity (fail closed), as ``extract``'s."""
         self.open = False
         try:
-            kind = self.announcer
-            hop, route = kind.hop, kind.route
+            hop, route, account, adopt = self.announcer
             settings = _config.current or _config.get_settings()
             arrival = arrival_for(self._header(carrier, getter), hop, settings)
-            state = settled(arrival, hop, route, None, account=kind.account)
-            if kind.adopt is not None:
+            state = settled(arrival, hop, route, None, account=account)
+            if adopt is not None:
                 admitted = arrival.state
-                state = kind.adopt(state, route, admitted.identity if admitted else None)
+                state = adopt(state, route, admitted.identity if admitted else None)
             self.state = state
             return arrived_context(base, arrival, state, announcement=self)
         except Exception:  # noqa: BLE001 - never break the host's request path
@@ -142,12 +135,10 @@ class Arriving:
 
     def _header(self, carrier: Any, getter: Getter[Any] | None) -> str | None:
         """The request's baggage header (several values joined), read once."""
-        request = self.request
-        if request is not None:
-            self.request = None  # (the request is not kept)
-            if isinstance(request, str):
-                return request or None
-            carrier, getter = request
+        if self.request is not None:
+            (carrier, getter), self.request = self.request, None  # (the request is not kept)
+            if getter is None:  # (header, None): the header, as the transport read it
+                return carrier or None
         if getter is None:
             return None
         return _propagation.joined(getter.get(carrier, _baggage.HEADER))
@@ -195,15 +186,16 @@ def announce(
     """Announce the receiving ``hop`` that the next extract in this context reads (see the
     module); None, announcing nothing, where the global textmap's baggage step is not ours.
 
-    ``request`` (carrier, getter), or the baggage header the transport read from it (several
-    lines joined with ",", "" for none): the hop's baggage is read from it, as the transport reads
-    it, whatever the extracting instrumentation made of the headers (OpenTelemetry's gRPC
-    interceptor keeps only the last of several baggage entries; its ASGI getter decodes
+    ``request`` (carrier, getter), or (header, None) with the baggage header the transport read
+    from it (several lines joined with ",", "" for none): the hop's baggage is read from it, as
+    the transport reads it, whatever the extracting instrumentation made of the headers
+    (OpenTelemetry's gRPC interceptor keeps only the last of several baggage entries; its
+    ASGI getter decodes
     UTF-8, and backslash escapes where that fails): the hop is then decided on exactly the
     bytes ``extract`` would read. The announcement lives as long as the current
     ``contextvars.Context``: a hook whose context outlives the request (a server's worker
     thread, an ASGI server's task) ends it with ``withdraw``."""
-    return Announcer(hop, route, account=account, adopt=adopt)(request)
+    return Announcer(hop, route, account, adopt)(request)
 
 
 def withdraw(marker: Arriving) -> None:

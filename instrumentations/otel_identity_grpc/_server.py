@@ -135,7 +135,7 @@ def hop_handler(handler: Any, details: grpc.HandlerCallDetails) -> Any:
     wrapped, announcer = _wrapped(handler, details)
     if announcer is not None and wrapped is not handler:
         metadata = getattr(details, "invocation_metadata", None) or ()
-        announcer(_metadata.header(metadata, _BAGGAGE))
+        announcer((_metadata.header(metadata, _BAGGAGE), None))
     return wrapped
 
 
@@ -148,7 +148,7 @@ def announce_for_opentelemetry(details: grpc.HandlerCallDetails) -> Arriving | N
     if not metadata:
         return None
     announcer = _announcers.get(details.method) or _announcer(details)
-    return announcer(_metadata.header(metadata, _BAGGAGE))
+    return announcer((_metadata.header(metadata, _BAGGAGE), None))
 
 
 def not_wrapped(handler: Any, marker: Arriving, details: grpc.HandlerCallDetails) -> Any:

@@ -224,3 +224,28 @@ def test_a_remembered_context_is_kept_per_settings_object() -> None:
     memo(first)[0] = "remembered"
     assert memo(first)[0] == "remembered"
     assert memo(second)[0] is None
+
+
+# -- the header the server reads for the announcement: what the getter reads, joined ---------
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        [],
+        [("user-agent", "grpc-python"), ("baggage", "user.id=u-1")],
+        [("baggage", "user.id=a"), ("x", "y"), ("baggage", "user.id=b")],
+        [("baggage", ""), ("baggage", "")],
+        [("baggage", "")],
+        [("baggage-bin", b"\xff"), ("baggage", b"user.id=bytes")],
+        [("baggage", "user.id=a"), ("odd",), ["baggage", "tenant.id=t"], 7],
+        (("baggage", "user.id=a"), ("baggage", "user.id=a")),
+    ],
+)
+def test_the_announced_header_is_what_the_getter_reads_joined(metadata: Any) -> None:
+    from otel_identity_grpc import _metadata
+
+    from otel_identity import _propagation
+
+    expected = _propagation.joined(_metadata.getter.get(metadata, "baggage")) or ""
+    assert _metadata.header(metadata, "baggage") == expected
