@@ -37,6 +37,7 @@ from otel_identity._baggage_propagator import arriving, baggage_step_status
 from otel_identity._hop_state import HopState
 from otel_identity._identity import Identity
 from otel_identity._receiving import arrival_for, arrived_context, settled
+from otel_identity._runtime import current_context
 from otel_identity._state import ANNOUNCEMENT_KEY, without_identity
 
 # (the core's hop state, the route, the identity admitted from the request) -> the
@@ -204,6 +205,17 @@ def withdraw(marker: Arriving) -> None:
     marker.open = False
     if arriving.get() is marker:
         arriving.set(marker.previous)
+
+
+def decided_context(hop: str) -> Context | None:
+    """The current context, where an extract decided in it the ``hop`` hop announced in this
+    context (``announced(hop).decided(ctx)``): the hook has nothing left to do but run the
+    handler. Else None."""
+    ctx = current_context()
+    marker: Arriving | None = ctx.get(ANNOUNCEMENT_KEY)  # type: ignore[assignment]
+    if marker is not None and marker.announcer.hop == hop and marker is arriving.get():
+        return ctx
+    return None
 
 
 def announced(hop: str) -> Arriving | None:

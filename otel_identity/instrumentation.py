@@ -21,7 +21,8 @@ grouped by side of the hop:
 - receiving inside OpenTelemetry's own pass: ``announce`` a server hop before OpenTelemetry's
   server instrumentation extracts the request, and its extract decides the hop (policy,
   counting, ``current_user`` slot) in the context it attaches; ``announced`` finds the
-  ``Arriving`` marker, whose ``decided`` says whether that happened; ``withdraw`` ends an
+  ``Arriving`` marker, whose ``decided`` says whether that happened (``decided_context(hop)``
+  asks both at once, for the current context); ``withdraw`` ends an
   announcement where the context outlives the request (sketch below); an ``Announcer``
   holds what every request of one hop and route shares, made once (per gRPC method, say),
   and announces each request with one call, ``announcer(request)``;
@@ -59,7 +60,14 @@ import os
 from collections.abc import Mapping
 
 from otel_identity import _baggage_propagator, _config, _resolver
-from otel_identity._arriving import Announcer, Arriving, announce, announced, withdraw
+from otel_identity._arriving import (
+    Announcer,
+    Arriving,
+    announce,
+    announced,
+    decided_context,
+    withdraw,
+)
 from otel_identity._config import environment_settings, import_object
 from otel_identity._context import is_established
 from otel_identity._delivery import delivery_context, hold, release
@@ -114,6 +122,7 @@ __all__ = [
     "count_hop",
     "current_context",
     "current_settings",
+    "decided_context",
     "delivery_context",
     "detach",
     "enter_handoff",

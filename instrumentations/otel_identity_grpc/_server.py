@@ -38,6 +38,7 @@ from otel_identity.instrumentation import (
     announced,
     attach,
     current_context,
+    decided_context,
     detach,
     is_suppressed,
     remember,
@@ -62,14 +63,6 @@ _SHAPES: dict[tuple[bool, bool], tuple[str, Callable[..., Any]]] = {
     (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
     (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
 }
-
-
-def decided_context() -> Context | None:
-    """The current context, if OpenTelemetry's extract decided the RPC's hop in it (nothing is
-    left to do but run the behavior); else None."""
-    ctx = current_context()
-    marker = announced(HOP)
-    return ctx if marker is not None and marker.decided(ctx) else None
 
 
 def hop_context(servicer_context: Any, route: str | None) -> Context:
@@ -191,7 +184,7 @@ def _in_hop(
 
 def _async_stream_in_hop(behavior: Callable[..., Any], route: str | None) -> Callable[..., Any]:
     async def run_stream(request: Any, servicer_context: Any) -> AsyncIterator[Any]:
-        ctx = decided_context()
+        ctx = decided_context(HOP)
         if ctx is None:
             ctx = hop_context(servicer_context, route)
         responses = behavior(request, servicer_context)
@@ -219,7 +212,7 @@ def _async_stream_in_hop(behavior: Callable[..., Any], route: str | None) -> Cal
 
 def _async_in_hop(behavior: Callable[..., Any], route: str | None) -> Callable[..., Any]:
     async def run_async(request: Any, servicer_context: Any) -> Any:
-        if decided_context() is not None:  # decided, and attached, in OpenTelemetry's pass
+        if decided_context(HOP) is not None:  # decided, and attached, in OpenTelemetry's pass
             return await behavior(request, servicer_context)
         token = attach(hop_context(servicer_context, route))  # detached below, in this task
         try:
@@ -234,7 +227,7 @@ def _sync_in_hop(
     behavior: Callable[..., Any], route: str | None, *, response_streaming: bool
 ) -> Callable[..., Any]:
     def run(request: Any, servicer_context: Any) -> Any:
-        ctx = decided_context()
+        ctx = decided_context(HOP)
         if ctx is not None:  # decided, and attached, in OpenTelemetry's pass
             return _responses(behavior(request, servicer_context), ctx, response_streaming)
         ctx = hop_context(servicer_context, route)

@@ -391,3 +391,27 @@ def test_an_announcer_announces_each_request_and_nothing_under_another_baggage_s
     assert first.previous is covered  # what withdraw put back
     propagate.set_global_textmap(OPENTELEMETRYS)
     assert in_request(announcer) is None
+
+
+def test_decided_context_says_what_announced_and_decided_say_together() -> None:
+    def request() -> list[bool]:
+        answers = []
+        marker = oii.announce(HOP, ROUTE)
+        assert marker is not None
+        answers.append(oii.decided_context(HOP) is None)  # announced, not decided yet
+        ctx = propagate.extract(carrier())
+        token = oii.attach(ctx)
+        try:
+            answers.append(oii.decided_context(HOP) is ctx)
+            answers.append(oii.decided_context(names.HOP_HTTP_SERVER) is None)  # another kind
+            covering = oii.announce(HOP, ROUTE)  # a later announcement, not decided in ctx
+            answers.append(oii.decided_context(HOP) is None)
+            assert covering is not None
+            oii.withdraw(covering)
+            answers.append(oii.decided_context(HOP) is ctx)  # the hop's own, again
+        finally:
+            oii.detach(token)
+        answers.append(oii.decided_context(HOP) is None)  # its context no longer current
+        return answers
+
+    assert in_request(request) == [True] * 6
