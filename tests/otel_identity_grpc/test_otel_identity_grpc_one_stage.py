@@ -144,23 +144,53 @@ def test_hostile_metadata_in_either_load_order_of_the_instrumentors(
     assert _one_hop([], metadata) == (*general, True)
 
 
-def test_the_instrumentor_makes_one_stage_when_opentelemetrys_interceptor_is_listed_first() -> None:
-    GrpcIdentityInstrumentor().instrument()
+@pytest.fixture
+def one_stage_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The one-stage interceptors (sync and asyncio) that looked a handler up."""
     seen: list[Any] = []
-    real_server = _server.OpenTelemetryAndIdentity.intercept_service
+    for cls in (_server.OpenTelemetryAndIdentity, _server.AioOpenTelemetryAndIdentity):
+        real = cls.intercept_service
 
-    def spy(self: Any, continuation: Any, details: Any) -> Any:
-        seen.append(self)
-        return real_server(self, continuation, details)
+        def spy(self: Any, continuation: Any, details: Any, real: Any = real) -> Any:
+            seen.append(type(self))
+            return real(self, continuation, details)
 
-    _server.OpenTelemetryAndIdentity.intercept_service = spy  # type: ignore[method-assign]
-    try:
-        provider = _provider(ALWAYS_ON)
-        listed = [otel_grpc.server_interceptor(tracer_provider=provider)]
-        result = _one_hop(listed, [("baggage", "user.id=u-7")])
-    finally:
-        _server.OpenTelemetryAndIdentity.intercept_service = real_server  # type: ignore[method-assign]
-    assert result[0][0] == "u-7" and result[2] is True and len(seen) == 1
+        monkeypatch.setattr(cls, "intercept_service", spy)
+    return seen
+
+
+def test_the_instrumentor_makes_one_stage_of_opentelemetrys_interceptor_listed_first(
+    one_stage_calls: list[Any],
+) -> None:
+    GrpcIdentityInstrumentor().instrument()
+    listed = [otel_grpc.server_interceptor(tracer_provider=_provider(ALWAYS_ON))]
+    seen, _, in_pass = _one_hop(listed, [("baggage", "user.id=u-7")])
+    assert (seen[0], in_pass) == ("u-7", True)
+    assert one_stage_calls == [_server.OpenTelemetryAndIdentity]
+
+
+@pytest.mark.parametrize("aio", [False, True], ids=["sync", "aio"])
+def test_ours_loaded_first_makes_one_stage_of_opentelemetrys_interceptor(
+    one_stage_calls: list[Any], aio: bool
+) -> None:
+    theirs = otel_grpc.GrpcAioInstrumentorServer() if aio else otel_grpc.GrpcInstrumentorServer()
+    GrpcIdentityInstrumentor().instrument()
+    theirs.instrument(tracer_provider=_provider(ALWAYS_ON))
+    metadata = [("baggage", "user.id=u-7")]
+    if aio:
+
+        async def one_call() -> dict[str, Any]:
+            async with aio_server(()) as target, grpc.aio.insecure_channel(target) as channel:
+                (response,) = await aio_call(channel, "UnaryUnary", metadata)
+            return response
+
+        response = asyncio.run(one_call())
+    else:
+        with sync_server() as target, grpc.insecure_channel(target) as channel:
+            (response,) = call(channel, "UnaryUnary", metadata=metadata)
+    assert (response["user"], response["in_otel_pass"]) == ("u-7", True)
+    expected = _server.AioOpenTelemetryAndIdentity if aio else _server.OpenTelemetryAndIdentity
+    assert one_stage_calls == [expected]
 
 
 @SAMPLERS
