@@ -20,7 +20,6 @@ metadata read, decode or attach. Wherever that did not happen, it does the whole
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -325,9 +324,12 @@ class OpenTelemetryAndIdentity(grpc.ServerInterceptor):  # type: ignore[misc]
     Nothing runs before OpenTelemetry's extract then, so where its interceptor wraps the
     handler and the request has metadata (it extracts only then), that extract is certain to
     decide the announced hop: its handler is returned as it is, with no wrapper of ours to
-    check at call time. In any other case ours does what it does inside OpenTelemetry's
-    interceptor as a stage of its own. (Further down the list, an interceptor before it could
-    extract the request first and take the hop: there the two stay two stages.)
+    check at call time. The hop is announced once the interceptors further in have looked
+    the handler up, as by ours as a stage of its own. Where it cannot be announced, ours
+    wraps the handler inside OpenTelemetry's interceptor, as that stage does; where
+    OpenTelemetry's interceptor steps aside for the method, ours does the whole hop. (Further
+    down the list, an interceptor before it could extract the request first and take the
+    hop: there the two stay two stages.)
     """
 
     def __init__(self, opentelemetry: Any, *, managed: bool = False) -> None:
@@ -337,19 +339,16 @@ class OpenTelemetryAndIdentity(grpc.ServerInterceptor):  # type: ignore[misc]
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         if not self.ours.enabled():
             return self.opentelemetry.intercept_service(continuation, details)
-        marker = announce_for_opentelemetry(details)
-        if marker is None:
-            ours = functools.partial(self.ours.intercept_service, continuation)
-            return self.opentelemetry.intercept_service(ours, details)
-        found = None
+        marker = found = None
 
         def look_up(details: Any) -> Any:
-            nonlocal found
-            found = continuation(details)
-            return found
+            nonlocal marker, found
+            found = continuation(details)  # the interceptors further in first, as ever
+            marker = announce_for_opentelemetry(details)
+            return found if marker is not None else wrap_handler(found, details)
 
         handler = self.opentelemetry.intercept_service(look_up, details)
-        if handler is not found:  # wrapped: its extract decides the hop, on the handler's call
+        if marker is None or handler is not found:  # its extract decides the announced hop
             return handler
         return not_wrapped(handler, marker, details)
 
@@ -367,18 +366,15 @@ class AioOpenTelemetryAndIdentity(grpc.aio.ServerInterceptor):  # type: ignore[m
     ) -> Any:
         if not self.ours.enabled():
             return await self.opentelemetry.intercept_service(continuation, details)
-        marker = announce_for_opentelemetry(details)
-        if marker is None:
-            ours = functools.partial(self.ours.intercept_service, continuation)
-            return await self.opentelemetry.intercept_service(ours, details)
-        found = None
+        marker = found = None
 
         async def look_up(details: Any) -> Any:
-            nonlocal found
-            found = await continuation(details)
-            return found
+            nonlocal marker, found
+            found = await continuation(details)  # the interceptors further in first, as ever
+            marker = announce_for_opentelemetry(details)
+            return found if marker is not None else wrap_handler(found, details)
 
         handler = await self.opentelemetry.intercept_service(look_up, details)
-        if handler is not found:  # wrapped: its extract decides the hop, on the handler's call
+        if marker is None or handler is not found:  # its extract decides the announced hop
             return handler
         return not_wrapped(handler, marker, details)

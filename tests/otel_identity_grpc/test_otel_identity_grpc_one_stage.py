@@ -144,6 +144,31 @@ def test_hostile_metadata_in_either_load_order_of_the_instrumentors(
     assert _one_hop([], metadata) == (*general, True)
 
 
+class _ExtractsAtLookUp(grpc.ServerInterceptor):  # type: ignore[misc]
+    """An application interceptor further in that extracts the metadata while grpc looks the
+    handler up (and drops the result): the hop is not announced yet, as with two stages."""
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        propagate.extract(dict(details.invocation_metadata))
+        return continuation(details)
+
+
+@SAMPLERS
+def test_an_extract_while_the_handler_is_looked_up_does_not_take_the_hop(
+    sampler: Sampler,
+) -> None:
+    metadata = [("baggage", "user.id=u-7,tenant.id=acme")]
+    two_stages = [
+        otel_grpc.server_interceptor(tracer_provider=_provider(sampler)),
+        oi_grpc.server_interceptor(),
+        _ExtractsAtLookUp(),
+    ]
+    general = _one_hop(two_stages, metadata)
+    fused = _one_hop([*_one_stage(_provider(sampler)), _ExtractsAtLookUp()], metadata)
+    assert fused == general
+    assert fused[1:] == ({(names.OUTCOME_PRESENT,): 1}, True)
+
+
 @pytest.fixture
 def one_stage_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """The one-stage interceptors (sync and asyncio) that looked a handler up."""
