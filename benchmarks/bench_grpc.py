@@ -8,8 +8,8 @@ baseline = opentelemetry-instrumentation-grpc on both sides (its client instrume
            tenant.id) on every call: plain OpenTelemetry already carries the identity, so only
            our added work differs
 ours     = the same plus GrpcIdentityInstrumentor on the client (the channel's egress check)
-           and otel-identity's server interceptor (the hop), with IdentitySpanProcessor on
-           both sides
+           and otel-identity's server interceptor (the hop; one stage with OpenTelemetry's,
+           as the instrumentor makes it), with IdentitySpanProcessor on both sides
 plain    = grpc without any instrumentation, for scale
 
 The servers run in another process, as a service does: sharing one interpreter lock, client
@@ -48,15 +48,15 @@ def _echo(request: bytes, context: Any) -> bytes:
 
 def build(name: str) -> tuple[int, Callable[[], None]]:
     """One configuration's server, in the server process (interceptors placed as the
-    instrumentors place them: OpenTelemetry's first, otel-identity's right after)."""
+    instrumentors place them: OpenTelemetry's first, made one stage with otel-identity's)."""
     interceptors = []
     if name != "plain":
         provider = TracerProvider()
         if name == "ours":
             provider.add_span_processor(oi.IdentitySpanProcessor())
-        interceptors.append(otel_grpc.server_interceptor(tracer_provider=provider))
-        if name == "ours":
-            interceptors.append(server_interceptor())
+        otel_interceptor = otel_grpc.server_interceptor(tracer_provider=provider)
+        ours = name == "ours"
+        interceptors.append(server_interceptor(otel_interceptor) if ours else otel_interceptor)
     return serve(interceptors)
 
 

@@ -112,9 +112,10 @@ def build_grpc(name: str) -> tuple[int, Callable[[], None]]:
     interceptors: list[Any] = []
     if name != "plain":
         provider = _provider(sampler, identity=name == "ours")
-        interceptors.append(otel_grpc.server_interceptor(tracer_provider=provider))
-        if name == "ours":
-            interceptors.append(server_interceptor())
+        otel_interceptor = otel_grpc.server_interceptor(tracer_provider=provider)
+        # ours: one stage with OpenTelemetry's, first in the list, as the instrumentor makes it
+        ours = name == "ours"
+        interceptors.append(server_interceptor(otel_interceptor) if ours else otel_interceptor)
     return bench_grpc.serve(interceptors)
 
 

@@ -26,56 +26,91 @@ ours: the hook then does the whole hop itself, as wherever no such pass runs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import propagate
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 
 from otel_identity import _baggage, _config, _propagation, _telemetry
-from otel_identity._baggage_propagator import Announced, arriving, baggage_step_status
+from otel_identity._baggage_propagator import arriving, baggage_step_status
 from otel_identity._hop_state import HopState
 from otel_identity._identity import Identity
 from otel_identity._receiving import arrival_for, arrived_context, settled
+from otel_identity._runtime import current_context
 from otel_identity._state import ANNOUNCEMENT_KEY, without_identity
 
 # (the core's hop state, the route, the identity admitted from the request) -> the
 # transport's own hop state (an HTTP hop that settles once the app has answered, say).
 Adopt = Callable[[HopState, str | None, Identity | None], HopState]
-# A request as the hook reads it: its carrier and the hook's own getter for it.
-Request = tuple[Any, Getter[Any]]
+# A request as the hook reads it: its carrier and the hook's own getter for it; or, as
+# (header, None), the baggage header the hook read from it already (several header lines
+# joined with ",", as a getter's list of them is; "" for none).
+Request = tuple[Any, Getter[Any] | None]
+
+
+class Announcer(NamedTuple):
+    """The constant part of announcing a receiving hop: its kind, route, accounting and
+    adoption (see ``Arriving``), made once (a gRPC server makes one per method); each call,
+    ``announcer(request)``, announces one request as ``announce`` does.
+
+        announcer = Announcer("grpc.server", "/shop.Orders/Get")   # once per method
+        marker = announcer((metadata, getter))                     # per request
+    """
+
+    hop: str
+    route: str | None
+    account: bool = True
+    adopt: Adopt | None = None
+
+    def __call__(self, request: Request | None = None) -> Arriving | None:
+        """Announce the hop of one request (see ``announce``); None, announcing nothing,
+        where the global textmap's baggage step is not ours."""
+        if not textmap_decides():
+            return None
+        return Arriving(self, request)
 
 
 class Arriving:
     """A receiving hop announced before its request is extracted (see ``announce``).
 
-    ``account=False`` leaves counting to the hook, which learns the final outcome later (an
-    HTTP hop, once the app answered); ``adopt`` makes the transport's own hop state from the
-    core's; ``request`` is the request as the hook reads it (see ``announce``). ``state`` is
+    ``announcer`` holds what every request of the hop shares (``hop``, ``route``, and:
+    ``account=False`` leaves counting to the hook, which learns the final outcome later, an
+    HTTP hop once the app answered; ``adopt`` makes the transport's own hop state from the
+    core's); ``request`` is the request as the hook reads it (see ``announce``). ``state`` is
     the hop's state once an extract decided it.
     """
 
-    __slots__ = ("account", "adopt", "hop", "open", "previous", "request", "route", "state")
+    __slots__ = ("announcer", "open", "previous", "request", "state")
 
-    def __init__(
-        self,
-        hop: str,
-        route: str | None,
-        *,
-        account: bool = True,
-        adopt: Adopt | None = None,
-        request: Request | None = None,
-    ) -> None:
-        self.hop = hop
-        self.route = route
-        self.account = account
-        self.adopt = adopt
+    def __init__(self, announcer: Announcer, request: Request | None) -> None:
+        """Made by announcing (``Announcer``, ``announce``): the new marker is the open
+        announcement of the current context from then on."""
+        self.announcer = announcer
         self.request = request
         self.open = True  # until an extract decides the hop, or the hook does it itself
         self.state: HopState | None = None
-        # What ``withdraw`` puts back. (Not the ``ContextVar.set`` token: that holds the
-        # Context, which holds this marker, a cycle per request that only the collector frees.)
-        self.previous: Announced | None = None
+        # What ``withdraw`` puts back, the announcement this one hides. (Not the
+        # ``ContextVar.set`` token: that holds the Context, which holds this marker, a cycle
+        # per request that only the collector frees.)
+        self.previous = arriving.get()
+        arriving.set(self)
+
+    @property
+    def hop(self) -> str:
+        return self.announcer.hop
+
+    @property
+    def route(self) -> str | None:
+        return self.announcer.route
+
+    @property
+    def account(self) -> bool:
+        return self.announcer.account
+
+    @property
+    def adopt(self) -> Adopt | None:
+        return self.announcer.adopt
 
     def decide(
         self, base: Context, carrier: Any = None, getter: Getter[Any] | None = None
@@ -86,13 +121,13 @@ class Arriving:
         internal error the result carries no identity (fail closed), as ``extract``'s."""
         self.open = False
         try:
-            hop, route = self.hop, self.route
+            hop, route, account, adopt = self.announcer
             settings = _config.current or _config.get_settings()
             arrival = arrival_for(self._header(carrier, getter), hop, settings)
-            state = settled(arrival, hop, route, None, account=self.account)
-            if self.adopt is not None:
+            state = settled(arrival, hop, route, None, account=account)
+            if adopt is not None:
                 admitted = arrival.state
-                state = self.adopt(state, route, admitted.identity if admitted else None)
+                state = adopt(state, route, admitted.identity if admitted else None)
             self.state = state
             return arrived_context(base, arrival, state, announcement=self)
         except Exception:  # noqa: BLE001 - never break the host's request path
@@ -103,6 +138,8 @@ class Arriving:
         """The request's baggage header (several values joined), read once."""
         if self.request is not None:
             (carrier, getter), self.request = self.request, None  # (the request is not kept)
+            if getter is None:  # (header, None): the header, as the transport read it
+                return carrier or None
         if getter is None:
             return None
         return _propagation.joined(getter.get(carrier, _baggage.HEADER))
@@ -116,7 +153,7 @@ class Arriving:
     def counted(self) -> bool:
         """Whether an extract decided, and counted, this hop (its context may not be current:
         an extract whose result was not attached)."""
-        return self.state is not None and self.account
+        return self.state is not None and self.announcer.account
 
     def close(self) -> None:
         """No extract takes this hop from now on: the hook decides it itself."""
@@ -150,19 +187,16 @@ def announce(
     """Announce the receiving ``hop`` that the next extract in this context reads (see the
     module); None, announcing nothing, where the global textmap's baggage step is not ours.
 
-    ``request`` (carrier, getter): the hop's baggage is read from it, as the transport reads
-    it, whatever the extracting instrumentation made of the headers (OpenTelemetry's gRPC
-    interceptor keeps only the last of several baggage entries; its ASGI getter decodes
+    ``request`` (carrier, getter), or (header, None) with the baggage header the transport read
+    from it (several lines joined with ",", "" for none): the hop's baggage is read from it, as
+    the transport reads it, whatever the extracting instrumentation made of the headers
+    (OpenTelemetry's gRPC interceptor keeps only the last of several baggage entries; its
+    ASGI getter decodes
     UTF-8, and backslash escapes where that fails): the hop is then decided on exactly the
     bytes ``extract`` would read. The announcement lives as long as the current
     ``contextvars.Context``: a hook whose context outlives the request (a server's worker
     thread, an ASGI server's task) ends it with ``withdraw``."""
-    if not textmap_decides():
-        return None
-    marker = Arriving(hop, route, account=account, adopt=adopt, request=request)
-    marker.previous = arriving.get()
-    arriving.set(marker)
-    return marker
+    return Announcer(hop, route, account, adopt)(request)
 
 
 def withdraw(marker: Arriving) -> None:
@@ -173,7 +207,18 @@ def withdraw(marker: Arriving) -> None:
         arriving.set(marker.previous)
 
 
+def decided_context(hop: str) -> Context | None:
+    """The current context, where an extract decided in it the ``hop`` hop announced in this
+    context (``announced(hop).decided(ctx)``): the hook has nothing left to do but run the
+    handler. Else None."""
+    ctx = current_context()
+    marker: Arriving | None = ctx.get(ANNOUNCEMENT_KEY)  # type: ignore[assignment]
+    if marker is not None and marker.announcer.hop == hop and marker is arriving.get():
+        return ctx
+    return None
+
+
 def announced(hop: str) -> Arriving | None:
     """The ``hop`` hop announced in this context, decided or not; None if there is none."""
     marker = arriving.get()
-    return marker if isinstance(marker, Arriving) and marker.hop == hop else None
+    return marker if isinstance(marker, Arriving) and marker.announcer.hop == hop else None

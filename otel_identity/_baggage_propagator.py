@@ -103,7 +103,7 @@ class IdentityBaggagePropagator(TextMapPropagator):
         """Write the context's baggage as one header (nothing when there is none)."""
         ctx = context if context is not None else get_current()
         try:
-            baggage = cast("Mapping[str, object] | None", ctx.get(BAGGAGE_KEY))
+            baggage: Mapping[str, object] | None = ctx.get(BAGGAGE_KEY)  # type: ignore[assignment]
             header = _baggage.encode(baggage, keep_keys()) if baggage else None
         except Exception:  # noqa: BLE001
             _telemetry.log_internal_error("baggage inject")

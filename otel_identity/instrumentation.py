@@ -21,8 +21,11 @@ grouped by side of the hop:
 - receiving inside OpenTelemetry's own pass: ``announce`` a server hop before OpenTelemetry's
   server instrumentation extracts the request, and its extract decides the hop (policy,
   counting, ``current_user`` slot) in the context it attaches; ``announced`` finds the
-  ``Arriving`` marker, whose ``decided`` says whether that happened; ``withdraw`` ends an
-  announcement where the context outlives the request (sketch below);
+  ``Arriving`` marker, whose ``decided`` says whether that happened (``decided_context(hop)``
+  asks both at once, for the current context); ``withdraw`` ends an
+  announcement where the context outlives the request (sketch below); an ``Announcer``
+  holds what every request of one hop and route shares, made once (per gRPC method, say),
+  and announces each request with one call, ``announcer(request)``;
 - in-process hand-off: ``Handoff``, ``enter_handoff``/``leave_handoff``;
 - sending: ``outgoing_context``, ``strip_for_egress``, ``judge_destination``,
   ``is_allowed_destination``, ``UNREADABLE_DESTINATION``, ``record_stripped``, the carriers'
@@ -30,7 +33,8 @@ grouped by side of the hop:
   ``propagator_steps``;
 - identity: ``identity_keys``, ``identity_state``, ``is_established``, ``baggage_context``;
 - plumbing: ``logger``, ``log_internal_error``, ``log_once``, ``add_event``/``has_event``,
-  ``hop_counts``, ``remember``, ``import_object``, ``current_settings``,
+  ``hop_counts``, ``remember``/``per_settings`` (bounded memo tables; a value remembered
+  for the settings in force), ``import_object``, ``current_settings``,
   ``environment_settings``, ``adopt_environment``/``identity_environment``, and the baggage
   step checks ``baggage_step_displaced``/``is_baggage_step``.
 
@@ -56,7 +60,14 @@ import os
 from collections.abc import Mapping
 
 from otel_identity import _baggage_propagator, _config, _resolver
-from otel_identity._arriving import Arriving, announce, announced, withdraw
+from otel_identity._arriving import (
+    Announcer,
+    Arriving,
+    announce,
+    announced,
+    decided_context,
+    withdraw,
+)
 from otel_identity._config import environment_settings, import_object
 from otel_identity._context import is_established
 from otel_identity._counts import count as count_hop
@@ -69,7 +80,7 @@ from otel_identity._handoff import enter as enter_handoff
 from otel_identity._handoff import leave as leave_handoff
 from otel_identity._headers import bytes_headers_setter, header_text, text_headers_setter
 from otel_identity._hop_state import HopState, missing_event
-from otel_identity._memo import remember
+from otel_identity._memo import per_settings, remember
 from otel_identity._policy import is_anonymous_route
 from otel_identity._propagation import extract as propagator_extract
 from otel_identity._propagation import inject as propagator_inject
@@ -94,6 +105,7 @@ from otel_identity._telemetry import (
 __all__ = [
     "ENVIRONMENT_PREFIX",
     "UNREADABLE_DESTINATION",
+    "Announcer",
     "Arriving",
     "Handoff",
     "HopState",
@@ -110,6 +122,7 @@ __all__ = [
     "count_hop",
     "current_context",
     "current_settings",
+    "decided_context",
     "delivery_context",
     "detach",
     "enter_handoff",
@@ -136,6 +149,7 @@ __all__ = [
     "logger",
     "missing_event",
     "outgoing_context",
+    "per_settings",
     "propagator_extract",
     "propagator_inject",
     "propagator_steps",

@@ -77,19 +77,33 @@ def _is_opentelemetry(interceptor: object) -> bool:
     return type(interceptor).__module__.startswith("opentelemetry.instrumentation.grpc")
 
 
-def _with_server_interceptor(current: Sequence[Any] | None, ours: object) -> list[Any]:
+def _with_server_interceptor(
+    current: Sequence[Any] | None, ours: object, fused: Callable[..., object]
+) -> list[Any]:
+    """The server's interceptors with ours: made one stage with OpenTelemetry's (``fused``)
+    where that one is first in the list already (the instrumentors' other load order, or a
+    list given by hand); right after it where it is further down; else first
+    (OpenTelemetry's instrumentor, running after ours, then puts its own before it)."""
     interceptors = list(current or ())
-    if any(
-        isinstance(i, (_server.ServerInterceptor, _server.AioServerInterceptor))
-        for i in interceptors
-    ):
+    if any(isinstance(i, _OURS) for i in interceptors):
         return interceptors
-    position = 0
+    position = None
     for index, interceptor in enumerate(interceptors):
         if _is_opentelemetry(interceptor):
-            position = index + 1
-    interceptors.insert(position, ours)
+            position = index
+    if position == 0:
+        interceptors[0] = fused(interceptors[0], managed=True)
+    else:
+        interceptors.insert(0 if position is None else position + 1, ours)
     return interceptors
+
+
+_OURS = (
+    _server.ServerInterceptor,
+    _server.AioServerInterceptor,
+    _server.OpenTelemetryAndIdentity,
+    _server.AioOpenTelemetryAndIdentity,
+)
 
 
 def _patch_server(
@@ -99,7 +113,9 @@ def _patch_server(
         return wrapped(*args, **kwargs)
     args, kwargs = _as_kwargs(args, kwargs, _SERVER_PARAMS)
     kwargs["interceptors"] = _with_server_interceptor(
-        kwargs.get("interceptors"), _server.ServerInterceptor(managed=True)
+        kwargs.get("interceptors"),
+        _server.ServerInterceptor(managed=True),
+        _server.OpenTelemetryAndIdentity,
     )
     return wrapped(*args, **kwargs)
 
@@ -111,7 +127,9 @@ def _patch_aio_server(
         return wrapped(*args, **kwargs)
     args, kwargs = _as_kwargs(args, kwargs, _AIO_SERVER_PARAMS)
     kwargs["interceptors"] = _with_server_interceptor(
-        kwargs.get("interceptors"), _server.AioServerInterceptor(managed=True)
+        kwargs.get("interceptors"),
+        _server.AioServerInterceptor(managed=True),
+        _server.AioOpenTelemetryAndIdentity,
     )
     return wrapped(*args, **kwargs)
 

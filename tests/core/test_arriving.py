@@ -333,3 +333,85 @@ def test_hostile_headers_through_the_announced_path_are_decided_as_by_extract(
     general, announced = _both_paths(header)
     assert announced == general
     assert announced[0] is None  # and give no identity
+
+
+# -- an announcer made once, announcing each request ---------------------------------------
+
+
+def _announced_header(header: str) -> tuple[Any, ...]:
+    """The hop of one request decided from the header the hook read itself ((header, None)),
+    while OpenTelemetry's extract reads something else."""
+    announcer = oii.Announcer(HOP, ROUTE)
+
+    def request() -> tuple[Any, ...]:
+        marker = announcer((header, None))
+        assert marker is not None and oii.announced(HOP) is marker
+        start = totals()
+        ctx = propagate.extract({"baggage": "user.id=not-this-one"})
+        state = oi.hop_state(ctx)
+        outcome = (state.outcome, state.reason) if state is not None else None
+        assert marker.decided(ctx) and marker.request is None
+        return oi.get_identity(ctx), dict(baggage.get_all(ctx)), outcome, added(start)
+
+    return in_request(request)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "user.id=u-1,tenant.id=acme",
+        "user.id=a,user.id=b,other=kept",
+        "user.id=a,user.id=b",  # (two lines, joined, as a getter's list of them is)
+        "%75ser.id=mallory,tenant.id=acme",
+        "user.id=" + "x" * 9000,
+        "",
+    ],
+)
+def test_an_announcer_decides_the_header_the_hook_read_as_extract_does(header: str) -> None:
+    general, _ = _both_paths(header)
+    assert _announced_header(header) == general
+
+
+def test_an_announcer_announces_each_request_and_nothing_under_another_baggage_step() -> None:
+    announcer = oii.Announcer(HOP, ROUTE, account=False)
+
+    def request() -> tuple[Any, ...]:
+        covered = oii.announce(names.HOP_HTTP_SERVER, "/orders")
+        marker = announcer()
+        assert marker is not None
+        ctx = propagate.extract(carrier())
+        oii.withdraw(marker)
+        return marker, ctx, covered
+
+    first, ctx, covered = in_request(request)
+    second, _, _ = in_request(request)
+    assert first is not second and first.announcer is second.announcer is announcer
+    assert (first.hop, first.route, first.account, first.adopt) == (HOP, ROUTE, False, None)
+    assert first.decided(ctx) and not first.counted  # the hook counts it (account=False)
+    assert first.previous is covered  # what withdraw put back
+    propagate.set_global_textmap(OPENTELEMETRYS)
+    assert in_request(announcer) is None
+
+
+def test_decided_context_says_what_announced_and_decided_say_together() -> None:
+    def request() -> list[bool]:
+        answers = []
+        marker = oii.announce(HOP, ROUTE)
+        assert marker is not None
+        answers.append(oii.decided_context(HOP) is None)  # announced, not decided yet
+        ctx = propagate.extract(carrier())
+        token = oii.attach(ctx)
+        try:
+            answers.append(oii.decided_context(HOP) is ctx)
+            answers.append(oii.decided_context(names.HOP_HTTP_SERVER) is None)  # another kind
+            covering = oii.announce(HOP, ROUTE)  # a later announcement, not decided in ctx
+            answers.append(oii.decided_context(HOP) is None)
+            assert covering is not None
+            oii.withdraw(covering)
+            answers.append(oii.decided_context(HOP) is ctx)  # the hop's own, again
+        finally:
+            oii.detach(token)
+        answers.append(oii.decided_context(HOP) is None)  # its context no longer current
+        return answers
+
+    assert in_request(request) == [True] * 6

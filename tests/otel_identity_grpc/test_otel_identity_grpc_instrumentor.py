@@ -14,7 +14,7 @@ import pytest
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from otel_identity_grpc import GrpcIdentityInstrumentor, _instrumentor
+from otel_identity_grpc import GrpcIdentityInstrumentor, _instrumentor, _server
 
 import otel_identity as oi
 from otel_identity import _telemetry, names
@@ -241,12 +241,21 @@ def test_positional_interceptors_keep_working_and_application_ones_see_identity(
     assert [getattr(i, "user_id", None) for i in app.seen] == ["u-1"]
 
 
-def test_server_interceptor_goes_right_after_opentelemetrys() -> None:
+def test_server_interceptor_is_made_one_stage_with_opentelemetrys_or_goes_first() -> None:
     app, otel = _SeesIdentity(), otel_grpc.server_interceptor()
     ours = object()
-    assert _instrumentor._with_server_interceptor([otel, app], ours) == [otel, ours, app]
-    assert _instrumentor._with_server_interceptor([app], ours) == [ours, app]
-    assert _instrumentor._with_server_interceptor(None, ours) == [ours]
+    fused = _server.OpenTelemetryAndIdentity
+    first, rest = _instrumentor._with_server_interceptor([otel, app], ours, fused)[0], [app]
+    assert isinstance(first, fused) and first.opentelemetry is otel
+    assert _instrumentor._with_server_interceptor([otel, app], ours, fused)[1:] == rest
+    # not first in the list (an interceptor before it may extract first): right after it
+    other = _SeesIdentity()
+    placed = _instrumentor._with_server_interceptor([other, otel, app], ours, fused)
+    assert placed == [other, otel, ours, app]
+    assert _instrumentor._with_server_interceptor([app], ours, fused) == [ours, app]
+    assert _instrumentor._with_server_interceptor(None, ours, fused) == [ours]
+    # never a second one of ours
+    assert _instrumentor._with_server_interceptor([first, app], ours, fused) == [first, app]
 
 
 def test_instrumented_sync_channel_behaves_like_a_grpc_channel() -> None:
