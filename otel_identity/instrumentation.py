@@ -33,8 +33,7 @@ grouped by side of the hop:
   ``propagator_steps``;
 - identity: ``identity_keys``, ``identity_state``, ``is_established``, ``baggage_context``;
 - plumbing: ``logger``, ``log_internal_error``, ``log_once``, ``add_event``/``has_event``,
-  ``hop_counts``, ``remember``/``per_settings`` (bounded memo tables; a value remembered
-  for the settings in force), ``import_object``, ``current_settings``,
+  ``hop_counts``, ``remember``, ``import_object``, ``current_settings``,
   ``environment_settings``, ``adopt_environment``/``identity_environment``, and the baggage
   step checks ``baggage_step_displaced``/``is_baggage_step``.
 
@@ -80,7 +79,7 @@ from otel_identity._handoff import enter as enter_handoff
 from otel_identity._handoff import leave as leave_handoff
 from otel_identity._headers import bytes_headers_setter, header_text, text_headers_setter
 from otel_identity._hop_state import HopState, missing_event
-from otel_identity._memo import per_settings, remember
+from otel_identity._memo import remember
 from otel_identity._policy import is_anonymous_route
 from otel_identity._propagation import extract as propagator_extract
 from otel_identity._propagation import inject as propagator_inject
@@ -149,7 +148,6 @@ __all__ = [
     "logger",
     "missing_event",
     "outgoing_context",
-    "per_settings",
     "propagator_extract",
     "propagator_inject",
     "propagator_steps",

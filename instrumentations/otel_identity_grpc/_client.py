@@ -32,13 +32,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
 import otel_identity as oi
-from otel_identity.instrumentation import (
-    current_context,
-    current_settings,
-    is_suppressed,
-    outgoing_context,
-    per_settings,
-)
+from otel_identity.instrumentation import current_context, is_suppressed, outgoing_context
 from otel_identity_grpc import _metadata, _state, _wire
 
 
@@ -255,28 +249,13 @@ def aio_interceptors(target: str | None, *, managed: bool) -> AioClientIntercept
 # -- the sync channel the instrumentor hands out -------------------------------------------
 
 
-def unchanged_memo() -> Callable[[Any], list[Any]]:
-    """A channel's memory of the context it last found to leave this process unchanged,
-    with OpenTelemetry's interceptor and the wire filter left to inject and decide egress:
-    ``memo(settings)[0]``. Kept per settings object (new settings, nothing remembered), and
-    only where nothing is signed (a signature has a lifetime, and a key may appear)."""
-
-    @per_settings
-    def under(settings: Any) -> list[Any]:
-        return [None]
-
-    return under
-
-
 class _MultiCallable(_Base, _wire.CallShapes):
     """A channel's callable for one method: each call goes through ``carry``, unless it may go
     out untouched.
 
     The same effect as ``grpc.intercept_channel`` with ``ClientInterceptor``, without its
     per-call cost (call details, continuation, a fresh inner callable per call), which is
-    most of what the hop costs on a loopback round trip. The calls a request makes mostly
-    run under one context: the decision that it goes out as it is is taken once per context
-    and channel (``unchanged_memo``).
+    most of what the hop costs on a loopback round trip.
     """
 
     def __init__(
@@ -286,32 +265,22 @@ class _MultiCallable(_Base, _wire.CallShapes):
         *,
         streaming: bool,
         injected_inside: bool,
-        unchanged: Callable[[Any], list[Any]] | None = None,
     ) -> None:
         super().__init__(target, managed=True)
         self._inner = inner
         self._streaming = streaming
         self._injected_inside = injected_inside
-        self._unchanged = unchanged or unchanged_memo()
 
     def _send(
         self, invoke: Callable[..., Any], request: Any, args: tuple[Any, ...], kwargs: Any
     ) -> Any:
         ctx = current_context()
-        if not _state.active:
-            return invoke(request, *args, **kwargs)
-        settings = current_settings()
-        unchanged = self._unchanged(settings)
-        if ctx is unchanged[0] and _wire.active:  # (as the branch below found it before)
-            return invoke(request, *args, **kwargs)
-        if is_suppressed(ctx):
+        if not _state.active or is_suppressed(ctx):
             return invoke(request, *args, **kwargs)
         out = outgoing_context(ctx)
         if out is ctx and self._injected_inside and _wire.active:
             # OpenTelemetry's interceptor between us and the wire injects the current
             # context, and the wire filter under it decides egress: nothing to add.
-            if not settings.has_keys:
-                unchanged[0] = ctx
             return invoke(request, *args, **kwargs)
         return self._carry(ctx, out, invoke, request=request, args=args, kwargs=kwargs)
 
@@ -358,7 +327,6 @@ class IdentityChannel(grpc.Channel):  # type: ignore[misc]
         self._injected_inside = type(channel).__module__.startswith(
             "opentelemetry.instrumentation.grpc"
         )
-        self._unchanged = unchanged_memo()  # shared by the channel's methods
 
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> _MultiCallable:
         inner = self._channel.unary_unary(method, *args, **kwargs)
@@ -382,7 +350,6 @@ class IdentityChannel(grpc.Channel):  # type: ignore[misc]
             self._target,
             streaming=streaming,
             injected_inside=self._injected_inside,
-            unchanged=self._unchanged,
         )
 
     def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:

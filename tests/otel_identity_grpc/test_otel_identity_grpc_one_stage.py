@@ -1,11 +1,10 @@
-"""#13 speed work: OpenTelemetry's server interceptor and ours as one stage, and a channel
-that decides once per context that a call leaves unchanged.
+"""#13 speed work: OpenTelemetry's server interceptor and ours as one stage.
 
 The one stage returns OpenTelemetry's handler as it is where its extract must decide the hop;
 these tests prove the outcomes are those of the general path (hostile metadata, sampled and
 dropped spans, both load orders of the instrumentors), and that ours still does the whole hop
-where OpenTelemetry's interceptor steps aside for a method. The channel's memory of an
-unchanged context must give way to new settings and to new baggage.
+where OpenTelemetry's interceptor steps aside for a method. A channel's calls send the
+baggage and the settings in force at each call.
 """
 
 from __future__ import annotations
@@ -238,7 +237,7 @@ def test_aio_one_stage_decides_hostile_metadata_as_the_general_path(
     assert fused == (*general[:2], True)
 
 
-# -- the channel's memory of a context that leaves unchanged ----------------------------------
+# -- a channel's calls, each under the baggage and settings in force -------------------------
 
 
 def _instrumented_channel_calls(target: str, steps: list[Any]) -> list[dict[str, Any]]:
@@ -250,7 +249,7 @@ def _instrumented_channel_calls(target: str, steps: list[Any]) -> list[dict[str,
         for step in steps:
             with oi.use_identity(**step()):
                 responses.extend(call(channel, "UnaryUnary"))
-                responses.extend(call(channel, "UnaryUnary"))  # (the remembered context)
+                responses.extend(call(channel, "UnaryUnary"))  # (the same context again)
     return responses
 
 
@@ -260,7 +259,7 @@ def _signing_on() -> dict[str, str]:
     return {"user_id": "u-3"}
 
 
-def test_a_remembered_context_gives_way_to_new_baggage_and_new_settings() -> None:
+def test_each_call_sends_the_baggage_and_settings_in_force() -> None:
     with sync_server([oi_grpc.server_interceptor()]) as target:
         responses = _instrumented_channel_calls(
             target,
@@ -268,17 +267,6 @@ def test_a_remembered_context_gives_way_to_new_baggage_and_new_settings() -> Non
         )
     users = [(r["user"], "identity.sig" in (r["baggage"] or "")) for r in responses]
     assert users == [("u-1", False)] * 2 + [("u-2", False)] * 2 + [("u-3", True)] * 2
-
-
-def test_a_remembered_context_is_kept_per_settings_object() -> None:
-    from otel_identity_grpc import _client
-
-    memo = _client.unchanged_memo()
-    first = oi.get_settings()
-    second = oi.configure(inbound="trust")
-    memo(first)[0] = "remembered"
-    assert memo(first)[0] == "remembered"
-    assert memo(second)[0] is None
 
 
 # -- the header the server reads for the announcement: what the getter reads, joined ---------
