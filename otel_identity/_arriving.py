@@ -191,11 +191,10 @@ def announce(
     from it (several lines joined with ",", "" for none): the hop's baggage is read from it, as
     the transport reads it, whatever the extracting instrumentation made of the headers
     (OpenTelemetry's gRPC interceptor keeps only the last of several baggage entries; its
-    ASGI getter decodes
-    UTF-8, and backslash escapes where that fails): the hop is then decided on exactly the
-    bytes ``extract`` would read. The announcement lives as long as the current
-    ``contextvars.Context``: a hook whose context outlives the request (a server's worker
-    thread, an ASGI server's task) ends it with ``withdraw``."""
+    ASGI getter decodes UTF-8, and backslash escapes where that fails): the hop is then
+    decided on exactly the bytes ``extract`` would read. The announcement lives as long as
+    the current ``contextvars.Context``: a hook whose context outlives the request (a
+    server's worker thread, an ASGI server's task) ends it with ``withdraw``."""
     return Announcer(hop, route, account, adopt)(request)
 
 

@@ -58,7 +58,7 @@ def _rewritten(scope: Scope, ctx: Context) -> Scope:
     return new
 
 
-_ASGI = _server.Shape("asgi", scope_getter, _first, _rewritten)
+_ASGI = _server.Shape("asgi", scope_getter, _first, _rewritten, lambda scope: (scope, scope_getter))
 
 
 async def call_asgi(

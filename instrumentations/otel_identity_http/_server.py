@@ -198,6 +198,9 @@ class Shape(Generic[R]):
     getter: Getter[R]
     header: Callable[[R, str], str | None]  # one request header, or None
     rewrite: Callable[[R, Context], R]  # a copy whose baggage headers carry the context's
+    # The request as an announcement reads it: (carrier, getter), or (header, None) where the
+    # interface holds the baggage header as one string already (see ``announce``).
+    announced: Callable[[R], tuple[Any, Any]]
 
 
 def begin(
@@ -232,7 +235,7 @@ def announce_hop(
     if trace.get_current_span(oii.current_context()) is not INVALID_SPAN:
         return None
     try:
-        route, read = route_of(request), (request, shape.getter)
+        route, read = route_of(request), shape.announced(request)
         return announce(HOP, route, account=False, adopt=ServerHop, request=read)
     except Exception:  # noqa: BLE001 - the general path still runs the hop
         oii.log_internal_error(f"{shape.name}.announce")

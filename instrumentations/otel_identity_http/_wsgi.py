@@ -66,7 +66,17 @@ def _rewritten(environ: Environ, ctx: Context) -> Environ:
     return new
 
 
-_WSGI = _server.Shape("wsgi", environ_getter, _header, _rewritten)
+_BAGGAGE_KEY = environ_key("baggage")
+
+
+def _announced(environ: Environ) -> tuple[str, None]:
+    """The request's baggage header as an announcement reads it: a WSGI server joins the
+    header's lines into one string already."""
+    header = environ.get(_BAGGAGE_KEY)
+    return (header if isinstance(header, str) else ""), None
+
+
+_WSGI = _server.Shape("wsgi", environ_getter, _header, _rewritten, _announced)
 
 
 def call_wsgi(

@@ -574,3 +574,22 @@ def test_identity_smuggled_past_utf_8_reaches_no_app_through_a_real_server(
     assert "user.id" not in seen["members"]
     # A clean header through the same stack still carries identity.
     assert _raw_get(server.port, b"user.id=u-1,tenant.id=acme")["user"] == "u-1"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, "", "user.id=u-1", "user.id=a,tenant.id=t", " user.id=a ; p=1 ", b"user.id=bytes", 7],
+    ids=["absent", "empty", "one", "two", "properties", "bytes", "not-text"],
+)
+def test_the_wsgi_announcement_reads_the_header_the_general_path_reads(value: Any) -> None:
+    """WSGI hands the announcement the baggage header as the environ holds it: the same text
+    the general path's getter reads (several lines joined, None for none)."""
+    from otel_identity_http import _wsgi
+    from otel_identity_http._shapes import environ_getter
+
+    from otel_identity import _propagation
+
+    environ: dict[str, Any] = {} if value is None else {"HTTP_BAGGAGE": value}
+    header, getter = _wsgi._WSGI.announced(environ)
+    assert getter is None
+    assert (header or None) == _propagation.joined(environ_getter.get(environ, "baggage"))
