@@ -246,8 +246,11 @@ class _Policy:
         "fields",
         "filtered",
         "keep",
+        "last_encoded",
         "others",
+        "plans",
         "routes",
+        "sent_fields",
         "settings",
         "textmap",
         "w3c",
@@ -259,7 +262,8 @@ class _Policy:
         self.displaced = baggage_step_displaced()
         # Lower case, as Headers.first wants them (header names are case-insensitive).
         self.fields = tuple(f.lower() for f in propagator_fields())
-        self.baggage_fields = tuple(f.lower() for f in baggage_fields())
+        self.sent_fields = baggage_fields()
+        self.baggage_fields = tuple(f.lower() for f in self.sent_fields)
         parts = oii.propagator_steps(textmap) or ()  # (a propagator of unknown shape: none)
         w3c = [p for p in parts if is_baggage_step(p)]
         others = [p for p in parts if not is_baggage_step(p)]
@@ -274,6 +278,10 @@ class _Policy:
         self.routes: dict[str, tuple[bool, str]] = {}  # host -> (allowed, server.address)
         # a W3C baggage header -> (the header to send outside egress_allow, identity removed)
         self.filtered: dict[str, tuple[str | None, bool]] = {}
+        # (a W3C baggage header, a destination) -> what a request carrying it there needs
+        self.plans: dict[tuple[str, str], Plan | None] = {}
+        # (the items of the baggage last signed for a request, its headers)
+        self.last_encoded: tuple[tuple[tuple[str, object], ...], dict[str, str]] = ((), {})
 
     def route(self, destination: str) -> tuple[bool, str]:
         allowed, address = oii.judge_destination(destination, self.settings.egress_allow)
@@ -297,13 +305,49 @@ class _Policy:
                 oii.remember(self.filtered, header, found, limit=_FILTERED_LIMIT)
         return found
 
+    def plan(self, header: str, host: str) -> Plan | None:
+        """``_plan_for_host`` for the W3C baggage ``header`` going to ``host``, decided once
+        per pair: it depends on nothing else under this policy (whether the context holds an
+        identity to sign is asked when the plan is carried out)."""
+        key = (header, host)
+        plan = self.plans.get(key, _UNDECIDED)
+        if plan is _UNDECIDED:
+            plan = _plan_for_host(self, header, host)
+            if len(header) <= _FILTERED_MAX_CHARS:  # (as self.filtered: floods are not kept)
+                oii.remember(self.plans, key, plan, limit=_FILTERED_LIMIT)
+        return plan  # type: ignore[return-value]
+
+    def encoded(self, ctx: Context) -> dict[str, str]:
+        """``encoded_baggage(ctx)``, remembered for the baggage items last encoded: the
+        requests of a context send one signed mapping until its token is renewed (W3C
+        baggage only, whose header is a function of the items, in order)."""
+        items = tuple(get_all(ctx).items())
+        last, headers = self.last_encoded
+        if items != last or not self.w3c:
+            headers = encoded_baggage(ctx)
+            self.last_encoded = (items, headers)
+        return headers
+
 
 _policy: _Policy | None = None
 
 
+def current_policy() -> _Policy:
+    """The policy for the settings and the global propagator in force (a new one when either
+    was replaced: everything it remembered was decided under the old ones)."""
+    policy = _policy
+    if (
+        policy is None
+        or policy.settings is not oii.current_settings()
+        or policy.textmap is not propagate.get_global_textmap()
+    ):
+        policy = _new_policy()
+    return policy
+
+
 def _new_policy() -> _Policy:
     global _policy
-    _policy = policy = _Policy(oi.get_settings(), propagate.get_global_textmap())
+    _policy = policy = _Policy(oii.current_settings(), propagate.get_global_textmap())
     return policy
 
 
@@ -316,6 +360,7 @@ _SEND = 2  # (_SEND, header or None, stripped, address): outside; send this bagg
 _FILTER = 3  # (_FILTER,): outside, a propagator of unknown shape: decode, strip, re-encode
 _DROP = 4  # (_DROP,): deciding failed; send no baggage (identity fails closed)
 Plan = tuple[Any, ...]
+_UNDECIDED: Any = object()  # (a plan not decided yet; None is a plan: nothing to do)
 
 
 def plan_policy(headers: H, access: Headers[H], host: str) -> Plan | None:
@@ -323,36 +368,30 @@ def plan_policy(headers: H, access: Headers[H], host: str) -> Plan | None:
 
     Reads ``headers`` only; None when they are right as they are (the common case: a
     destination inside ``egress_allow`` and OpenTelemetry's baggage injected already)."""
-    policy = _policy
-    if (
-        policy is None
-        or policy.settings is not oi.get_settings()
-        or policy.textmap is not propagate.get_global_textmap()
-    ):
-        policy = _new_policy()
-    header: str | None = None
+    policy = current_policy()
     if policy.w3c:
         header = access.first(headers, _BAGGAGE)
-        if header is None:  # nothing injected yet, or injected already without baggage
-            injected = any(access.first(headers, field) is not None for field in policy.others)
-            return None if injected else (_INJECT,)
-    elif all(access.first(headers, field) is None for field in policy.fields):
+        if header is not None:
+            return policy.plan(header, host)
+        # nothing injected yet, or injected already without baggage
+        injected = any(access.first(headers, field) is not None for field in policy.others)
+        return None if injected else (_INJECT,)
+    if all(access.first(headers, field) is None for field in policy.fields):
         return (_INJECT,)
-    elif all(access.first(headers, field) is None for field in policy.baggage_fields):
+    if all(access.first(headers, field) is None for field in policy.baggage_fields):
         return None
-    return _plan_for_host(policy, header, host)
+    return _plan_for_host(policy, None, host)
 
 
 def _plan_for_host(policy: _Policy, header: str | None, host: str) -> Plan | None:
-    """What injected headers need for ``host``: nothing, or signing, inside ``egress_allow``;
-    the W3C baggage ``header`` stripped (or, for another shape, decoded and stripped) outside."""
+    """What injected headers need for ``host``: nothing, or signing when keys are configured,
+    inside ``egress_allow``; the W3C baggage ``header`` stripped (or, for another shape,
+    decoded and stripped) outside. Depends on ``policy``, ``header`` and ``host`` only."""
     route = policy.routes.get(host)
     if route is None:
         route = policy.route(host)
     if route[0]:
-        if policy.settings.has_keys and identity_state(otel_context.get_current()) is not None:
-            return (_SIGN,)  # plain OpenTelemetry injected unsigned identity; verifiers need ours
-        return None
+        return (_SIGN,) if policy.settings.has_keys else None
     if header is None:
         return (_FILTER,)
     out, stripped = policy.filter(header, host)
@@ -376,7 +415,10 @@ def carry_out(plan: Plan, headers: H, access: Headers[H], host: str) -> None:
     if kind == _INJECT:
         oi.inject(headers, access, destination=host, hop=HOP, context=ctx)
     elif kind == _SIGN:
-        _replace_baggage(headers, access, baggage_fields(), outgoing_context(ctx, destination=host))
+        # Plain OpenTelemetry injected unsigned identity; verifiers need ours (and a context
+        # without identity has nothing to sign).
+        if identity_state(ctx) is not None:
+            _sign(headers, access, host, ctx)
     elif kind == _FILTER:
         _filter(headers, access, host, ctx)
     else:
@@ -402,6 +444,14 @@ def _carry_out_safely(plan: Plan, headers: H, access: Headers[H], host: str) -> 
         _drop_identity(headers, access)
 
 
+def _sign(headers: H, access: Headers[H], host: str, ctx: Context) -> None:
+    """Replace the baggage headers by those of the context as it leaves for ``host``
+    (``outgoing_context`` signs it, and says when a token is due for renewal)."""
+    policy = current_policy()
+    outgoing = outgoing_context(ctx, destination=host)
+    _replace_baggage(headers, access, policy.sent_fields, policy.encoded(outgoing))
+
+
 def _filter(headers: H, access: Headers[H], host: str, ctx: Context) -> None:
     # Limited like every inbound hop, so an oversize header still shows its identity members;
     # and re-encoded even when nothing was stripped: a member the propagator could not decode
@@ -409,13 +459,15 @@ def _filter(headers: H, access: Headers[H], host: str, ctx: Context) -> None:
     sent, _oversize = oii.propagator_extract(headers, access, frozenset(identity_keys()))
     span = trace.get_current_span(ctx)
     filtered = strip_for_egress(sent, host, hop=HOP, span=span)
-    _replace_baggage(headers, access, baggage_fields(), filtered)
+    _replace_baggage(headers, access, baggage_fields(), encoded_baggage(filtered))
 
 
-def _replace_baggage(headers: H, access: Headers[H], fields: Iterable[str], ctx: Context) -> None:
+def _replace_baggage(
+    headers: H, access: Headers[H], fields: Iterable[str], encoded: dict[str, str]
+) -> None:
     for field in fields:
         access.remove(headers, field)
-    for field, value in encoded_baggage(ctx).items():
+    for field, value in encoded.items():
         access.set(headers, field, value)
 
 
@@ -455,11 +507,19 @@ class _Unreadable:
     pass
 
 
-def _requests_destination(url: str, kwargs: Any) -> str:
+def requests_destination(url: str, kwargs: Any) -> str:
+    """Where requests sends ``url``: its destination, or a proxy's that reads the request
+    (never raises)."""
+    proxies = kwargs.get("proxies")
+    if proxies:
+        return destination_of(_proxied_destination, url, proxies)
+    return destination_of(url_destination, url)
+
+
+def _proxied_destination(url: str, proxies: Any) -> str:
     """The URL, and the proxy when it reads the request (a plain ``http://`` URL)."""
     destination = url_destination(url)
-    proxies = kwargs.get("proxies")
-    if proxies and url[:5].lower() == "http:":
+    if url[:5].lower() == "http:":
         from requests.utils import select_proxy
 
         proxy = select_proxy(url, proxies)
@@ -469,18 +529,16 @@ def _requests_destination(url: str, kwargs: Any) -> str:
 
 
 def wrap_requests_send(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
-    if is_suppressed(current_context()):
-        return wrapped(*args, **kwargs)
-    request = args[0] if args else kwargs.get("request")
-    if request is not None:
+    if not is_suppressed(current_context()):
+        request = args[0] if args else kwargs.get("request")
         headers = getattr(request, "headers", None)
         if headers is not None:
-            url = request.url
-            host = destination_of(_requests_destination, str(url), kwargs)
+            host = requests_destination(str(request.url), kwargs)
             if type(headers) is (_requests_dict or _case_insensitive_dict()):
                 apply_policy(headers, requests_headers, host)
             else:
                 apply_policy(headers, mapping_headers, host)
+    # urllib3 underneath: decided here, once.
     token = handled.set(True)
     try:
         return wrapped(*args, **kwargs)
