@@ -64,7 +64,8 @@ _BAGGAGE = "baggage"
 
 
 class Headers(Getter[H], Setter[H], Generic[H]):
-    """Getter, setter and remover for one library's headers object."""
+    """Getter, setter and remover for one library's headers object (``set`` replaces every
+    value of the name)."""
 
     @abc.abstractmethod
     def remove(self, carrier: H, key: str) -> None:
@@ -306,16 +307,13 @@ class _Policy:
         return found
 
     def plan(self, header: str, host: str) -> Plan | None:
-        """``_plan_for_host`` for the W3C baggage ``header`` going to ``host``, decided once
-        per pair: it depends on nothing else under this policy (whether the context holds an
+        """``_plan_for_host`` for the W3C baggage ``header`` going to ``host``, remembered in
+        ``plans``: it depends on nothing else under this policy (whether the context holds an
         identity to sign is asked when the plan is carried out)."""
-        key = (header, host)
-        plan = self.plans.get(key, _UNDECIDED)
-        if plan is _UNDECIDED:
-            plan = _plan_for_host(self, header, host)
-            if len(header) <= _FILTERED_MAX_CHARS:  # (as self.filtered: floods are not kept)
-                oii.remember(self.plans, key, plan, limit=_FILTERED_LIMIT)
-        return plan  # type: ignore[return-value]
+        plan = _plan_for_host(self, header, host)
+        if len(header) <= _FILTERED_MAX_CHARS:  # (as self.filtered: floods are not kept)
+            oii.remember(self.plans, (header, host), plan, limit=_FILTERED_LIMIT)
+        return plan
 
     def encoded(self, ctx: Context) -> dict[str, str]:
         """``encoded_baggage(ctx)``, remembered for the baggage items last encoded: the
@@ -372,7 +370,8 @@ def plan_policy(headers: H, access: Headers[H], host: str) -> Plan | None:
     if policy.w3c:
         header = access.first(headers, _BAGGAGE)
         if header is not None:
-            return policy.plan(header, host)
+            plan = policy.plans.get((header, host), _UNDECIDED)
+            return policy.plan(header, host) if plan is _UNDECIDED else plan
         # nothing injected yet, or injected already without baggage
         injected = any(access.first(headers, field) is not None for field in policy.others)
         return None if injected else (_INJECT,)
@@ -465,8 +464,11 @@ def _filter(headers: H, access: Headers[H], host: str, ctx: Context) -> None:
 def _replace_baggage(
     headers: H, access: Headers[H], fields: Iterable[str], encoded: dict[str, str]
 ) -> None:
+    """Make the baggage ``fields`` of ``headers`` hold ``encoded`` and nothing else (``set``
+    replaces every value of a name, so only a field ``encoded`` leaves out is removed)."""
     for field in fields:
-        access.remove(headers, field)
+        if field not in encoded:
+            access.remove(headers, field)
     for field, value in encoded.items():
         access.set(headers, field, value)
 
