@@ -359,6 +359,7 @@ _FILTER = 3  # (_FILTER,): outside, a propagator of unknown shape: decode, strip
 _DROP = 4  # (_DROP,): deciding failed; send no baggage (identity fails closed)
 Plan = tuple[Any, ...]
 _UNDECIDED: Any = object()  # (a plan not decided yet; None is a plan: nothing to do)
+_SIGN_PLAN: Plan = (_SIGN,)
 
 
 def plan_policy(headers: H, access: Headers[H], host: str) -> Plan | None:
@@ -385,12 +386,13 @@ def plan_policy(headers: H, access: Headers[H], host: str) -> Plan | None:
 def _plan_for_host(policy: _Policy, header: str | None, host: str) -> Plan | None:
     """What injected headers need for ``host``: nothing, or signing when keys are configured,
     inside ``egress_allow``; the W3C baggage ``header`` stripped (or, for another shape,
-    decoded and stripped) outside. Depends on ``policy``, ``header`` and ``host`` only."""
+    decoded and stripped) outside. Depends on ``policy``, ``header`` and ``host`` only
+    (see ``nothing_to_sign``)."""
     route = policy.routes.get(host)
     if route is None:
         route = policy.route(host)
     if route[0]:
-        return (_SIGN,) if policy.settings.has_keys else None
+        return _SIGN_PLAN if policy.settings.has_keys else None
     if header is None:
         return (_FILTER,)
     out, stripped = policy.filter(header, host)
@@ -413,15 +415,19 @@ def carry_out(plan: Plan, headers: H, access: Headers[H], host: str) -> None:
     ctx = otel_context.get_current()
     if kind == _INJECT:
         oi.inject(headers, access, destination=host, hop=HOP, context=ctx)
-    elif kind == _SIGN:
-        # Plain OpenTelemetry injected unsigned identity; verifiers need ours (and a context
-        # without identity has nothing to sign).
-        if identity_state(ctx) is not None:
+    elif kind == _SIGN:  # plain OpenTelemetry injected unsigned identity; verifiers need ours
+        if not nothing_to_sign(plan):
             _sign(headers, access, host, ctx)
     elif kind == _FILTER:
         _filter(headers, access, host, ctx)
     else:
         _drop_identity(headers, access)
+
+
+def nothing_to_sign(plan: Plan) -> bool:
+    """Whether ``plan`` signs the baggage of a context that holds no identity: then the
+    headers stay as they are."""
+    return plan is _SIGN_PLAN and identity_state(otel_context.get_current()) is None
 
 
 def apply_policy(headers: H, access: Headers[H], host: str) -> None:
@@ -576,7 +582,7 @@ def _connection_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any)
     except Exception:  # noqa: BLE001 - the request goes out; identity fails closed below
         oii.log_internal_error("http.client")
         plan = (_DROP,)
-    if plan is not None:
+    if plan is not None and not nothing_to_sign(plan):
         # urllib3 may pass the pool's shared default headers: change a copy, never those.
         changed = HTTPHeaderDict(original or {})
         _carry_out_safely(plan, changed, mapping_headers, host)

@@ -305,3 +305,34 @@ def test_a_displaced_baggage_step_is_seen_on_the_next_request(
     finally:
         core.uninstrument()
         propagate.set_global_textmap(original)
+
+
+@pytest.mark.parametrize("client", ["requests", "urllib3"])
+def test_a_signing_plan_leaves_a_context_without_identity_as_it_is(
+    echo_servers: tuple[Server, Server], client: str
+) -> None:
+    """Signing keys set, a baggage header written by the caller, no identity in the context:
+    the remembered signing plan for the allowed host changes nothing."""
+    import json
+
+    import urllib3
+
+    oi.configure(egress_allow="127.0.0.1", signing_keys=f"k1:{HMAC_A}")
+    inside, outside = echo_servers
+    ours = HttpClientIdentityInstrumentor()
+    ours.instrument()
+    try:
+        for server, expected in ((inside, "other=kept"), (outside, "other=kept")) * 2:
+            headers = {"baggage": "other=kept"}
+            if client == "requests":
+                answer = requests.get(server.url(), headers=headers, timeout=10).json()
+            else:
+                with urllib3.PoolManager() as pool:
+                    reply = pool.request("GET", server.url(), headers=headers, timeout=10)
+                    answer = json.loads(reply.data)
+            assert answer["baggage"] == expected
+        with oi.use_identity(user_id="u-1"):  # and with identity, the same plan signs
+            answer = requests.get(inside.url(), timeout=10).json()
+        assert "identity.sig=" in answer["baggage"]
+    finally:
+        ours.uninstrument()
