@@ -515,22 +515,23 @@ class _Unreadable:
     pass
 
 
-def requests_destination(url: str, kwargs: Any) -> str:
-    """Where requests sends ``url``: its destination, or a proxy's that reads the request
-    (never raises)."""
+def requests_destination(url: Any, kwargs: Any) -> str:
+    """Where requests sends ``url`` (a ``PreparedRequest``'s): its destination, or a proxy's
+    that reads the request (never raises)."""
     proxies = kwargs.get("proxies")
-    if proxies:
+    if proxies or type(url) is not str:
         return destination_of(_proxied_destination, url, proxies)
-    return destination_of(url_destination, url)
+    return url_destination(url)  # (reading a str this way cannot fail)
 
 
-def _proxied_destination(url: str, proxies: Any) -> str:
+def _proxied_destination(url: Any, proxies: Any) -> str:
     """The URL, and the proxy when it reads the request (a plain ``http://`` URL)."""
-    destination = url_destination(url)
-    if url[:5].lower() == "http:":
+    text = str(url)
+    destination = url_destination(text)
+    if proxies and text[:5].lower() == "http:":
         from requests.utils import select_proxy
 
-        proxy = select_proxy(url, proxies)
+        proxy = select_proxy(text, proxies)
         if proxy:
             return first_outside([destination, url_destination(proxy)])
     return destination
@@ -541,7 +542,7 @@ def wrap_requests_send(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) 
         request = args[0] if args else kwargs.get("request")
         headers = getattr(request, "headers", None)
         if headers is not None:
-            host = requests_destination(str(request.url), kwargs)
+            host = requests_destination(request.url, kwargs)
             if type(headers) is (_requests_dict or _case_insensitive_dict()):
                 apply_policy(headers, requests_headers, host)
             else:
