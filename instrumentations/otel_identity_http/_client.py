@@ -15,11 +15,14 @@ resolver reads them. At that point:
   ``egress_allow`` the baggage it wrote is decoded with the global propagator, identity (or all
   baggage) is removed, an ``identity.stripped`` event is recorded, and the rest re-encoded.
 
-This runs on every request, so the common cases cost a few dict lookups: the egress decision
-is kept per destination (a URL's scheme and authority, or a host), and (with W3C baggage, the
-OpenTelemetry default) what is left of a baggage header for an outside destination per header
-value, all for the current settings and global propagator. A destination inside
-``egress_allow`` with baggage injected already is left untouched: no decoding, no re-encoding.
+This runs on every request, so the common cases cost a few dict lookups, all remembered in
+one policy per settings object and global propagator (a new one when either is replaced): the
+egress decision per destination (a URL's scheme and authority, or a host); with W3C baggage
+(the OpenTelemetry default), what a request needs per (baggage header, destination), which
+includes what is left of the header for an outside destination; and, when signing, the
+headers of the signed mapping last sent (until its token is renewed). Whether the context
+holds an identity to sign is asked per request. A destination inside ``egress_allow`` with
+baggage injected already is left untouched: no decoding, no re-encoding.
 """
 
 from __future__ import annotations
