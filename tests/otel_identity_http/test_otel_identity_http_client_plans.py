@@ -336,3 +336,31 @@ def test_a_signing_plan_leaves_a_context_without_identity_as_it_is(
         assert "identity.sig=" in answer["baggage"]
     finally:
         ours.uninstrument()
+
+
+def test_the_same_url_through_a_proxy_outside_is_judged_by_the_proxy(
+    echo_servers: tuple[Server, Server],
+    instrumented: str,
+    tracer: trace.Tracer,
+    spans: Any,
+) -> None:
+    """One header and one URL, sent straight (identity carried) and then through a proxy
+    outside the list (an echo server that answers itself): the proxy reads the request, so
+    the plan remembered for the URL's own host is not the one used."""
+    oi.configure(egress_allow="127.0.0.1")
+    inside, outside = echo_servers
+    ctx = _identity(other="kept")
+    token = otel_context.attach(ctx)
+    try:
+        for _ in range(2):
+            spans.clear()
+            with tracer.start_as_current_span("caller"):
+                straight = requests.get(inside.url(), timeout=10).json()
+                proxied = requests.get(
+                    inside.url(), proxies={"http": outside.url("")}, timeout=10
+                ).json()
+            assert _members(straight["baggage"]) == {**IDENTITY, "other": "kept"}
+            assert _members(proxied["baggage"]) == {"other": "kept"}
+            assert _stripped(spans) == ["127.0.0.2"]
+    finally:
+        otel_context.detach(token)
