@@ -15,11 +15,14 @@ resolver reads them. At that point:
   ``egress_allow`` the baggage it wrote is decoded with the global propagator, identity (or all
   baggage) is removed, an ``identity.stripped`` event is recorded, and the rest re-encoded.
 
-This runs on every request, so the common cases cost a few dict lookups: the egress decision
-is kept per destination (a URL's scheme and authority, or a host), and (with W3C baggage, the
-OpenTelemetry default) what is left of a baggage header for an outside destination per header
-value, all for the current settings and global propagator. A destination inside
-``egress_allow`` with baggage injected already is left untouched: no decoding, no re-encoding.
+This runs on every request, so the common cases cost a few dict lookups, all remembered in
+one policy per settings object and global propagator (a new one when either is replaced): the
+egress decision per destination (a URL's scheme and authority, or a host); with W3C baggage
+(the OpenTelemetry default), what a request needs per (baggage header, destination), which
+includes what is left of the header for an outside destination; and, when signing, the
+headers of the signed mapping last sent (until its token is renewed). Whether the context
+holds an identity to sign is asked per request. A destination inside ``egress_allow`` with
+baggage injected already is left untouched: no decoding, no re-encoding.
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ _BAGGAGE = "baggage"
 
 
 class Headers(Getter[H], Setter[H], Generic[H]):
-    """Getter, setter and remover for one library's headers object."""
+    """Getter, setter and remover for one library's headers object (``set`` replaces every
+    value of the name)."""
 
     @abc.abstractmethod
     def remove(self, carrier: H, key: str) -> None:
@@ -246,8 +250,11 @@ class _Policy:
         "fields",
         "filtered",
         "keep",
+        "last_encoded",
         "others",
+        "plans",
         "routes",
+        "sent_fields",
         "settings",
         "textmap",
         "w3c",
@@ -259,7 +266,8 @@ class _Policy:
         self.displaced = baggage_step_displaced()
         # Lower case, as Headers.first wants them (header names are case-insensitive).
         self.fields = tuple(f.lower() for f in propagator_fields())
-        self.baggage_fields = tuple(f.lower() for f in baggage_fields())
+        self.sent_fields = baggage_fields()
+        self.baggage_fields = tuple(f.lower() for f in self.sent_fields)
         parts = oii.propagator_steps(textmap) or ()  # (a propagator of unknown shape: none)
         w3c = [p for p in parts if is_baggage_step(p)]
         others = [p for p in parts if not is_baggage_step(p)]
@@ -274,6 +282,10 @@ class _Policy:
         self.routes: dict[str, tuple[bool, str]] = {}  # host -> (allowed, server.address)
         # a W3C baggage header -> (the header to send outside egress_allow, identity removed)
         self.filtered: dict[str, tuple[str | None, bool]] = {}
+        # (a W3C baggage header, a destination) -> what a request carrying it there needs
+        self.plans: dict[tuple[str, str], Plan | None] = {}
+        # (the items of the baggage last signed for a request, its headers)
+        self.last_encoded: tuple[tuple[tuple[str, object], ...], dict[str, str]] = ((), {})
 
     def route(self, destination: str) -> tuple[bool, str]:
         allowed, address = oii.judge_destination(destination, self.settings.egress_allow)
@@ -297,13 +309,46 @@ class _Policy:
                 oii.remember(self.filtered, header, found, limit=_FILTERED_LIMIT)
         return found
 
+    def plan(self, header: str, host: str) -> Plan | None:
+        """``_plan_for_host`` for the W3C baggage ``header`` going to ``host``, remembered in
+        ``plans``: it depends on nothing else under this policy (whether the context holds an
+        identity to sign is asked when the plan is carried out)."""
+        plan = _plan_for_host(self, header, host)
+        if len(header) <= _FILTERED_MAX_CHARS:  # (as self.filtered: floods are not kept)
+            oii.remember(self.plans, (header, host), plan, limit=_FILTERED_LIMIT)
+        return plan
+
+    def encoded(self, ctx: Context) -> dict[str, str]:
+        """``encoded_baggage(ctx)``, remembered for the baggage items last encoded: the
+        requests of a context send one signed mapping until its token is renewed (W3C
+        baggage only, whose header is a function of the items, in order)."""
+        items = tuple(get_all(ctx).items())
+        last, headers = self.last_encoded
+        if items != last or not self.w3c:
+            headers = encoded_baggage(ctx)
+            self.last_encoded = (items, headers)
+        return headers
+
 
 _policy: _Policy | None = None
 
 
+def current_policy() -> _Policy:
+    """The policy for the settings and the global propagator in force (a new one when either
+    was replaced: everything it remembered was decided under the old ones)."""
+    policy = _policy
+    if (
+        policy is None
+        or policy.settings is not oii.current_settings()
+        or policy.textmap is not propagate.get_global_textmap()
+    ):
+        policy = _new_policy()
+    return policy
+
+
 def _new_policy() -> _Policy:
     global _policy
-    _policy = policy = _Policy(oi.get_settings(), propagate.get_global_textmap())
+    _policy = policy = _Policy(oii.current_settings(), propagate.get_global_textmap())
     return policy
 
 
@@ -316,6 +361,8 @@ _SEND = 2  # (_SEND, header or None, stripped, address): outside; send this bagg
 _FILTER = 3  # (_FILTER,): outside, a propagator of unknown shape: decode, strip, re-encode
 _DROP = 4  # (_DROP,): deciding failed; send no baggage (identity fails closed)
 Plan = tuple[Any, ...]
+_UNDECIDED: Any = object()  # (a plan not decided yet; None is a plan: nothing to do)
+_SIGN_PLAN: Plan = (_SIGN,)
 
 
 def plan_policy(headers: H, access: Headers[H], host: str) -> Plan | None:
@@ -323,36 +370,32 @@ def plan_policy(headers: H, access: Headers[H], host: str) -> Plan | None:
 
     Reads ``headers`` only; None when they are right as they are (the common case: a
     destination inside ``egress_allow`` and OpenTelemetry's baggage injected already)."""
-    policy = _policy
-    if (
-        policy is None
-        or policy.settings is not oi.get_settings()
-        or policy.textmap is not propagate.get_global_textmap()
-    ):
-        policy = _new_policy()
-    header: str | None = None
+    policy = current_policy()
     if policy.w3c:
         header = access.first(headers, _BAGGAGE)
-        if header is None:  # nothing injected yet, or injected already without baggage
-            injected = any(access.first(headers, field) is not None for field in policy.others)
-            return None if injected else (_INJECT,)
-    elif all(access.first(headers, field) is None for field in policy.fields):
+        if header is not None:
+            plan = policy.plans.get((header, host), _UNDECIDED)
+            return policy.plan(header, host) if plan is _UNDECIDED else plan
+        # nothing injected yet, or injected already without baggage
+        injected = any(access.first(headers, field) is not None for field in policy.others)
+        return None if injected else (_INJECT,)
+    if all(access.first(headers, field) is None for field in policy.fields):
         return (_INJECT,)
-    elif all(access.first(headers, field) is None for field in policy.baggage_fields):
+    if all(access.first(headers, field) is None for field in policy.baggage_fields):
         return None
-    return _plan_for_host(policy, header, host)
+    return _plan_for_host(policy, None, host)
 
 
 def _plan_for_host(policy: _Policy, header: str | None, host: str) -> Plan | None:
-    """What injected headers need for ``host``: nothing, or signing, inside ``egress_allow``;
-    the W3C baggage ``header`` stripped (or, for another shape, decoded and stripped) outside."""
+    """What injected headers need for ``host``: nothing, or signing when keys are configured,
+    inside ``egress_allow``; the W3C baggage ``header`` stripped (or, for another shape,
+    decoded and stripped) outside. Depends on ``policy``, ``header`` and ``host`` only
+    (see ``nothing_to_sign``)."""
     route = policy.routes.get(host)
     if route is None:
         route = policy.route(host)
     if route[0]:
-        if policy.settings.has_keys and identity_state(otel_context.get_current()) is not None:
-            return (_SIGN,)  # plain OpenTelemetry injected unsigned identity; verifiers need ours
-        return None
+        return _SIGN_PLAN if policy.settings.has_keys else None
     if header is None:
         return (_FILTER,)
     out, stripped = policy.filter(header, host)
@@ -375,12 +418,19 @@ def carry_out(plan: Plan, headers: H, access: Headers[H], host: str) -> None:
     ctx = otel_context.get_current()
     if kind == _INJECT:
         oi.inject(headers, access, destination=host, hop=HOP, context=ctx)
-    elif kind == _SIGN:
-        _replace_baggage(headers, access, baggage_fields(), outgoing_context(ctx, destination=host))
+    elif kind == _SIGN:  # plain OpenTelemetry injected unsigned identity; verifiers need ours
+        if not nothing_to_sign(plan):
+            _sign(headers, access, host, ctx)
     elif kind == _FILTER:
         _filter(headers, access, host, ctx)
     else:
         _drop_identity(headers, access)
+
+
+def nothing_to_sign(plan: Plan) -> bool:
+    """Whether ``plan`` signs the baggage of a context that holds no identity: then the
+    headers stay as they are."""
+    return plan is _SIGN_PLAN and identity_state(otel_context.get_current()) is None
 
 
 def apply_policy(headers: H, access: Headers[H], host: str) -> None:
@@ -402,6 +452,14 @@ def _carry_out_safely(plan: Plan, headers: H, access: Headers[H], host: str) -> 
         _drop_identity(headers, access)
 
 
+def _sign(headers: H, access: Headers[H], host: str, ctx: Context) -> None:
+    """Replace the baggage headers by those of the context as it leaves for ``host``
+    (``outgoing_context`` signs it, and says when a token is due for renewal)."""
+    policy = current_policy()
+    outgoing = outgoing_context(ctx, destination=host)
+    _replace_baggage(headers, access, policy.sent_fields, policy.encoded(outgoing))
+
+
 def _filter(headers: H, access: Headers[H], host: str, ctx: Context) -> None:
     # Limited like every inbound hop, so an oversize header still shows its identity members;
     # and re-encoded even when nothing was stripped: a member the propagator could not decode
@@ -409,13 +467,18 @@ def _filter(headers: H, access: Headers[H], host: str, ctx: Context) -> None:
     sent, _oversize = oii.propagator_extract(headers, access, frozenset(identity_keys()))
     span = trace.get_current_span(ctx)
     filtered = strip_for_egress(sent, host, hop=HOP, span=span)
-    _replace_baggage(headers, access, baggage_fields(), filtered)
+    _replace_baggage(headers, access, baggage_fields(), encoded_baggage(filtered))
 
 
-def _replace_baggage(headers: H, access: Headers[H], fields: Iterable[str], ctx: Context) -> None:
+def _replace_baggage(
+    headers: H, access: Headers[H], fields: Iterable[str], encoded: dict[str, str]
+) -> None:
+    """Make the baggage ``fields`` of ``headers`` hold ``encoded`` and nothing else (``set``
+    replaces every value of a name, so only a field ``encoded`` leaves out is removed)."""
     for field in fields:
-        access.remove(headers, field)
-    for field, value in encoded_baggage(ctx).items():
+        if field not in encoded:
+            access.remove(headers, field)
+    for field, value in encoded.items():
         access.set(headers, field, value)
 
 
@@ -455,32 +518,39 @@ class _Unreadable:
     pass
 
 
-def _requests_destination(url: str, kwargs: Any) -> str:
-    """The URL, and the proxy when it reads the request (a plain ``http://`` URL)."""
-    destination = url_destination(url)
+def requests_destination(url: Any, kwargs: Any) -> str:
+    """Where requests sends ``url`` (a ``PreparedRequest``'s): its destination, or a proxy's
+    that reads the request (never raises)."""
     proxies = kwargs.get("proxies")
-    if proxies and url[:5].lower() == "http:":
+    if proxies or type(url) is not str:
+        return destination_of(_proxied_destination, url, proxies)
+    return url_destination(url)  # (reading a str this way cannot fail)
+
+
+def _proxied_destination(url: Any, proxies: Any) -> str:
+    """The URL, and the proxy when it reads the request (a plain ``http://`` URL)."""
+    text = str(url)
+    destination = url_destination(text)
+    if proxies and text[:5].lower() == "http:":
         from requests.utils import select_proxy
 
-        proxy = select_proxy(url, proxies)
+        proxy = select_proxy(text, proxies)
         if proxy:
             return first_outside([destination, url_destination(proxy)])
     return destination
 
 
 def wrap_requests_send(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any) -> Any:
-    if is_suppressed(current_context()):
-        return wrapped(*args, **kwargs)
-    request = args[0] if args else kwargs.get("request")
-    if request is not None:
+    if not is_suppressed(current_context()):
+        request = args[0] if args else kwargs.get("request")
         headers = getattr(request, "headers", None)
         if headers is not None:
-            url = request.url
-            host = destination_of(_requests_destination, str(url), kwargs)
+            host = requests_destination(request.url, kwargs)
             if type(headers) is (_requests_dict or _case_insensitive_dict()):
                 apply_policy(headers, requests_headers, host)
             else:
                 apply_policy(headers, mapping_headers, host)
+    # urllib3 underneath: decided here, once.
     token = handled.set(True)
     try:
         return wrapped(*args, **kwargs)
@@ -516,7 +586,7 @@ def _connection_request(wrapped: Wrapped, instance: Any, args: Any, kwargs: Any)
     except Exception:  # noqa: BLE001 - the request goes out; identity fails closed below
         oii.log_internal_error("http.client")
         plan = (_DROP,)
-    if plan is not None:
+    if plan is not None and not nothing_to_sign(plan):
         # urllib3 may pass the pool's shared default headers: change a copy, never those.
         changed = HTTPHeaderDict(original or {})
         _carry_out_safely(plan, changed, mapping_headers, host)
