@@ -17,18 +17,17 @@ the hand-off it runs in.
 
 from __future__ import annotations
 
-import threading
 from contextlib import AbstractContextManager
 from typing import Any
 
 from opentelemetry.context import Context
 
-from otel_identity import _counts, _telemetry, names
+from otel_identity import _counts, _telemetry, _thread_state, names
 from otel_identity._hop_state import HopState, missing_state, quiet_state
 from otel_identity._identity import Identity
 from otel_identity._runtime import attach, attached, current_context, detach
 from otel_identity._state import HOP_KEY, SLOT_KEY, UserSlot, state_of
-from otel_identity._thread_state import running
+from otel_identity._thread_state import ThreadState
 
 
 class Handoff(UserSlot):
@@ -44,11 +43,11 @@ class Handoff(UserSlot):
     own, as anywhere. A pool's work item is itself a Handoff, so a pool hop allocates nothing.
     """
 
-    __slots__ = ("outer", "source", "state", "thread")
+    __slots__ = ("outer", "source", "state", "thread_state")
     outer: Handoff | None  # the hand-off this one interrupted in the same thread
     source: Context  # None on a pool task that is not a hop (see otel_identity_threading)
     state: Any  # the hop's HopState, set when it is entered
-    thread: int  # the thread it was entered in (its slot belongs to that thread)
+    thread_state: ThreadState
 
     def __init__(self, source: Context) -> None:
         self.source = source  # the context the sender captured at hand-off
@@ -63,11 +62,15 @@ class Handoff(UserSlot):
         state = state_of(self.source)
         return None if state is None else state.identity
 
+    @property
+    def thread(self) -> int:  # type: ignore[override]
+        return self.thread_state.ident
+
 
 def hop_of(ctx: Context) -> object:
     """The hop state of ``ctx``: its own entry, or that of the hand-off it runs in."""
     hop = ctx.get(HOP_KEY)
-    handoff = running.handoff
+    handoff = _thread_state.here().handoff
     if handoff is not None and hop is handoff.source.get(HOP_KEY):
         return handoff.state
     return hop
@@ -81,7 +84,7 @@ def hop_state(context: Context | None = None) -> HopState | None:
 def user_slot(ctx: Context) -> UserSlot | None:
     """The user slot of ``ctx``: its own, or the hand-off's it runs in (see Handoff)."""
     slot: UserSlot | None = ctx.get(SLOT_KEY)  # type: ignore[assignment]
-    handoff = running.handoff
+    handoff = _thread_state.here().handoff
     if handoff is not None:
         source = handoff.source
         if slot is source.get(SLOT_KEY) and ctx.get(HOP_KEY) is source.get(HOP_KEY):
@@ -135,11 +138,12 @@ def enter(handoff: Handoff, hop: str) -> Any:
     context with no hop of its own. Returns the token for ``leave``.
     """
     try:
-        handoff.thread = threading.get_ident()
-        handoff.outer = running.handoff
+        here = _thread_state.here()
+        handoff.thread_state = here
+        handoff.outer = here.handoff
         handoff.state = state = arrived_state(handoff.source, hop)
         _counts.count(state.key)
-        running.handoff = handoff
+        here.handoff = handoff
     except Exception:  # noqa: BLE001
         _telemetry.log_internal_error("enter")
     return attach(handoff.source)
@@ -148,7 +152,7 @@ def enter(handoff: Handoff, hop: str) -> Any:
 def leave(handoff: Handoff, token: Any) -> None:
     """End the hop ``enter`` started (in the same thread, innermost first)."""
     try:  # noqa: SIM105 - contextlib.suppress would cost a context manager on every hop
-        running.handoff = handoff.outer
+        handoff.thread_state.handoff = handoff.outer
     except AttributeError:  # enter failed before it kept the hand-off for the thread
         pass
     detach(token)

@@ -252,4 +252,4 @@ def short(text: object, limit: int = 32) -> str:
     return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
-_counts.on_new_key.append(_ensure_instruments)
+_counts.on_new_table.append(_ensure_instruments)

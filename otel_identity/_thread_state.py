@@ -1,11 +1,12 @@
 """What the core keeps for each thread: the hand-off it is running.
 
-    from otel_identity._thread_state import running
+    from otel_identity._thread_state import here
 
-    running.handoff                    # the hand-off this thread is running, or None
+    here().handoff                     # the hand-off this thread is running, or None
 
-A thread that never ran a hand-off reads the class default: nothing is made for a thread
-until a hand-off runs in it, so a server that starts a thread per connection pays nothing.
+A thread's ``ThreadState`` is made on its first use and registered nowhere: a server that
+starts a thread per connection makes one small object per thread that asks, and it goes
+with the thread.
 """
 
 from __future__ import annotations
@@ -14,16 +15,29 @@ import threading
 from typing import Any
 
 
-class Running(threading.local):
-    """Per thread, the hand-off (``_handoff.Handoff``) it is running; written by that thread
-    only, and read as None where none ever ran."""
+class ThreadState:
+    """What the core keeps for one thread, written by that thread only: the hand-off
+    (``_handoff.Handoff``) it is running, and its ident."""
 
-    handoff: Any = None
+    __slots__ = ("handoff", "ident")
+
+    def __init__(self) -> None:
+        self.handoff: Any = None
+        self.ident = threading.get_ident()
 
 
-running = Running()
+_local = threading.local()  # .state: this thread's ThreadState
+
+
+def here() -> ThreadState:
+    """This thread's ThreadState (made on its first use)."""
+    try:
+        return _local.state  # type: ignore[no-any-return]
+    except AttributeError:  # this thread's first call (a missing attribute is slow every time)
+        _local.state = state = ThreadState()
+        return state
 
 
 def current_handoff() -> Any:
     """The hand-off this thread is running, if any."""
-    return running.handoff
+    return here().handoff

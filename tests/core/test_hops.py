@@ -434,10 +434,30 @@ def test_hop_counts_from_many_threads_add_up_also_after_the_threads_end() -> Non
     assert delta(before, "thread", "present") == 2000  # reading the totals changes nothing
 
 
+def test_tables_of_ended_threads_are_folded_once_the_tables_double(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Idents no live thread holds are folded into one table, with nothing lost or counted
+    twice, when a new ident finds the tables doubled."""
+    import threading
+
+    before = _counts.totals()
+    monkeypatch.setattr(_counts, "_tables", {1: {("thread", "present"): 3}, 2: {("x", "y"): 1}})
+    monkeypatch.setattr(_counts, "_retired", dict(before))
+    monkeypatch.setattr(_counts, "_fold_at", 2)  # (idents 1 and 2 are no live thread's)
+    thread = threading.Thread(target=_counts.count, args=(("thread", "present"),))
+    thread.start()
+    thread.join()
+    assert 1 not in _counts._tables and 2 not in _counts._tables
+    after = _counts.totals()
+    assert after[("thread", "present")] == before.get(("thread", "present"), 0) + 4
+    assert after[("x", "y")] == before.get(("x", "y"), 0) + 1
+
+
 def test_a_thread_per_request_leaves_nothing_behind_without_any_collection() -> None:
-    """A server that starts a thread per connection (werkzeug) and no metric reader: counting
-    keeps one table of keys for the process, and a thread that counted keeps nothing once it
-    ended (no per-thread table, no thread-local hand-off)."""
+    """A server that starts a thread per connection (werkzeug) and no metric reader: the
+    count tables stay bounded (an ended thread's ident, and its table, go to a new thread),
+    and nothing of ours holds an ended thread."""
     import gc
     import threading
     import weakref
@@ -449,7 +469,7 @@ def test_a_thread_per_request_leaves_nothing_behind_without_any_collection() -> 
 
     def hop() -> None:
         oi.receive(captured, hop="thread")
-        assert _thread_state.running.handoff is None  # read without making anything
+        assert _thread_state.current_handoff() is None
 
     for _ in range(300):
         thread = threading.Thread(target=hop)
@@ -460,6 +480,7 @@ def test_a_thread_per_request_leaves_nothing_behind_without_any_collection() -> 
     gc.collect()
     assert delta(before, "thread", "present") == 300
     assert set(_counts.totals()) - keys <= {("thread", "present")}  # a key, not a thread
+    assert len(_counts._tables) <= 2 * threading.active_count() + 64
     assert all(ref() is None for ref in ended)  # nothing of ours holds an ended thread
 
 
