@@ -10,7 +10,6 @@ baggage and the settings in force at each call.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -20,13 +19,14 @@ import pytest
 from opentelemetry import propagate
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Sampler
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from otel_identity_grpc import GrpcIdentityInstrumentor, _server
 
 import otel_identity as oi
 from otel_identity import names
 from tests import hop_counts
+from tests.baggage_step import SAMPLERS, our_baggage_step  # noqa: F401 - autouse
 
 from .otel_identity_grpc_echo import (
     SHAPES,
@@ -38,17 +38,6 @@ from .otel_identity_grpc_echo import (
     sync_server,
 )
 from .test_otel_identity_grpc_otel_pass import HOSTILE
-
-SAMPLERS = pytest.mark.parametrize("sampler", [ALWAYS_ON, ALWAYS_OFF], ids=["sampled", "dropped"])
-OUR_STEP = CompositePropagator([TraceContextTextMapPropagator(), oi.IdentityBaggagePropagator()])
-
-
-@pytest.fixture(autouse=True)
-def _our_baggage_step() -> Iterator[None]:
-    before = propagate.get_global_textmap()
-    propagate.set_global_textmap(OUR_STEP)
-    yield
-    propagate.set_global_textmap(before)
 
 
 def _provider(sampler: Sampler) -> TracerProvider:

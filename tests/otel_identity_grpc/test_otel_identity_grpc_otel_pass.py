@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -25,7 +24,7 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Sampler
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from otel_identity_grpc import GrpcIdentityInstrumentor
@@ -33,6 +32,7 @@ from otel_identity_grpc import GrpcIdentityInstrumentor
 import otel_identity as oi
 from otel_identity import names
 from tests import hop_counts
+from tests.baggage_step import SAMPLERS, our_baggage_step  # noqa: F401 - autouse
 
 from .otel_identity_grpc_echo import (
     HEALTH,
@@ -44,18 +44,6 @@ from .otel_identity_grpc_echo import (
     otel_grpc,
     sync_server,
 )
-
-SAMPLERS = pytest.mark.parametrize("sampler", [ALWAYS_ON, ALWAYS_OFF], ids=["sampled", "dropped"])
-OUR_STEP = CompositePropagator([TraceContextTextMapPropagator(), oi.IdentityBaggagePropagator()])
-
-
-@pytest.fixture(autouse=True)
-def _our_baggage_step() -> Iterator[None]:
-    """The global textmap as IdentityInstrumentor leaves it: our baggage step in it."""
-    before = propagate.get_global_textmap()
-    propagate.set_global_textmap(OUR_STEP)
-    yield
-    propagate.set_global_textmap(before)
 
 
 def _provider(sampler: Sampler) -> tuple[TracerProvider, InMemorySpanExporter]:

@@ -18,39 +18,27 @@ from typing import Any
 from wsgiref.util import setup_testing_defaults
 
 import pytest
-from opentelemetry import baggage, propagate
+from opentelemetry import baggage
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.instrumentation import utils as instrumentation_utils
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as OtelASGI
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as OtelWSGI
-from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Sampler
 from opentelemetry.trace import SpanKind
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from otel_identity_http import IdentityASGIMiddleware, IdentityWSGIMiddleware
 
 import otel_identity as oi
 from otel_identity import instrumentation as oii
 from otel_identity import names
 from tests import hop_counts
+from tests.baggage_step import SAMPLERS, our_baggage_step  # noqa: F401 - autouse
 
 STASH_KEY = "otel_identity.admitted"  # what the general path leaves for the tap
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-SAMPLERS = pytest.mark.parametrize("sampler", [ALWAYS_ON, ALWAYS_OFF], ids=["sampled", "dropped"])
-OUR_STEP = CompositePropagator([TraceContextTextMapPropagator(), oi.IdentityBaggagePropagator()])
-
-
-@pytest.fixture(autouse=True)
-def _our_baggage_step() -> Iterator[None]:
-    """The global textmap as IdentityInstrumentor leaves it: our baggage step in it."""
-    before = propagate.get_global_textmap()
-    propagate.set_global_textmap(OUR_STEP)
-    yield
-    propagate.set_global_textmap(before)
 
 
 def _seen() -> dict[str, Any]:
