@@ -37,6 +37,7 @@ from typing import Any, Generic, TypeVar
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.baggage import get_all
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator, default_getter
 
@@ -249,6 +250,7 @@ class _Policy:
         "displaced",
         "fields",
         "filtered",
+        "hand_written",
         "keep",
         "last_encoded",
         "others",
@@ -278,6 +280,9 @@ class _Policy:
             and all(type(p).__module__ in _NO_BAGGAGE_MODULES for p in others)
         )
         self.others = tuple(f for f in self.fields if f != _BAGGAGE)
+        # Where no step of the textmap writes a W3C baggage header, one in a request was
+        # written by hand: it is W3C baggage by its name, decoded and filtered as such.
+        self.hand_written = None if _BAGGAGE in self.baggage_fields else _HandWritten()
         self.keep = frozenset(identity_keys())
         self.routes: dict[str, tuple[bool, str]] = {}  # host -> (allowed, server.address)
         # a W3C baggage header -> (the header to send outside egress_allow, identity removed)
@@ -292,6 +297,13 @@ class _Policy:
         # (a policy is made per global textmap: one that displaced ours sends identity nowhere)
         verdict = (allowed and not self.displaced, address)
         return oii.remember(self.routes, destination, verdict)
+
+    def outside(self, host: str) -> str | None:
+        """``server.address`` of ``host`` when it is outside ``egress_allow``, else None."""
+        route = self.routes.get(host)
+        if route is None:
+            route = self.route(host)
+        return None if route[0] else route[1]
 
     def filter(self, header: str, host: str) -> tuple[str | None, bool]:
         """What of ``header`` may go outside ``egress_allow``, and whether identity was removed.
@@ -330,6 +342,26 @@ class _Policy:
         return headers
 
 
+class _HandWritten:
+    """The W3C baggage codec for a header a request carries that no step of the textmap
+    wrote (it has none that writes ``baggage``): identity is removed from it for destinations
+    outside ``egress_allow``, as from one the textmap wrote. OpenTelemetry's own W3C step
+    decodes and re-encodes it; what it cannot decode does not go out."""
+
+    __slots__ = ("codec",)
+
+    def __init__(self) -> None:
+        self.codec = W3CBaggagePropagator()
+
+    def filter(self, header: str, host: str, settings: oi.Settings) -> tuple[str | None, bool]:
+        """What of ``header`` may go to ``host``, and whether identity was removed."""
+        sent = self.codec.extract({_BAGGAGE: header}, context=Context())
+        kept = strip_for_egress(sent, host, hop=HOP, settings=settings, record=False)
+        carrier: dict[str, str] = {}
+        self.codec.inject(carrier, context=kept)
+        return carrier.get(_BAGGAGE), not frozenset(identity_keys()).isdisjoint(get_all(sent))
+
+
 _policy: _Policy | None = None
 
 
@@ -357,7 +389,8 @@ def _new_policy() -> _Policy:
 # What a request's headers need (None: nothing at all).
 _INJECT = 0  # (_INJECT,): nothing injected yet, inject everything
 _SIGN = 1  # (_SIGN,): allowed; replace OpenTelemetry's unsigned baggage with signed baggage
-_SEND = 2  # (_SEND, header or None, stripped, address): outside; send this baggage header
+_SEND = 2  # (_SEND, header or None, stripped, address, plan first or None): outside; send
+# this baggage header (after carrying out the plan the textmap's own headers need)
 _FILTER = 3  # (_FILTER,): outside, a propagator of unknown shape: decode, strip, re-encode
 _DROP = 4  # (_DROP,): deciding failed; send no baggage (identity fails closed)
 Plan = tuple[Any, ...]
@@ -379,6 +412,19 @@ def plan_policy(headers: H, access: Headers[H], host: str) -> Plan | None:
         # nothing injected yet, or injected already without baggage
         injected = any(access.first(headers, field) is not None for field in policy.others)
         return None if injected else (_INJECT,)
+    plan = _plan_for_shapes(policy, headers, access, host)
+    if policy.hand_written is not None:
+        header = access.first(headers, _BAGGAGE)
+        address = None if header is None else policy.outside(host)
+        if header is not None and address is not None:
+            out, stripped = policy.hand_written.filter(header, host, policy.settings)
+            return (_SEND, out, stripped, address, plan)
+    return plan
+
+
+def _plan_for_shapes(policy: _Policy, headers: H, access: Headers[H], host: str) -> Plan | None:
+    """``plan_policy`` for a textmap whose baggage is not W3C's alone (another shape, or no
+    baggage step at all)."""
     if all(access.first(headers, field) is None for field in policy.fields):
         return (_INJECT,)
     if all(access.first(headers, field) is None for field in policy.baggage_fields):
@@ -399,14 +445,16 @@ def _plan_for_host(policy: _Policy, header: str | None, host: str) -> Plan | Non
     if header is None:
         return (_FILTER,)
     out, stripped = policy.filter(header, host)
-    return (_SEND, out, stripped, route[1])
+    return (_SEND, out, stripped, route[1], None)
 
 
 def carry_out(plan: Plan, headers: H, access: Headers[H], host: str) -> None:
     """Change ``headers`` as ``plan_policy`` found they need."""
     kind = plan[0]
     if kind == _SEND:
-        _kind, out, stripped, address = plan
+        _kind, out, stripped, address, first = plan
+        if first is not None:  # what the propagator's own headers need, before
+            carry_out(first, headers, access, host)
         if stripped:
             oii.record_stripped(trace.get_current_span(), HOP, address)
         # Set even when unchanged: every value of the header goes, not just the one decoded.

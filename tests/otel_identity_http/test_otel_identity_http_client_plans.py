@@ -364,3 +364,74 @@ def test_the_same_url_through_a_proxy_outside_is_judged_by_the_proxy(
             assert _stripped(spans) == ["127.0.0.2"]
     finally:
         otel_context.detach(token)
+
+
+# -- a baggage header written by hand, with no baggage step in the textmap --------------------
+
+
+@pytest.fixture
+def tracecontext_only() -> Iterator[None]:
+    """A textmap with no baggage step: no step writes ``baggage``, the caller may."""
+    from opentelemetry import propagate
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    previous = propagate.get_global_textmap()
+    propagate.set_global_textmap(TraceContextTextMapPropagator())
+    yield
+    propagate.set_global_textmap(previous)
+
+
+HAND_WRITTEN = pytest.mark.parametrize(
+    "header",
+    [
+        "user.id=mallory,tenant.id=acme,other=kept",
+        "%75ser.id=mallory,other=kept",  # the key percent-encoded: decoded, it is user.id
+        "other=kept, user.id = mallory ",
+    ],
+    ids=["plain", "encoded-key", "spaces"],
+)
+
+
+@HAND_WRITTEN
+def test_a_hand_written_baggage_header_loses_its_identity_outside_egress_allow(
+    echo_servers: tuple[Server, Server],
+    instrumented: str,
+    tracer: trace.Tracer,
+    spans: Any,
+    tracecontext_only: None,
+    header: str,
+) -> None:
+    """DESIGN: filtering holds whatever wrote the header. With no baggage step in the
+    textmap, a header the caller wrote still loses its identity members outside
+    ``egress_allow`` (and keeps the rest); inside, it goes as written."""
+    oi.configure(egress_allow="127.0.0.1")
+    inside, outside = echo_servers
+    for _ in range(2):  # (the second time through the remembered policy)
+        spans.clear()
+        assert _send(tracer, outside, Context(), {"baggage": header}) == {"other": "kept"}
+        assert _stripped(spans) == ["127.0.0.2"]
+        spans.clear()
+        received = _send(tracer, inside, Context(), {"baggage": header})
+        assert received.get("other", "").strip() == "kept"
+        assert _stripped(spans) == []
+
+
+@HAND_WRITTEN
+def test_a_hand_written_baggage_header_through_urllib3_alone(
+    echo_servers: tuple[Server, Server], tracecontext_only: None, header: str
+) -> None:
+    """The same below requests: urllib3's connection, the last point the headers are one."""
+    import json
+
+    import urllib3
+
+    oi.configure(egress_allow="127.0.0.1")
+    _inside, outside = echo_servers
+    instrumentor = HttpClientIdentityInstrumentor()
+    instrumentor.instrument()
+    try:
+        with urllib3.PoolManager() as pool:
+            answer = pool.request("GET", outside.url(), headers={"baggage": header}, timeout=10)
+    finally:
+        instrumentor.uninstrument()
+    assert _members(json.loads(answer.data)["baggage"]) == {"other": "kept"}
