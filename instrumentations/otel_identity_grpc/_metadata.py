@@ -73,13 +73,6 @@ setter = MetadataSetter()
 
 def header(metadata: Metadata, key: str) -> str:
     """The text values of ``key`` in ``metadata`` as one header, joined with "," as a list of
-    header lines is ("" when there is none): what ``getter.get`` reads, in one pass."""
-    joined: str | None = None
-    try:
-        for k, v in metadata:
-            if k == key and type(v) is str:
-                joined = v if joined is None else f"{joined},{v}"
-    except (TypeError, ValueError):
-        values = getter.get(metadata, key)
-        return ",".join(values) if values else ""
-    return joined or ""
+    header lines is ("" when there is none): what ``getter.get`` reads."""
+    values = getter.get(metadata, key)
+    return ",".join(values) if values else ""

@@ -126,9 +126,13 @@ def hop_handler(handler: Any, details: grpc.HandlerCallDetails) -> Any:
     last)."""
     wrapped, announcer = _wrapped(handler, details)
     if announcer is not None and wrapped is not handler:
-        metadata = getattr(details, "invocation_metadata", None) or ()
-        announcer((_metadata.header(metadata, _BAGGAGE), None))
+        _announce(announcer, getattr(details, "invocation_metadata", None) or ())
     return wrapped
+
+
+def _announce(announcer: Announcer, metadata: Any) -> Arriving | None:
+    """Announce one RPC's hop, its baggage header read from ``metadata`` by our getter."""
+    return announcer((_metadata.header(metadata, _BAGGAGE), None))
 
 
 def announce_for_opentelemetry(details: grpc.HandlerCallDetails) -> Arriving | None:
@@ -139,8 +143,7 @@ def announce_for_opentelemetry(details: grpc.HandlerCallDetails) -> Arriving | N
     metadata = details.invocation_metadata
     if not metadata:
         return None
-    announcer = _announcers.get(details.method) or _announcer(details)
-    return announcer((_metadata.header(metadata, _BAGGAGE), None))
+    return _announce(_announcer(details), metadata)
 
 
 def not_wrapped(handler: Any, marker: Arriving, details: grpc.HandlerCallDetails) -> Any:
