@@ -281,8 +281,9 @@ class _Policy:
         )
         self.others = tuple(f for f in self.fields if f != _BAGGAGE)
         # Where no step of the textmap writes a W3C baggage header, one in a request was
-        # written by hand: it is W3C baggage by its name, decoded and filtered as such.
-        self.hand_written = None if _BAGGAGE in self.baggage_fields else _HandWritten()
+        # written by hand: it is W3C baggage by its name, and OpenTelemetry's own W3C step
+        # decodes and re-encodes it (what that step cannot decode does not go out).
+        self.hand_written = None if _BAGGAGE in self.baggage_fields else W3CBaggagePropagator()
         self.keep = frozenset(identity_keys())
         self.routes: dict[str, tuple[bool, str]] = {}  # host -> (allowed, server.address)
         # a W3C baggage header -> (the header to send outside egress_allow, identity removed)
@@ -293,33 +294,49 @@ class _Policy:
         self.last_encoded: tuple[tuple[tuple[str, object], ...], dict[str, str]] = ((), {})
 
     def route(self, destination: str) -> tuple[bool, str]:
-        allowed, address = oii.judge_destination(destination, self.settings.egress_allow)
-        # (a policy is made per global textmap: one that displaced ours sends identity nowhere)
-        verdict = (allowed and not self.displaced, address)
-        return oii.remember(self.routes, destination, verdict)
-
-    def outside(self, host: str) -> str | None:
-        """``server.address`` of ``host`` when it is outside ``egress_allow``, else None."""
-        route = self.routes.get(host)
-        if route is None:
-            route = self.route(host)
-        return None if route[0] else route[1]
+        """(whether identity may go to ``destination``, its ``server.address``), remembered."""
+        verdict = self.routes.get(destination)
+        if verdict is None:
+            allowed, address = oii.judge_destination(destination, self.settings.egress_allow)
+            # (a policy is made per global textmap: one that displaced ours sends identity
+            # nowhere)
+            verdict = oii.remember(
+                self.routes, destination, (allowed and not self.displaced, address)
+            )
+        return verdict
 
     def filter(self, header: str, host: str) -> tuple[str | None, bool]:
         """What of ``header`` may go outside ``egress_allow``, and whether identity was removed.
 
         Exactly the general path (the global propagator decodes, ``strip_for_egress`` removes,
-        the propagator re-encodes) run once per header value; the event is left to the caller.
+        the propagator re-encodes; OpenTelemetry's W3C step, for a header written by hand
+        where no step of the textmap writes one) run once per header value; the event is left
+        to the caller.
         """
         found = self.filtered.get(header)
         if found is None:
-            sent, _oversize = oii.propagator_extract({_BAGGAGE: header}, default_getter, self.keep)
+            sent = self._decoded(header)
             kept = strip_for_egress(sent, host, hop=HOP, settings=self.settings, record=False)
             # Stripped means identity was there to remove (not merely other baggage).
-            found = (encoded_baggage(kept).get(_BAGGAGE), not self.keep.isdisjoint(get_all(sent)))
+            found = (self._encoded(kept), not self.keep.isdisjoint(get_all(sent)))
             if len(header) <= _FILTERED_MAX_CHARS:  # identity baggage is short; floods are not
                 oii.remember(self.filtered, header, found, limit=_FILTERED_LIMIT)
         return found
+
+    def _decoded(self, header: str) -> Context:
+        """``header``'s baggage, limited as every inbound hop's (see ``filter``)."""
+        if self.hand_written is not None:
+            return self.hand_written.extract({_BAGGAGE: header}, context=Context())
+        sent, _oversize = oii.propagator_extract({_BAGGAGE: header}, default_getter, self.keep)
+        return sent
+
+    def _encoded(self, ctx: Context) -> str | None:
+        """The baggage header of ``ctx`` (None for no baggage), as ``_decoded`` reads it."""
+        if self.hand_written is not None:
+            carrier: dict[str, str] = {}
+            self.hand_written.inject(carrier, context=ctx)
+            return carrier.get(_BAGGAGE)
+        return encoded_baggage(ctx).get(_BAGGAGE)
 
     def plan(self, header: str, host: str) -> Plan | None:
         """``_plan_for_host`` for the W3C baggage ``header`` going to ``host``, remembered in
@@ -340,26 +357,6 @@ class _Policy:
             headers = encoded_baggage(ctx)
             self.last_encoded = (items, headers)
         return headers
-
-
-class _HandWritten:
-    """The W3C baggage codec for a header a request carries that no step of the textmap
-    wrote (it has none that writes ``baggage``): identity is removed from it for destinations
-    outside ``egress_allow``, as from one the textmap wrote. OpenTelemetry's own W3C step
-    decodes and re-encodes it; what it cannot decode does not go out."""
-
-    __slots__ = ("codec",)
-
-    def __init__(self) -> None:
-        self.codec = W3CBaggagePropagator()
-
-    def filter(self, header: str, host: str, settings: oi.Settings) -> tuple[str | None, bool]:
-        """What of ``header`` may go to ``host``, and whether identity was removed."""
-        sent = self.codec.extract({_BAGGAGE: header}, context=Context())
-        kept = strip_for_egress(sent, host, hop=HOP, settings=settings, record=False)
-        carrier: dict[str, str] = {}
-        self.codec.inject(carrier, context=kept)
-        return carrier.get(_BAGGAGE), not frozenset(identity_keys()).isdisjoint(get_all(sent))
 
 
 _policy: _Policy | None = None
@@ -415,10 +412,11 @@ def plan_policy(headers: H, access: Headers[H], host: str) -> Plan | None:
     plan = _plan_for_shapes(policy, headers, access, host)
     if policy.hand_written is not None:
         header = access.first(headers, _BAGGAGE)
-        address = None if header is None else policy.outside(host)
-        if header is not None and address is not None:
-            out, stripped = policy.hand_written.filter(header, host, policy.settings)
-            return (_SEND, out, stripped, address, plan)
+        if header is not None:
+            allowed, address = policy.route(host)
+            if not allowed:
+                out, stripped = policy.filter(header, host)
+                return (_SEND, out, stripped, address, plan)
     return plan
 
 
@@ -437,9 +435,7 @@ def _plan_for_host(policy: _Policy, header: str | None, host: str) -> Plan | Non
     inside ``egress_allow``; the W3C baggage ``header`` stripped (or, for another shape,
     decoded and stripped) outside. Depends on ``policy``, ``header`` and ``host`` only
     (see ``nothing_to_sign``)."""
-    route = policy.routes.get(host)
-    if route is None:
-        route = policy.route(host)
+    route = policy.route(host)
     if route[0]:
         return _SIGN_PLAN if policy.settings.has_keys else None
     if header is None:
