@@ -7,7 +7,7 @@ WSGI server runs a request in its worker thread: the announcement lives there.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -22,12 +22,13 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 import otel_identity as oi
 from otel_identity import _telemetry, names
 from otel_identity import instrumentation as oii
+from tests.baggage_step import OUR_STEP, our_baggage_step  # noqa: F401 - autouse
 from tests.hostile_baggage import hostile_headers
 
 HOP = names.HOP_GRPC_SERVER
 ROUTE = "/shop.Orders/Get"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-OURS = CompositePropagator([TraceContextTextMapPropagator(), oi.IdentityBaggagePropagator()])
+OURS = OUR_STEP
 OPENTELEMETRYS = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 T = TypeVar("T")
 FUZZ = settings(
@@ -36,14 +37,6 @@ FUZZ = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-
-
-@pytest.fixture(autouse=True)
-def _our_baggage_step() -> Iterator[None]:
-    before = propagate.get_global_textmap()
-    propagate.set_global_textmap(OURS)
-    yield
-    propagate.set_global_textmap(before)
 
 
 def in_request(run: Callable[[], T]) -> T:
