@@ -535,4 +535,3 @@ def _declares_otel(node: object, module: str) -> bool:
 
         return any("opentelemetry" in str(m) for m in getattr(settings, "MIDDLEWARE", ()))
     return False
-    return False
