@@ -18,11 +18,19 @@ built to cancel both, and the run prints how well it did:
   floor of the run, printed beside the figure that matters;
 - the key figure is the median, over rounds, of each round's p50 ratio.
 
+``measure`` hosts every configuration's servers in one process and switches the client
+between configurations block by block. ``measure_apart`` (bench_overhead.py) runs each
+configuration in processes of its own instead, a server process and a client process per
+configuration and round, as separate services run: nothing is switched between blocks, and
+code that only one configuration runs is not cooled by the others' blocks in a shared
+process.
+
 No timed assertion anywhere: this prints figures.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import random
 import statistics
@@ -37,6 +45,10 @@ CONFIGS = ("plain", "baseline", "baseline-b", "ours")
 
 Build = Callable[[str], tuple[int, Callable[[], None]]]  # config -> (port, close)
 Connect = Callable[[str, int], tuple[Callable[[], Any], Callable[[], None]]]  # -> (call, close)
+# config -> the calling process set up as that configuration's client (its tracer provider,
+# instrumentors, textmap and baggage), run once in a client process of its own; then
+# connect(config, port) as above
+Setup = Callable[[str], None]
 
 
 @dataclass
@@ -117,6 +129,100 @@ def measure(
             results.samples[name].extend(values)
             results.ratios[name].append(statistics.median(values) / base)
     return results
+
+
+def measure_apart(
+    build: Build,
+    setup: Setup,
+    connect: Connect,
+    settings: Settings,
+    configs: tuple[str, ...] = CONFIGS,
+) -> Results:
+    """``measure``, with every configuration in processes of its own, as separate services
+    are: each round, a server process and a client process per configuration. The client
+    process is set up once as its configuration's client (``setup``), so nothing is switched
+    between blocks and a configuration's code is not cooled by the others' in a shared
+    process. Calls still take turns in shuffled blocks, one process calling at a time."""
+    results = Results(configs)
+    shuffle = random.Random(20261125)
+    for _ in range(settings.rounds):
+        order = list(configs)
+        shuffle.shuffle(order)
+        with contextlib.ExitStack() as stack:
+            clients = {}
+            for name in order:
+                ports = stack.enter_context(_server_process(build, [name] * settings.servers))
+                clients[name] = stack.enter_context(
+                    _client_process(setup, connect, name, ports[name], settings.warm)
+                )
+            this_round = _one_round_apart(clients, shuffle, settings)
+        base = statistics.median(this_round["baseline"])
+        for name, values in this_round.items():
+            results.samples[name].extend(values)
+            results.ratios[name].append(statistics.median(values) / base)
+    return results
+
+
+def _one_round_apart(
+    clients: dict[str, Any], shuffle: random.Random, settings: Settings
+) -> dict[str, list[float]]:
+    this_round: dict[str, list[float]] = {name: [] for name in clients}
+    order = list(clients)
+    for _ in range(settings.calls // settings.block):
+        shuffle.shuffle(order)
+        for name in order:
+            clients[name].send(settings.block)
+            this_round[name].extend(clients[name].recv())
+    return this_round
+
+
+def _calling(
+    setup: Setup, connect: Connect, name: str, ports: list[int], warm: int, pipe: Any
+) -> None:
+    """A configuration's client process: set up, connected, warmed; then a block of calls
+    (rotating over the servers) for every count it is sent, until it is sent 0."""
+    setup(name)
+    calls, closers = [], []
+    for port in ports:
+        call, close = connect(name, port)
+        calls.append(call)
+        closers.append(close)
+    for call in calls:
+        for _ in range(warm):
+            call()
+    pipe.send(True)
+    clock = time.perf_counter_ns
+    while pipe.poll(600) and (count := pipe.recv()):  # bounded: a lost parent ends it
+        timings = []
+        record = timings.append
+        for step in range(count):
+            call = calls[step % len(calls)]
+            start = clock()
+            call()
+            record((clock() - start) / 1000)
+        pipe.send(timings)
+    for close in closers:
+        close()
+
+
+@contextmanager
+def _client_process(
+    setup: Setup, connect: Connect, name: str, ports: list[int], warm: int
+) -> Iterator[Any]:
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    process = context.Process(
+        target=_calling, args=(setup, connect, name, ports, warm, theirs), daemon=True
+    )
+    process.start()
+    try:
+        if not ours.poll(300):
+            raise RuntimeError(f"the {name} client process did not start")
+        ours.recv()
+        yield ours
+    finally:
+        ours.send(0)
+        process.join(10)
 
 
 def _one_round(

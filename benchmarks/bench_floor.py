@@ -138,7 +138,7 @@ def connect(name: str, port: int) -> tuple[Callable[[], Any], Callable[[], None]
     if name != "floor":
         return bench_grpc.connect(name, port)
     with suppress_instrumentation():  # otel-identity's channel patch steps aside
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=bench_grpc._OWN_CONNECTION)
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=bench_grpc.OWN_CONNECTION)
     stub = _FloorCallable(channel.unary_unary(bench_grpc.METHOD))
     return (lambda: stub(bench_grpc.PAYLOAD, timeout=10)), channel.close
 

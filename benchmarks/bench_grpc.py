@@ -39,7 +39,7 @@ PAYLOAD = b"x" * 64
 otel_grpc: Any = importlib.import_module("opentelemetry.instrumentation.grpc")
 # Captured before anything patches channel creation: the plain configuration's channels.
 _plain_channel = grpc.insecure_channel
-_OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
 
 
 def _echo(request: bytes, context: Any) -> bytes:
@@ -77,12 +77,17 @@ def connect(name: str, port: int) -> tuple[Callable[[], Any], Callable[[], None]
     """A client connection of configuration ``name``: (one call, close)."""
     target = f"127.0.0.1:{port}"
     if name == "plain":
-        channel = _plain_channel(target, options=_OWN_CONNECTION)
+        channel = _plain_channel(target, options=OWN_CONNECTION)
     elif name == "ours":
-        channel = grpc.insecure_channel(target, options=_OWN_CONNECTION)
+        channel = grpc.insecure_channel(target, options=OWN_CONNECTION)
     else:
         with suppress_instrumentation():  # otel-identity's channel patch steps aside
-            channel = grpc.insecure_channel(target, options=_OWN_CONNECTION)
+            channel = grpc.insecure_channel(target, options=OWN_CONNECTION)
+    return calls_over(channel)
+
+
+def calls_over(channel: grpc.Channel) -> tuple[Callable[[], Any], Callable[[], None]]:
+    """(one call of the benchmark's method over ``channel``, close it)."""
     stub = channel.unary_unary(METHOD)
     return (lambda: stub(PAYLOAD, timeout=10)), channel.close
 

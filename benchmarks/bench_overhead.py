@@ -1,31 +1,36 @@
 """What identity adds, as a share of what OpenTelemetry's own instrumentation adds.
 
     python benchmarks/bench_overhead.py [grpc|http] [--quick | --rounds N] [--otel-baggage]
+                                        [--same-textmap]
 
 DESIGN.md's performance contract: three configurations of one loopback round trip, measured
-interleaved in one run (see _roundtrip.py for how rounds, servers and blocks cancel noise):
+interleaved in one run:
 
 a = ``plain``     the bare round trip, no instrumentation
-b = ``baseline``  OpenTelemetry's instrumentation on both sides (gRPC: its client instrumentor
-                  and server interceptor; HTTP: RequestsInstrumentor and its WSGI middleware),
-                  SDK tracer providers with a BatchSpanProcessor whose exporter drops spans, as
-                  a deployed service has; two baggage members (user.id, tenant.id) per call
-c = ``ours``      b plus otel-identity on both sides (its instrumentors and
-                  IdentitySpanProcessor)
+b = ``baseline``  OpenTelemetry's instrumentation on both sides, as OpenTelemetry ships it
+                  (gRPC: its client instrumentor and server interceptor; HTTP:
+                  RequestsInstrumentor and its WSGI middleware; its default textmap), SDK
+                  tracer providers with a BatchSpanProcessor whose exporter drops spans, as a
+                  deployed service has; two baggage members (user.id, tenant.id) per call
+c = ``ours``      b plus otel-identity on both sides, as ``IdentityInstrumentor`` leaves a
+                  service (its instrumentors, IdentitySpanProcessor, and its baggage step in
+                  the global textmap in place of OpenTelemetry's)
 ``baseline-b`` is a second b: its distance from b is the run's noise floor.
 
 The figure is (c-b)/(b-a) from each round's p50s, its median over rounds and the spread, for
 every sampler (every span sampled; a parent-based 1% sampler) and inbound policy (``trust``;
 ``verify``, where the client signs and every server checks the signature) asked for.
-Servers are made fresh every round, in another process; their handlers are built once per
-process and shared by every server of it. No timed assertion anywhere: this prints figures.
 
-Both processes run with otel-identity's baggage step in the global textmap, as
-``IdentityInstrumentor`` leaves it in a deployed service (one textmap per process, so b and c
-alike: b is then OpenTelemetry's instrumentation with otel-identity's propagator, whose parse
-is the cheaper, so b-a is if anything smaller than with OpenTelemetry's own step and the ratio
-larger). ``--otel-baggage`` keeps OpenTelemetry's default textmap in both instead: c then
-decides every hop in a second pass of its own.
+Every configuration runs as services do, in processes of its own
+(``_roundtrip.measure_apart``): each round starts, per configuration, a server process (three
+servers sharing one handler object) and a client process set up once as that configuration's
+client. Nothing is instrumented or switched between blocks, and no configuration's code is
+cooled by another's in a shared process; the blocks of calls still take turns, one process
+calling at a time. ``--otel-baggage`` keeps OpenTelemetry's baggage step in ours too: c then
+decides every hop in a second pass of its own. ``--same-textmap`` gives b otel-identity's
+baggage step too (cheaper than OpenTelemetry's), which leaves in c-b only the rest of
+otel-identity. No timed assertion anywhere: this prints
+figures.
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ from typing import Any
 import _roundtrip
 import bench_grpc
 import bench_http
-from opentelemetry import propagate, trace
+import grpc
+from opentelemetry import baggage, propagate, trace
+from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 from opentelemetry.propagators.composite import CompositePropagator
@@ -60,7 +67,8 @@ POLICIES = ("trust", "verify")
 # A fixed key, so the client process and every server process agree (benchmark only).
 _KEY = "bench:" + base64.b64encode(b"k" * 32).decode("ascii")
 _MODE = "OTEL_IDENTITY_BENCH_MODE"  # "<sampler>/<policy>", read by the server process
-_BAGGAGE = "OTEL_IDENTITY_BENCH_BAGGAGE"  # "identity": our baggage step in both processes
+# The configurations whose processes put our baggage step in the textmap, comma-separated
+_BAGGAGE = "OTEL_IDENTITY_BENCH_BAGGAGE"
 
 
 class _Drop(SpanExporter):
@@ -92,23 +100,28 @@ def _provider(sampler: str, identity: bool) -> TracerProvider:
     return provider
 
 
-def _use_identity_baggage() -> None:
-    if os.environ.get(_BAGGAGE) == "identity":
+def _use_identity_baggage(name: str) -> None:
+    """otel-identity's baggage step in the global textmap, where configuration ``name`` has it
+    (ours, unless ``--otel-baggage``; b too with ``--same-textmap``)."""
+    if name in os.environ.get(_BAGGAGE, "").split(","):
         propagate.set_global_textmap(
             CompositePropagator([TraceContextTextMapPropagator(), oi.IdentityBaggagePropagator()])
         )
 
 
-def _server_mode() -> tuple[str, str]:
+def _server_mode(name: str) -> str:
+    """The server process set up as configuration ``name``'s (its textmap, its policy); the
+    run's sampler."""
     sampler, policy = os.environ[_MODE].split("/")
-    _configure(policy)
-    _use_identity_baggage()
-    return sampler, policy
+    if name == "ours":
+        _configure(policy)
+    _use_identity_baggage(name)
+    return sampler
 
 
 def build_grpc(name: str) -> tuple[int, Callable[[], None]]:
     """One gRPC server of configuration ``name``, in the server process."""
-    sampler, _ = _server_mode()
+    sampler = _server_mode(name)
     interceptors: list[Any] = []
     if name != "plain":
         provider = _provider(sampler, identity=name == "ours")
@@ -121,7 +134,7 @@ def build_grpc(name: str) -> tuple[int, Callable[[], None]]:
 
 def build_http(name: str) -> tuple[int, Callable[[], None]]:
     """One HTTP server of configuration ``name``, in the server process."""
-    sampler, _ = _server_mode()
+    sampler = _server_mode(name)
     app: Any = bench_http._app
     if name != "plain":
         provider = _provider(sampler, identity=name == "ours")
@@ -131,34 +144,51 @@ def build_http(name: str) -> tuple[int, Callable[[], None]]:
     return bench_http.serve(app)
 
 
-def _grpc_run(settings: _roundtrip.Settings, before: Callable[[str], None]) -> Any:
-    otel_grpc.GrpcInstrumentorClient().instrument()
-    GrpcIdentityInstrumentor().instrument()  # bench_grpc.connect keeps it off b's channels
-    try:
-        return _roundtrip.measure(build_grpc, bench_grpc.connect, settings, before)
-    finally:
-        GrpcIdentityInstrumentor().uninstrument()
-        otel_grpc.GrpcInstrumentorClient().uninstrument()
+def _client_mode(name: str) -> None:
+    """The client process set up as configuration ``name``'s: its tracer provider, and the
+    two baggage members of every call (through otel-identity in ours, OpenTelemetry's
+    baggage API in b), attached for the life of the process."""
+    if name == "plain":
+        return
+    sampler, policy = os.environ[_MODE].split("/")
+    trace.set_tracer_provider(_provider(sampler, identity=name == "ours"))
+    _use_identity_baggage(name)
+    if name == "ours":
+        _configure(policy)
+        ctx = oi.set_identity(user_id="u-42", tenant_id="acme")
+    else:
+        ctx = baggage.set_baggage("tenant.id", "acme", baggage.set_baggage("user.id", "u-42"))
+    otel_context.attach(ctx)  # never detached: the process is this configuration's client
 
 
-def _http_run(settings: _roundtrip.Settings, before: Callable[[str], None]) -> Any:
-    RequestsInstrumentor().instrument()
-    client = HttpClientIdentityInstrumentor()
-
-    def switch(name: str) -> None:
-        before(name)
-        ours = name == "ours"
-        if ours != client.is_instrumented_by_opentelemetry:
-            (client.instrument if ours else client.uninstrument)()
-
-    try:
-        return _roundtrip.measure(build_http, bench_http.connect, settings, switch)
-    finally:
-        switch("plain")
-        RequestsInstrumentor().uninstrument()
+def setup_grpc(name: str) -> None:
+    """A client process of configuration ``name`` (gRPC)."""
+    _client_mode(name)
+    if name != "plain":
+        otel_grpc.GrpcInstrumentorClient().instrument()
+    if name == "ours":
+        GrpcIdentityInstrumentor().instrument()
 
 
-RUNS = {"grpc": ("gRPC unary", _grpc_run), "http": ("HTTP requests -> werkzeug", _http_run)}
+def connect_grpc(name: str, port: int) -> tuple[Callable[[], Any], Callable[[], None]]:
+    """A channel of the client process (instrumented as the process is set up)."""
+    target = f"127.0.0.1:{port}"
+    return bench_grpc.calls_over(grpc.insecure_channel(target, options=bench_grpc.OWN_CONNECTION))
+
+
+def setup_http(name: str) -> None:
+    """A client process of configuration ``name`` (requests)."""
+    _client_mode(name)
+    if name != "plain":
+        RequestsInstrumentor().instrument()
+    if name == "ours":
+        HttpClientIdentityInstrumentor().instrument()
+
+
+RUNS = {
+    "grpc": ("gRPC unary", build_grpc, setup_grpc, connect_grpc),
+    "http": ("HTTP requests -> werkzeug", build_http, setup_http, bench_http.connect),
+}
 
 
 def share(results: _roundtrip.Results) -> list[float]:
@@ -167,50 +197,24 @@ def share(results: _roundtrip.Results) -> list[float]:
     return [(c - 1) / (1 - a) for a, c in zip(plain, ours, strict=True)]
 
 
-class _Switchable(Sampler):
-    """The client's sampler, switched per mode: one global tracer provider for the run."""
-
-    def __init__(self) -> None:
-        self.current: Sampler = ALWAYS_ON
-
-    def should_sample(self, *args: Any, **kwargs: Any) -> Any:
-        return self.current.should_sample(*args, **kwargs)
-
-    def get_description(self) -> str:
-        return f"Switchable({self.current.get_description()})"
-
-
 def main() -> None:
     transports = [name for name in RUNS if name in sys.argv[1:]] or list(RUNS)
-    if "--otel-baggage" not in sys.argv:
-        os.environ[_BAGGAGE] = "identity"  # inherited by the server process
-    _use_identity_baggage()
+    with_our_step = [] if "--otel-baggage" in sys.argv else ["ours"]
+    if "--same-textmap" in sys.argv:
+        with_our_step += ["baseline", "baseline-b"]
+    os.environ[_BAGGAGE] = ",".join(with_our_step)  # inherited by every process
     settings = _roundtrip.Settings(rounds=_roundtrip.rounds_from(sys.argv), calls=1000, warm=100)
-    sampling = _Switchable()
-    processor = oi.IdentitySpanProcessor()
-    client = TracerProvider(sampler=sampling)
-    client.add_span_processor(processor)
-    client.add_span_processor(BatchSpanProcessor(_Drop()))
-    trace.set_tracer_provider(client)
-
-    def before(name: str) -> None:
-        processor.enabled = name == "ours"
-
     print(
         f"{'round trip':<27}{'sampler':>8}{'inbound':>8}{'b-a us':>9}{'c-b us':>9}"
         f"{'(c-b)/(b-a)':>13}   spread over rounds   noise floor"
     )
     for transport in transports:
-        title, run = RUNS[transport]
+        title, build, setup, connect = RUNS[transport]
         for sampler in SAMPLERS:
             for policy in POLICIES:
-                os.environ[_MODE] = f"{sampler}/{policy}"  # inherited by the server process
-                sampling.current = _sampler(sampler)
-                _configure(policy)
-                with oi.use_identity(user_id="u-42", tenant_id="acme"):
-                    results = run(settings, before)
+                os.environ[_MODE] = f"{sampler}/{policy}"  # inherited by every process
+                results = _roundtrip.measure_apart(build, setup, connect, settings)
                 _print_row(title, sampler, policy, results)
-    client.shutdown()
 
 
 def _print_row(title: str, sampler: str, policy: str, results: _roundtrip.Results) -> None:
