@@ -72,6 +72,13 @@ class Results:
             self.samples.setdefault(name, [])
             self.ratios.setdefault(name, [])
 
+    def add_round(self, this_round: dict[str, list[float]]) -> None:
+        """One round's timings (us) per configuration, and their p50s' ratios to b's."""
+        base = statistics.median(this_round["baseline"])
+        for name, values in this_round.items():
+            self.samples[name].extend(values)
+            self.ratios[name].append(statistics.median(values) / base)
+
 
 def _host(build: Build, order: list[str], ports: Any, stop: Any) -> None:
     closers = []
@@ -124,10 +131,7 @@ def measure(
             finally:
                 for close in closers:
                     close()
-        base = statistics.median(this_round["baseline"])
-        for name, values in this_round.items():
-            results.samples[name].extend(values)
-            results.ratios[name].append(statistics.median(values) / base)
+        results.add_round(this_round)
     return results
 
 
@@ -156,10 +160,7 @@ def measure_apart(
                     _client_process(setup, connect, name, ports[name], settings.warm)
                 )
             this_round = _one_round_apart(clients, shuffle, settings)
-        base = statistics.median(this_round["baseline"])
-        for name, values in this_round.items():
-            results.samples[name].extend(values)
-            results.ratios[name].append(statistics.median(values) / base)
+        results.add_round(this_round)
     return results
 
 
@@ -191,16 +192,8 @@ def _calling(
         for _ in range(warm):
             call()
     pipe.send(True)
-    clock = time.perf_counter_ns
     while pipe.poll(600) and (count := pipe.recv()):  # bounded: a lost parent ends it
-        timings = []
-        record = timings.append
-        for step in range(count):
-            call = calls[step % len(calls)]
-            start = clock()
-            call()
-            record((clock() - start) / 1000)
-        pipe.send(timings)
+        pipe.send(timed_block(calls, count))
     for close in closers:
         close()
 
@@ -237,19 +230,25 @@ def _one_round(
             for _ in range(settings.warm):
                 call()
     this_round: dict[str, list[float]] = {name: [] for name in calls}
-    clock = time.perf_counter_ns
     order = list(calls)
     for _ in range(settings.calls // settings.block):
         shuffle.shuffle(order)  # what ran just before affects a block: no fixed neighbours
         for name in order:
-            each, record = calls[name], this_round[name].append
             before(name)
-            for step in range(settings.block):
-                call = each[step % len(each)]
-                start = clock()
-                call()
-                record((clock() - start) / 1000)
+            this_round[name].extend(timed_block(calls[name], settings.block))
     return this_round
+
+
+def timed_block(calls: list[Callable[[], Any]], count: int) -> list[float]:
+    """``count`` calls, rotating over ``calls`` (one per server), each timed (us)."""
+    timings: list[float] = []
+    record, clock = timings.append, time.perf_counter_ns
+    for step in range(count):
+        call = calls[step % len(calls)]
+        start = clock()
+        call()
+        record((clock() - start) / 1000)
+    return timings
 
 
 def rounds_from(argv: list[str]) -> int:
