@@ -29,8 +29,7 @@ cooled by another's in a shared process; the blocks of calls still take turns, o
 calling at a time. ``--otel-baggage`` keeps OpenTelemetry's baggage step in ours too: c then
 decides every hop in a second pass of its own. ``--same-textmap`` gives b otel-identity's
 baggage step too (cheaper than OpenTelemetry's), which leaves in c-b only the rest of
-otel-identity. No timed assertion anywhere: this prints
-figures.
+otel-identity. No timed assertion anywhere: this prints figures.
 """
 
 from __future__ import annotations
