@@ -22,7 +22,7 @@ from opentelemetry.trace import Tracer
 from otel_identity_grpc import GrpcIdentityInstrumentor
 
 import otel_identity as oi
-from otel_identity import names
+from tests.egress_events import stripped_addresses
 
 from .otel_identity_grpc_echo import SHAPES, aio_call, aio_server, call, otel_grpc, sync_server
 
@@ -56,15 +56,6 @@ def _assert_split(allowed: list[dict[str, Any]], outside: list[dict[str, Any]]) 
         assert "feature=blue" in response["baggage"]  # only identity is removed
 
 
-def _stripped(spans: InMemorySpanExporter) -> list[Any]:
-    return [
-        (event.attributes or {})[names.ATTR_SERVER_ADDRESS]
-        for span in spans.get_finished_spans()
-        for event in span.events
-        if event.name == names.EVENT_STRIPPED
-    ]
-
-
 SyncChannel = Callable[[str], grpc.Channel]
 
 
@@ -90,7 +81,7 @@ def test_sync_interceptor_sends_identity_only_inside_the_allow_list(
     spans: InMemorySpanExporter, tracer: Tracer, shape: str
 ) -> None:
     _run_sync(_manual, shape, tracer)
-    assert _stripped(spans) == [OUTSIDE]
+    assert stripped_addresses(spans) == [OUTSIDE]
 
 
 @pytest.mark.parametrize("opentelemetry_first", [True, False], ids=["otel-first", "ours-first"])
@@ -104,7 +95,7 @@ def test_sync_instrumented_channels_strip_identity_whatever_the_load_order(
     for instrumentor in instrumentors if opentelemetry_first else reversed(instrumentors):
         instrumentor.instrument()
     _run_sync(grpc.insecure_channel, shape, tracer)
-    assert _stripped(spans) == [OUTSIDE]
+    assert stripped_addresses(spans) == [OUTSIDE]
 
 
 AioChannel = Callable[[str], grpc.aio.Channel]
@@ -137,7 +128,7 @@ def test_aio_interceptors_send_identity_only_inside_the_allow_list(
         )
 
     _run_aio(manual, shape, tracer)
-    assert _stripped(spans) == [OUTSIDE]
+    assert stripped_addresses(spans) == [OUTSIDE]
 
 
 @pytest.mark.parametrize("opentelemetry_first", [True, False], ids=["otel-first", "ours-first"])
@@ -149,7 +140,7 @@ def test_aio_instrumented_channels_strip_identity_whatever_the_load_order(
     for instrumentor in instrumentors if opentelemetry_first else reversed(instrumentors):
         instrumentor.instrument()
     _run_aio(grpc.aio.insecure_channel, shape, tracer)
-    assert _stripped(spans) == [OUTSIDE]
+    assert stripped_addresses(spans) == [OUTSIDE]
 
 
 def test_aio_interceptor_placed_outside_opentelemetrys_still_strips(tracer: Tracer) -> None:
@@ -205,4 +196,4 @@ def test_the_old_singular_name_still_works_and_says_it_is_deprecated(
         return grpc.aio.insecure_channel(target, interceptors=interceptors)
 
     _run_aio(old, shape, tracer)
-    assert _stripped(spans) == [OUTSIDE]
+    assert stripped_addresses(spans) == [OUTSIDE]

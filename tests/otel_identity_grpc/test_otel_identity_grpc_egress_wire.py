@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind, Tracer
 from otel_identity_grpc import GrpcIdentityInstrumentor, _wire
 
 import otel_identity as oi
-from otel_identity import names
+from tests.egress_events import stripped, stripped_addresses
 
 from .otel_identity_grpc_echo import SERVICE, SHAPES, aio_call, call, method, otel_grpc
 
@@ -152,18 +152,9 @@ def _assert_wire(responses: list[dict[str, Any]], allowed: bool, members: str) -
         assert all(v.count("feature=blue") == 1 for v in values)
 
 
-def _stripped(spans: InMemorySpanExporter) -> list[tuple[Any, str]]:
-    return [
-        (span.kind, (event.attributes or {})[names.ATTR_SERVER_ADDRESS])
-        for span in spans.get_finished_spans()
-        for event in span.events
-        if event.name == names.EVENT_STRIPPED
-    ]
-
-
 def _assert_events(spans: InMemorySpanExporter, order: str, calls: int) -> None:
     kind = SpanKind.INTERNAL if order == "ours-only" else SpanKind.CLIENT
-    assert _stripped(spans) == [(kind, OUTSIDE)] * calls
+    assert stripped(spans) == [(kind, OUTSIDE)] * calls
 
 
 @pytest.mark.parametrize("members", BAGGAGE)
@@ -178,7 +169,7 @@ def test_sync_identity_reaches_the_wire_only_inside_the_allow_list(
             with grpc.insecure_channel(f"{OUTSIDE}:{b}") as to_b:
                 with _caller(tracer, members):
                     inside = [r for shape in SHAPES for r in call(to_a, shape)]
-                    assert _stripped(spans) == []
+                    assert stripped(spans) == []
                     outside = [r for shape in SHAPES for r in call(to_b, shape)]
     _assert_wire(inside, allowed=True, members=members)
     _assert_wire(outside, allowed=False, members=members)
@@ -199,7 +190,7 @@ def test_aio_identity_reaches_the_wire_only_inside_the_allow_list(
                 async with grpc.aio.insecure_channel(f"{OUTSIDE}:{b}") as to_b:
                     with _caller(tracer, members):
                         inside = [r for shape in SHAPES for r in await aio_call(to_a, shape)]
-                        events_inside = len(_stripped(spans))
+                        events_inside = len(stripped(spans))
                         outside = [r for shape in SHAPES for r in await aio_call(to_b, shape)]
         return inside, outside, events_inside
 
@@ -222,7 +213,7 @@ def test_identity_the_application_wrote_into_metadata_is_filtered_at_the_wire(
         with tracer.start_as_current_span("caller"):
             responses = call(channel, "UnaryUnary", metadata=sent)
     assert _values(responses) == ["feature=blue"]
-    assert [address for _kind, address in _stripped(spans)] == [OUTSIDE]
+    assert stripped_addresses(spans) == [OUTSIDE]
 
 
 # --- targets with several addresses: every address is judged ----------------------------
@@ -258,7 +249,7 @@ def test_a_target_with_an_outside_address_gets_no_identity_on_any_call(
     responses = asyncio.run(run_aio()) if aio else run_sync()
     assert {r["server"] for r in responses} == {"a", "b"}  # round robin reached both
     assert _values(responses) == []
-    assert _stripped(spans) == [(SpanKind.CLIENT, OUTSIDE)] * calls
+    assert stripped(spans) == [(SpanKind.CLIENT, OUTSIDE)] * calls
 
 
 def test_a_target_whose_addresses_are_all_allowed_carries_identity(tracer: Tracer) -> None:

@@ -24,6 +24,7 @@ from otel_identity_http import HttpClientIdentityInstrumentor
 
 import otel_identity as oi
 from otel_identity import _signing, names
+from tests.egress_events import stripped_addresses
 from tests.signing_helpers import HMAC_A
 
 from .conftest import Server
@@ -61,15 +62,6 @@ def _send(
     return _members(answer["baggage"])
 
 
-def _stripped(spans: Any) -> list[str]:
-    return [
-        (event.attributes or {})[names.ATTR_SERVER_ADDRESS]
-        for span in spans.get_finished_spans()
-        for event in span.events
-        if event.name == names.EVENT_STRIPPED
-    ]
-
-
 def _identity(user: str = "u-1", **other: str) -> Context:
     ctx = oi.set_identity(user_id=user, tenant_id="acme")
     for key, value in other.items():
@@ -92,9 +84,9 @@ def test_one_header_to_two_destinations_in_turn(
     for _ in range(3):  # the same header, alternately inside and outside, plans remembered
         spans.clear()
         assert _send(tracer, inside, ctx) == {**IDENTITY, "other": "kept"}
-        assert _stripped(spans) == []
+        assert stripped_addresses(spans) == []
         assert _send(tracer, outside, ctx) == {"other": "kept"}
-        assert _stripped(spans) == ["127.0.0.2"]  # recorded on every request, not once
+        assert stripped_addresses(spans) == ["127.0.0.2"]  # recorded on every request, not once
 
 
 def test_a_changed_header_is_judged_as_itself(
@@ -128,7 +120,7 @@ def test_settings_changes_are_seen_on_the_next_request(
     oi.configure(egress_allow="127.0.0.1,127.0.0.2")  # the allow list widened
     spans.clear()
     assert _send(tracer, outside, ctx) == {**IDENTITY, "other": "kept"}
-    assert _stripped(spans) == []
+    assert stripped_addresses(spans) == []
     oi.configure(egress_allow="127.0.0.2")  # and narrowed: the allowed host is now outside
     assert _send(tracer, inside, ctx) == {"other": "kept"}
     assert _send(tracer, outside, ctx) == {**IDENTITY, "other": "kept"}
@@ -361,7 +353,7 @@ def test_the_same_url_through_a_proxy_outside_is_judged_by_the_proxy(
                 ).json()
             assert _members(straight["baggage"]) == {**IDENTITY, "other": "kept"}
             assert _members(proxied["baggage"]) == {"other": "kept"}
-            assert _stripped(spans) == ["127.0.0.2"]
+            assert stripped_addresses(spans) == ["127.0.0.2"]
     finally:
         otel_context.detach(token)
 
@@ -409,11 +401,11 @@ def test_a_hand_written_baggage_header_loses_its_identity_outside_egress_allow(
     for _ in range(2):  # (the second time through the remembered policy)
         spans.clear()
         assert _send(tracer, outside, Context(), {"baggage": header}) == {"other": "kept"}
-        assert _stripped(spans) == ["127.0.0.2"]
+        assert stripped_addresses(spans) == ["127.0.0.2"]
         spans.clear()
         received = _send(tracer, inside, Context(), {"baggage": header})
         assert received.get("other", "").strip() == "kept"
-        assert _stripped(spans) == []
+        assert stripped_addresses(spans) == []
 
 
 @HAND_WRITTEN

@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind
 from otel_identity_http import HttpClientIdentityInstrumentor
 
 import otel_identity as oi
-from otel_identity import names
+from tests.egress_events import stripped, stripped_addresses
 
 from .conftest import Server, echo_app, opentelemetry_client_instrumentor
 
@@ -132,15 +132,6 @@ def _call(tracer: trace.Tracer, fetch: Callable[[str], Any], url: str, members: 
         otel_context.detach(token)
 
 
-def _stripped(spans: InMemorySpanExporter) -> list[tuple[SpanKind, str]]:
-    return [
-        (span.kind, (event.attributes or {})[names.ATTR_SERVER_ADDRESS])
-        for span in spans.get_finished_spans()
-        for event in span.events
-        if event.name == names.EVENT_STRIPPED
-    ]
-
-
 def _assert_kept_home(header: str | None, members: str) -> None:
     if members == "identity-alone":
         assert header is None  # the header goes, even with nothing left to write
@@ -179,18 +170,18 @@ def test_identity_reaches_the_wire_only_inside_the_allow_list_redirects_included
     sender = SpanKind.INTERNAL if order == "ours-only" else SpanKind.CLIENT
 
     _assert_carries_identity(_call(tracer, fetch, inside.url(), members)["baggage"], members)
-    assert _stripped(spans) == []
+    assert stripped(spans) == []
 
     spans.clear()
     _assert_kept_home(_call(tracer, fetch, outside.url(), members)["baggage"], members)
-    assert _stripped(spans) == [(sender, OUTSIDE)]
+    assert stripped(spans) == [(sender, OUTSIDE)]
 
     # A redirect hop is judged by its own destination: the first hop (allowed) carries
     # identity, the second (outside) does not, whoever copies the headers across.
     spans.clear()
     _assert_kept_home(_call(tracer, fetch, hop.url("/go"), members)["baggage"], members)
     _assert_carries_identity(redirector.received[0], members)
-    assert [address for _kind, address in _stripped(spans)] == [OUTSIDE]
+    assert stripped_addresses(spans) == [OUTSIDE]
 
 
 SPELLINGS = ("2130706434", "0x7f000002", "0177.0.0.2", "127.2")
@@ -225,7 +216,7 @@ def test_an_address_spelled_as_a_number_is_judged_as_the_address(
     outside = wsgi_server(echo_app, OUTSIDE)
     got = _call(tracer, CLIENTS[client], f"http://{spelling}:{outside.port}/", "identity-alone")
     assert got["baggage"] is None
-    assert [address for _kind, address in _stripped(spans)] == [OUTSIDE]
+    assert stripped_addresses(spans) == [OUTSIDE]
 
 
 @pytest.mark.parametrize(
@@ -287,7 +278,7 @@ def test_a_proxy_that_reads_the_request_is_judged_too(
     target = f"http://{ALLOWED}:9/"  # never reached: the proxy answers
     got = _call(tracer, lambda url: _through_proxy(client, url, proxy.url("")), target, "")
     assert got["baggage"] is None
-    assert [address for _kind, address in _stripped(spans)] == [OUTSIDE]
+    assert stripped_addresses(spans) == [OUTSIDE]
 
 
 def _with_header(client: str, url: str, header: str) -> Any:
@@ -330,7 +321,7 @@ def test_identity_the_application_wrote_into_a_header_is_filtered_too(
     with tracer.start_as_current_span("caller"):
         got = _with_header(client, outside.url(), "user.id=forged,other=kept")
     assert got["baggage"] == "other=kept"
-    assert [address for _kind, address in _stripped(spans)] == [OUTSIDE]
+    assert stripped_addresses(spans) == [OUTSIDE]
 
 
 def test_http_client_used_directly_carries_identity_only_inside(
@@ -358,7 +349,7 @@ def test_http_client_used_directly_carries_identity_only_inside(
     assert got_inside["traceparent"] is not None
     got_outside = _call(tracer, lambda _url: fetch(outside), "", "identity-alone")
     assert got_outside["baggage"] is None
-    assert _stripped(spans) == [(SpanKind.INTERNAL, OUTSIDE)]
+    assert stripped(spans) == [(SpanKind.INTERNAL, OUTSIDE)]
 
 
 def test_uninstrument_leaves_http_client_as_it_was(
