@@ -342,9 +342,11 @@ class _Policy:
         """``_plan_for_host`` for the W3C baggage ``header`` going to ``host``, remembered in
         ``plans``: it depends on nothing else under this policy (whether the context holds an
         identity to sign is asked when the plan is carried out)."""
-        plan = _plan_for_host(self, header, host)
-        if len(header) <= _FILTERED_MAX_CHARS:  # (as self.filtered: floods are not kept)
-            oii.remember(self.plans, (header, host), plan, limit=_FILTERED_LIMIT)
+        plan: Plan | None = self.plans.get((header, host), _UNDECIDED)
+        if plan is _UNDECIDED:
+            plan = _plan_for_host(self, header, host)
+            if len(header) <= _FILTERED_MAX_CHARS:  # (as self.filtered: floods are not kept)
+                oii.remember(self.plans, (header, host), plan, limit=_FILTERED_LIMIT)
         return plan
 
     def encoded(self, ctx: Context) -> dict[str, str]:
@@ -404,8 +406,7 @@ def plan_policy(headers: H, access: Headers[H], host: str) -> Plan | None:
     if policy.w3c:
         header = access.first(headers, _BAGGAGE)
         if header is not None:
-            plan = policy.plans.get((header, host), _UNDECIDED)
-            return policy.plan(header, host) if plan is _UNDECIDED else plan
+            return policy.plan(header, host)
         # nothing injected yet, or injected already without baggage
         injected = any(access.first(headers, field) is not None for field in policy.others)
         return None if injected else (_INJECT,)
